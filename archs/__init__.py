@@ -1,0 +1,20 @@
+"""The model zoo: CIFAR-sized (32x32 input) image classifiers behind one registry.
+
+    import archs
+    archs.names()                          # every registered arch
+    model = archs.create("shufflenet_v1", num_classes=10, groups=3, width=0.5)
+
+Each family lives in its own module and registers its builders and knobs on import.
+"""
+
+from archs.registry import (Arch, Knob, KnobError, count_flops, count_params, create, families,
+                            get, names, validate)
+
+# Importing a family module registers it. Order is the order `orchestrate archs` lists them in.
+from archs import (  # noqa: E402,F401
+    parnet, shufflenet, resnet, resnext, senet, densenet, res2net, resnest, mobilenet,
+    efficientnet, alexnet, vgg, googlenet,
+)
+
+__all__ = ["Arch", "Knob", "KnobError", "count_flops", "count_params", "create", "families", "get",
+           "names", "validate"]
