@@ -1,0 +1,1 @@
+"""orchestrate: the engine, data, config, Ray adapters, MLflow tracking and CLI."""

@@ -1,0 +1,582 @@
+"""Datasets, the train/val split and the two input paths the engine uses.
+
+    splits = load_splits(DataSpec("cifar10", root="data/"))
+    loaders = make_loaders(splits, batch_size=256, rank=rank, world_size=world_size, seed=0)
+
+Every dataset here is CIFAR-sized (32x32 RGB, at most tens of thousands of images), so a split is
+held whole in memory as a uint8 tensor `[N, 3, 32, 32]` (50,000 images are 150 MB). That keeps one
+representation for both input paths:
+
+- the CPU path: `AugmentedImageSet` + `DataLoader` (+ `DistributedSampler` under DDP), per-sample
+  torchvision transforms;
+- the device path: the engine moves the uint8 tensors to the GPU once and calls `augment_batch`,
+  which pads, crops and flips a whole batch on the device without a Python loop.
+
+Datasets: `cifar10`/`cifar100` (the python-pickle batches; torchvision downloads them on request),
+`imagefolder` (a `train/<class>/*.jpg|png` tree, as a directory or a .zip read in memory),
+`digits` (scikit-learn's bundled 8x8 digits, upscaled; works offline) and `synthetic` (seeded
+coloured noise a model can learn, for tests and smoke runs).
+
+The validation split is always carved from the training data with `split_seed`, stratified by
+class; the official test split (where one exists) is returned separately and never used for
+selection. No Ray or MLflow here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+__all__ = ["DATASETS", "DataError", "DataSpec", "ImageSet", "Splits", "load_splits", "normalize",
+           "AugmentedImageSet", "Loaders", "make_loaders", "eval_loader", "augment_batch"]
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+IMAGE_SIZE = 32
+PAD = 4  # pixels of zero padding before the random 32x32 crop, as in the ResNet CIFAR recipe
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+# Fixed seeds that must not follow `split_seed`: the digits test split and the synthetic images
+# are the same data in every run, so results across sweeps stay comparable.
+DIGITS_TEST_SEED = 20_240_601
+DIGITS_TEST_FRACTION = 0.2
+SYNTHETIC_SEED = 1_234_567
+
+CACHE_ENV = "ORCHESTRATE_CACHE_DIR"  # where decoded imagefolder tensors go; "" turns caching off
+CACHE_FORMAT = 1  # bump when the cached content changes meaning
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded as asked. str() is one line for the user: it names the
+    dataset or path and says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    name: str = "digits"  # one of DATASETS
+    # cifar: the folder holding cifar-10-batches-py/ (or cifar-100-python/), or that folder itself;
+    # imagefolder: a directory holding train/<class>/*.jpg|png (optionally test/<class>/...), or a
+    # .zip holding such a tree, possibly under one top-level folder.
+    root: str | None = None
+    val_fraction: float = 0.1  # carved from the training data, stratified, by split_seed
+    subset: int | None = None  # keep only this many training images (seeded, before the split)
+    split_seed: int = 0
+    download: bool = False  # cifar only: let torchvision fetch the batches into root
+    synthetic_size: int = 512  # synthetic only: training images (the test split is a quarter)
+    num_classes: int = 10  # synthetic only
+
+
+@dataclasses.dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None  # official test split where one exists; never used for selection
+    classes: list[str]
+    mean: tuple[float, float, float]  # per channel, [0, 1] units, from the train split
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_splits(spec: DataSpec) -> Splits:
+    """Load `spec.name`, carve the validation split from its training data and measure the train
+    split's channel statistics. Raises DataError with a one-line message on any user error."""
+    if spec.name not in DATASETS:
+        raise DataError(f"dataset {spec.name!r} is not one of {', '.join(DATASETS)}")
+    if not 0 < spec.val_fraction <= 0.5:
+        raise DataError(f"{spec.name}: val_fraction must be in (0, 0.5], got {spec.val_fraction}")
+    if spec.subset is not None and spec.subset < 2:
+        raise DataError(f"{spec.name}: subset must be at least 2 images, got {spec.subset}")
+
+    loader = {"cifar10": _load_cifar, "cifar100": _load_cifar, "imagefolder": _load_imagefolder,
+              "digits": _load_digits, "synthetic": _load_synthetic}[spec.name]
+    train_data, test, classes = loader(spec)
+
+    generator = torch.Generator().manual_seed(spec.split_seed)
+    if spec.subset is not None:
+        if spec.subset > len(train_data):
+            raise DataError(f"{spec.name}: subset {spec.subset} is larger than the "
+                            f"{len(train_data)} training images")
+        keep = torch.randperm(len(train_data), generator=generator)[: spec.subset].sort().values
+        train_data = _take(train_data, keep)
+    train_idx, val_idx = _stratified_split(train_data.labels, spec.val_fraction, generator)
+    if len(train_idx) == 0:
+        raise DataError(f"{spec.name}: {len(train_data)} training images leave none for training "
+                        f"after a val_fraction of {spec.val_fraction}")
+    train, val = _take(train_data, train_idx), _take(train_data, val_idx)
+    mean, std = _channel_stats(train.images)
+    return Splits(train=train, val=val, test=test, classes=list(classes), mean=mean, std=std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Split and statistics
+
+
+def _take(data: ImageSet, indices: torch.Tensor) -> ImageSet:
+    return ImageSet(data.images.index_select(0, indices), data.labels.index_select(0, indices))
+
+
+def _stratified_split(labels: torch.Tensor, val_fraction: float,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_indices, val_indices): exactly round(N * val_fraction) (at least 1) go to val, each
+    class contributing in proportion to its size.
+
+    Shuffle, rank every sample within its class, and order all samples by their fractional rank
+    (rank + 0.5) / class_size: taking the first n of that order takes about the same fraction of
+    every class, and the total is exact (rounding class by class would not be)."""
+    n = len(labels)
+    n_val = min(max(1, round(n * val_fraction)), n)
+    perm = torch.randperm(n, generator=generator)
+    shuffled = labels[perm]
+    counts = torch.bincount(shuffled)
+    by_class = torch.sort(shuffled, stable=True).indices  # grouped by class, shuffled within
+    class_start = torch.cumsum(counts, 0) - counts
+    rank = torch.empty(n, dtype=torch.int64)
+    rank[by_class] = torch.arange(n) - class_start[shuffled[by_class]]
+    fractional_rank = (rank.double() + 0.5) / counts[shuffled].double()
+    order = perm[torch.sort(fractional_rank, stable=True).indices]
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and std in [0, 1] units, from each channel's exact 256-bin histogram:
+    fast, and bit-identical on every machine (the numbers end up in checkpoints)."""
+    values = torch.arange(256, dtype=torch.float64)
+    mean, std = [], []
+    for channel in range(3):
+        counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).double()
+        total = counts.sum()
+        channel_mean = (counts * values).sum() / total
+        variance = ((counts * (values - channel_mean) ** 2).sum() / total).item()
+        mean.append(channel_mean.item() / 255)
+        std.append(max(variance ** 0.5, 0.25) / 255)  # a constant channel must not divide by zero
+    return tuple(mean), tuple(std)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR: the python-pickle batches
+
+
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", title="CIFAR-10",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test="test_batch",
+                    meta="batches.meta", names_key="label_names", labels_key="labels",
+                    torchvision_class="CIFAR10"),
+    "cifar100": dict(folder="cifar-100-python", title="CIFAR-100", train=["train"], test="test",
+                     meta="meta", names_key="fine_label_names", labels_key="fine_labels",
+                     torchvision_class="CIFAR100"),
+}
+
+
+def _load_cifar(spec: DataSpec):
+    """Reads the batches directly (the format torchvision reads: pickled dicts whose `data` is
+    uint8 [N, 3072], channel-major, so a reshape gives NCHW). torchvision's dataset class is used
+    only to download, because its constructor also md5-checks all files on every load."""
+    info = _CIFAR[spec.name]
+    if not spec.root:
+        raise DataError(f"{spec.name}: dataset.root is not set; point it at the folder that holds "
+                        f"(or should hold) {info['folder']}/")
+    root = os.path.expanduser(spec.root)
+    folder = root if os.path.basename(os.path.normpath(root)) == info["folder"] \
+        else os.path.join(root, info["folder"])
+    needed = info["train"] + [info["test"], info["meta"]]
+
+    def missing() -> list[str]:
+        return [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+
+    if missing() and spec.download:
+        download_root = os.path.dirname(os.path.normpath(folder))
+        dataset_class = getattr(torchvision.datasets, info["torchvision_class"])
+        try:
+            os.makedirs(download_root, exist_ok=True)
+            dataset_class(download_root, train=True, download=True)
+        except Exception as e:  # offline, disk full, bad checksum: all end the same way for the user
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{spec.name}: downloading {info['title']} into {download_root} failed "
+                            f"({reason}); put the python batches under {folder}/ by hand") from e
+    if missing():
+        raise DataError(f"{spec.name}: no {info['title']} python batches under {root} (expected "
+                        f"{os.path.join(folder, needed[0])} ...); download them from "
+                        f"https://www.cs.toronto.edu/~kriz/cifar.html or set dataset.download: true")
+
+    def read(name: str) -> dict:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")  # the files were pickled by Python 2
+        except Exception as e:
+            raise DataError(f"{spec.name}: {path} is not a readable CIFAR batch ({e}); "
+                            f"download it again") from e
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+    def read_split(names: list[str]) -> ImageSet:
+        images, labels = [], []
+        for name in names:
+            entry = read(name)
+            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
+            labels.append(np.asarray(entry[info["labels_key"]], dtype=np.int64))
+        return ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
+
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in read(info["meta"])[info["names_key"]]]
+    return read_split(info["train"]), read_split([info["test"]]), classes
+
+
+# ---------------------------------------------------------------------------------------------
+# imagefolder: a train/<class>/ tree in a directory or a zip
+
+
+def _load_imagefolder(spec: DataSpec):
+    if not spec.root:
+        raise DataError("imagefolder: dataset.root is not set; point it at a directory or .zip "
+                        "holding train/<class>/*.jpg")
+    root = os.path.abspath(os.path.expanduser(spec.root))
+    if not os.path.exists(root):
+        raise DataError(f"imagefolder: {root} does not exist; expected a directory or .zip holding "
+                        f"train/<class>/*.jpg")
+    # The cache key is the source's identity: a zip's path, size and mtime (checked before its
+    # 50,000-entry directory is even parsed); for a directory, every listed file's.
+    if os.path.isdir(root):
+        members, read = _list_directory(root)
+        cache_key = _cache_key([(m, *_stat_key(os.path.join(root, m))) for m in members])
+        cached = _cache_load(cache_key)
+    elif zipfile.is_zipfile(root):
+        cache_key = _cache_key([(root, *_stat_key(root))])
+        cached = _cache_load(cache_key)
+        if cached is None:
+            with zipfile.ZipFile(root) as archive:
+                members, read = _list_zip(root, archive)
+                return _decode_tree(root, members, read, cache_key)
+    else:
+        raise DataError(f"imagefolder: {root} is neither a directory nor a .zip file")
+    return cached if cached is not None else _decode_tree(root, members, read, cache_key)
+
+
+def _decode_tree(root: str, members: Sequence[str], read: Callable[[str], bytes], cache_key: str):
+    train_files, test_files, classes = _layout(root, members)
+    index = {c: i for i, c in enumerate(classes)}
+    train = _decode_files(root, train_files, index, read)
+    test = _decode_files(root, test_files, index, read) if test_files else None
+    _cache_store(cache_key, (train, test, classes))
+    return train, test, classes
+
+
+def _cache_key(parts: list[tuple]) -> str:
+    return hashlib.sha256(repr((CACHE_FORMAT, parts)).encode()).hexdigest()[:32]
+
+
+def _stat_key(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _list_directory(root: str) -> tuple[list[str], Callable[[str], bytes]]:
+    members = []
+    for folder in ("train", "test"):
+        top = os.path.join(root, folder)
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            relative = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            members += [f"{relative}/{d}/" for d in dirnames]  # so empty class folders are seen
+            members += [f"{relative}/{f}" for f in sorted(filenames)]
+
+    def read(member: str) -> bytes:
+        with open(os.path.join(root, member), "rb") as f:
+            return f.read()
+
+    return members, read
+
+
+def _list_zip(root: str, archive: zipfile.ZipFile) -> tuple[list[str], Callable[[str], bytes]]:
+    """Members with any single top-level folder stripped (`cifar/train/cat/1.jpg` ->
+    `train/cat/1.jpg`), so zipping the tree or the folder above it both work."""
+    names = [n for n in archive.namelist() if not n.startswith("__MACOSX/")]
+    prefix = ""
+    if not any(n.startswith(("train/", "test/")) for n in names):
+        tops = {n.split("/", 1)[0] for n in names}
+        if len(tops) == 1:
+            prefix = tops.pop() + "/"
+    stripped = {n[len(prefix):]: n for n in names if n.startswith(prefix) and len(n) > len(prefix)}
+    return list(stripped), lambda member: archive.read(stripped[member])
+
+
+def _layout(root: str, members: Sequence[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]],
+                                                        list[str]]:
+    """From `split/class/.../file` paths: ([(member, class)] for train and test, sorted classes).
+    Class names are the sorted folder names under train/, as in torchvision's ImageFolder."""
+    expected = "expected train/<class>/*.jpg|png (and optionally test/<class>/...)"
+    files: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    folders: dict[str, set[str]] = {"train": set(), "test": set()}
+    for member in members:
+        parts = member.split("/")
+        if len(parts) < 3 or parts[0] not in files or any(p.startswith(".") for p in parts if p):
+            continue
+        folders[parts[0]].add(parts[1])
+        if parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            files[parts[0]].append((member, parts[1]))
+    if not folders["train"]:
+        raise DataError(f"imagefolder: {root} has no train/<class>/ folders; {expected}")
+    classes = sorted(folders["train"])
+    with_images = {c for _, c in files["train"]}
+    empty = [c for c in classes if c not in with_images]
+    if empty:
+        raise DataError(f"imagefolder: {root}: train/{empty[0]}/ holds no .jpg/.png images; {expected}")
+    unknown = sorted({c for _, c in files["test"]} - set(classes))
+    if unknown:
+        raise DataError(f"imagefolder: {root}: test/{unknown[0]}/ is not a class under train/")
+    return sorted(files["train"]), sorted(files["test"]), classes
+
+
+def _decode_files(root: str, files: list[tuple[str, str]], index: dict[str, int],
+                  read: Callable[[str], bytes]) -> ImageSet:
+    images = torch.empty(len(files), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    labels = torch.tensor([index[c] for _, c in files], dtype=torch.int64)
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and
+        # are twice as fast as PIL here, and _decode falls back to PIL once they are gone.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for i, (member, _) in enumerate(files):
+            try:
+                images[i] = _decode(read(member))
+            except Exception as e:
+                raise DataError(f"imagefolder: cannot decode {member} in {root} ({e})") from e
+    return ImageSet(images, labels)
+
+
+_TORCHVISION_DECODE = getattr(torchvision.io, "decode_image", None)
+
+
+def _decode(raw: bytes) -> torch.Tensor:
+    """JPEG/PNG bytes -> uint8 [3, 32, 32]: grey becomes RGB, other sizes are resized
+    (antialiased; the aspect ratio is not kept, as for any fixed-size CIFAR-style input)."""
+    image = None
+    if _TORCHVISION_DECODE is not None:
+        try:
+            data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            image = _TORCHVISION_DECODE(data, mode=torchvision.io.ImageReadMode.RGB)
+        except RuntimeError:  # a variant torchvision's libjpeg/libpng rejects: PIL may read it
+            pass
+    if image is None:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(raw)) as pil:
+            array = np.array(pil.convert("RGB"))
+        image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        image = torchvision.transforms.functional.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    return image
+
+
+# Decoded imagefolder tensors are cached outside the repository, keyed by the source's path,
+# size and mtime, so the many trials of a sweep decode a 50,000-image zip once per machine.
+
+
+def _cache_dir() -> str | None:
+    configured = os.environ.get(CACHE_ENV)
+    if configured is not None:
+        return os.path.expanduser(configured) or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "orchestrate")
+
+
+def _cache_load(key: str):
+    directory = _cache_dir()
+    path = directory and os.path.join(directory, f"imagefolder-{key}.pt")
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        train = ImageSet(entry["train_images"], entry["train_labels"])
+        test = ImageSet(entry["test_images"], entry["test_labels"]) if entry["has_test"] else None
+        return train, test, list(entry["classes"])
+    except Exception:  # a truncated or foreign file: decode again and overwrite it
+        return None
+
+
+def _cache_store(key: str, value) -> None:
+    directory = _cache_dir()
+    if not directory:
+        return
+    train, test, classes = value
+    no_test = ImageSet(torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8),
+                       torch.empty(0, dtype=torch.int64))
+    entry = {"train_images": train.images, "train_labels": train.labels, "has_test": test is not None,
+             "test_images": (test or no_test).images, "test_labels": (test or no_test).labels,
+             "classes": list(classes)}
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # Write beside the target and rename: trials starting together never read a half file.
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=".imagefolder-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(entry, f)
+            os.chmod(temp, 0o644)  # mkstemp makes it private; the decoded images are not secret
+            os.replace(temp, os.path.join(directory, f"imagefolder-{key}.pt"))
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+    except OSError as e:  # a read-only or full cache disk only costs time
+        warnings.warn(f"imagefolder: not caching decoded images in {directory} ({e})")
+
+
+# ---------------------------------------------------------------------------------------------
+# digits and synthetic
+
+
+def _load_digits(spec: DataSpec):
+    from sklearn.datasets import load_digits  # lazily: only this dataset needs scikit-learn
+
+    digits = load_digits()
+    values = torch.from_numpy(digits.images).float().mul(255.0 / 16.0).unsqueeze(1)  # [N, 1, 8, 8]
+    values = torch.nn.functional.interpolate(values, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                                             align_corners=False)
+    images = values.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    data = ImageSet(images, torch.from_numpy(digits.target).to(torch.int64))
+    # The test split is fixed (independent of split_seed) so every run scores on the same images.
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(DIGITS_TEST_SEED))
+    n_test = round(len(data) * DIGITS_TEST_FRACTION)
+    test = _take(data, perm[:n_test].sort().values)
+    train = _take(data, perm[n_test:].sort().values)
+    return train, test, [str(d) for d in range(10)]
+
+
+def _load_synthetic(spec: DataSpec):
+    """Each class has its own mean colour; pixels are that colour plus noise. A linear model can
+    learn it, so a few epochs of any network should beat chance clearly."""
+    if spec.num_classes < 2:
+        raise DataError(f"synthetic: num_classes must be at least 2, got {spec.num_classes}")
+    if spec.synthetic_size < 2 * spec.num_classes:
+        raise DataError(f"synthetic: synthetic_size {spec.synthetic_size} must be at least twice "
+                        f"num_classes ({spec.num_classes})")
+    generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    colours = torch.rand(spec.num_classes, 3, 1, 1, generator=generator) * 160 + 48
+
+    def make(n: int) -> ImageSet:
+        labels = (torch.arange(n) % spec.num_classes)[torch.randperm(n, generator=generator)]
+        noise = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 40
+        images = (colours[labels] + noise).round().clamp(0, 255).to(torch.uint8)
+        return ImageSet(images, labels)
+
+    train = make(spec.synthetic_size)
+    test = make(max(spec.synthetic_size // 4, spec.num_classes))
+    return train, test, [f"class_{i}" for i in range(spec.num_classes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU input path
+
+
+def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float32 normalised, on the images' device."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
+    return (images_uint8.float().div_(255) - mean) / std
+
+
+class AugmentedImageSet(Dataset):
+    """(image, label) pairs: for training a 4-pixel zero pad, random 32x32 crop and random
+    horizontal flip, then normalisation; for evaluation normalisation only. Randomness comes from
+    torch's global RNG, so it is reproducible under torch.manual_seed (and per DataLoader worker)."""
+
+    def __init__(self, data: ImageSet, mean, std, train: bool):
+        from torchvision.transforms import v2
+
+        self.data, self.train = data, train
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.augment = v2.Compose([v2.RandomCrop(IMAGE_SIZE, padding=PAD), v2.RandomHorizontalFlip()])
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        image = self.data.images[index]
+        if self.train:
+            image = self.augment(image)
+        return (image.float().div_(255) - self.mean) / self.std, self.data.labels[index]
+
+
+@dataclasses.dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    train_sampler: DistributedSampler | None  # call set_epoch(epoch) before each epoch
+
+
+def make_loaders(splits: Splits, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 num_workers: int = 0, drop_last: bool = True) -> Loaders:
+    """Training and validation loaders for one rank.
+
+    world_size 1: the training order comes from a generator seeded with `seed`, so a run is
+    reproducible. world_size > 1: a DistributedSampler gives every rank an equal, disjoint share
+    of a per-epoch shuffle (its tail dropped so the ranks take the same number of steps). The
+    validation split is sharded without padding (rank r takes r, r + W, ...), so the ranks'
+    summed counts equal the split exactly; shards may differ by one sample and one batch, so
+    evaluate the unwrapped model (no DDP collectives) and all-reduce sums afterwards."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
+    train_set = AugmentedImageSet(splits.train, splits.mean, splits.std, train=True)
+    val_set = AugmentedImageSet(splits.val, splits.mean, splits.std, train=False)
+    common = dict(num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=num_workers > 0)
+    if world_size > 1:
+        sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=seed, drop_last=True)
+        train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                           generator=torch.Generator().manual_seed(seed + rank), **common)
+        val_set = Subset(val_set, range(rank, len(val_set), world_size))
+    else:
+        sampler = None
+        train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                           generator=torch.Generator().manual_seed(seed), **common)
+    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, **common)
+    return Loaders(train=train, val=val, train_sampler=sampler)
+
+
+def eval_loader(data: ImageSet, mean, std, batch_size: int) -> DataLoader:
+    """Normalised, in order, nothing dropped: for evaluating any split on one process."""
+    return DataLoader(AugmentedImageSet(data, mean, std, train=False), batch_size=batch_size, shuffle=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The device input path
+
+
+def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The training augmentation of `AugmentedImageSet` for a whole uint8 batch [B, 3, H, W] at
+    once, on the batch's device: zero-pad 4 pixels, crop a random HxW window, flip half the images
+    horizontally. One gather, no per-image Python loop. `generator` may live on the CPU or on the
+    batch's device; with a seeded one the result is reproducible."""
+    b, c, h, w = images_uint8.shape
+    device = images_uint8.device
+    draw_device = generator.device if generator is not None else device
+    offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device=draw_device).to(device)
+    flip = torch.randint(0, 2, (b,), generator=generator, device=draw_device).to(device).bool()
+    padded = torch.nn.functional.pad(images_uint8, (PAD, PAD, PAD, PAD))
+    rows = offsets[0, :, None] + torch.arange(h, device=device)  # [B, H] rows of the padded image
+    cols_ascending = torch.arange(w, device=device)
+    cols = offsets[1, :, None] + torch.where(flip[:, None], cols_ascending.flip(0), cols_ascending)  # [B, W]
+    batch_index = torch.arange(b, device=device).view(b, 1, 1, 1)
+    channel_index = torch.arange(c, device=device).view(1, c, 1, 1)
+    return padded[batch_index, channel_index, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
