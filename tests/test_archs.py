@@ -1,0 +1,84 @@
+"""The registry as a whole: every family builds and trains a step; bad knobs never build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import archs
+
+FAMILIES = {"ParNet", "ShuffleNet", "ResNet", "ResNeXt", "SE-ResNet", "DenseNet", "Res2Net", "ResNeSt",
+            "MobileNet", "EfficientNet", "AlexNet", "VGG", "GoogLeNet"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Batch-2 steps: threads only add synchronisation cost.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_all_thirteen_families_are_registered():
+    assert set(archs.families()) == FAMILIES
+
+
+@pytest.mark.parametrize("name", archs.names())
+def test_every_arch_at_its_smallest_setting_trains_a_step_with_finite_gradients(name):
+    knobs = archs.get(name).smallest
+    model = archs.create(name, num_classes=7, **knobs).train()
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 7)
+    logits.logsumexp(1).mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", archs.names())
+def test_every_arch_declares_a_width_knob_and_valid_defaults(name):
+    arch = archs.get(name)
+    assert "width" in {k.name for k in arch.knobs}
+    assert archs.validate(name, {}) == arch.defaults()
+    assert archs.validate(name, arch.smallest)
+
+
+def test_resnet18_cifar_has_the_reference_parameter_count():
+    # kuangliu/pytorch-cifar ResNet18(): 11,173,962 parameters for 10 classes.
+    assert archs.count_params(archs.create("resnet18")) == 11_173_962
+
+
+@pytest.mark.parametrize("name,count", [
+    ("resnet34", 21_282_122),   # kuangliu/pytorch-cifar ResNet34()
+    ("resnet50", 23_520_842),   # kuangliu/pytorch-cifar ResNet50()
+    ("resnet101", 42_512_970),  # kuangliu/pytorch-cifar ResNet101()
+])
+def test_deeper_resnets_match_the_reference_counts(name, count):
+    assert archs.count_params(archs.create(name)) == count
+
+
+def test_resnet18_forward_flops_at_32x32_are_about_0_56_gflops():
+    # conv FLOPs (2 x MACs) of CIFAR ResNet-18: 0.556 GMACs -> 1.11 GFLOPs as FlopCounterMode counts.
+    flops = archs.count_flops(archs.create("resnet18"))
+    assert 1.10e9 < flops < 1.13e9
+
+
+def test_unknown_arch_and_unknown_knob_are_rejected_with_what_is_allowed():
+    with pytest.raises(archs.KnobError) as e:
+        archs.create("resnet17")
+    assert e.value.knob == "arch" and "resnet18" in str(e.value)
+    with pytest.raises(archs.KnobError) as e:
+        archs.validate("resnet18", {"groups": 2})
+    assert e.value.knob == "groups" and "its knobs are width" in str(e.value)
+
+
+def test_width_out_of_range_and_wrong_type_are_rejected():
+    with pytest.raises(archs.KnobError, match=r"width: 9.0 is not a float in \[0.125, 4.0\]"):
+        archs.validate("vgg16", {"width": 9.0})
+    with pytest.raises(archs.KnobError, match="width: 'wide' is not a float"):
+        archs.validate("vgg16", {"width": "wide"})
+
+
+def test_shufflenet_rejects_groups_5_naming_the_allowed_values():
+    with pytest.raises(archs.KnobError, match="groups: 5 is not one of 1, 2, 3, 4, 8"):
+        archs.create("shufflenet_v1", groups=5)
