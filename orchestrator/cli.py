@@ -108,6 +108,106 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _tracking_uri(arg: str | None) -> str:
+    import os
+
+    from orchestrator.config import default_tracking_uri
+
+    return arg or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def cmd_sweep(args) -> int:
+    from orchestrator import config
+
+    try:
+        spec = config.load(args.file, {"tracking_uri": args.tracking_uri, "storage_path": args.storage})
+        if args.dry_run:
+            from orchestrator import sweep
+
+            rows = sweep.preview(spec)
+            print(f"{args.file}: valid; {len(rows)} trial(s) (random dimensions sampled with seed "
+                  f"{spec.search.seed}); tracking {spec.tracking_uri}; storage {spec.storage_path}")
+            table = [("#", "arch", "knobs", "lr", "overrides")]
+            for i, m in enumerate(rows):
+                knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in sorted((m.get("knobs") or {}).items()))
+                extra = " ".join(f"{k}={v}" for k, v in m.items() if k not in ("arch", "knobs", "lr"))
+                table.append((i, m["arch"], knobs or "-", f"{m['lr']:.4g}", extra or "-"))
+            print_table(table)
+            return 0
+        from orchestrator import sweep
+
+        return sweep.run(spec, address=args.address, resume=args.resume)
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_compare(args) -> int:
+    from orchestrator import tracking
+
+    uri = _tracking_uri(args.tracking_uri)
+    reason = tracking.check_reachable(uri)
+    if reason:
+        raise UsageError(f"compare: --tracking-uri: {reason}")
+    client = tracking.MlflowClient(tracking_uri=uri)
+    if args.experiment:
+        exp = client.get_experiment_by_name(args.experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise UsageError(f"compare: experiment {args.experiment!r} not found in {uri}; "
+                             f"known: {', '.join(names) or 'none'}")
+    else:
+        exps = [e for e in client.search_experiments(order_by=["last_update_time DESC"]) if e.name != "Default"]
+        if not exps:
+            raise UsageError(f"compare: no experiments in {uri}; run `orchestrate sweep FILE` first")
+        exp = exps[0]
+    parent = None
+    if not args.all_sweeps:
+        sweeps = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'sweep'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+        parent = sweeps[0].info.run_id if sweeps else None
+    rows = tracking.comparison_rows(client, exp.experiment_id, parent)
+    print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
+          + f" ({len(rows)} trials; {uri})")
+    cols = tracking.COMPARE_COLUMNS
+    print_table([cols] + tracking.format_rows(rows))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from orchestrator import evaluate
+
+    try:
+        result = evaluate.evaluate_run(args.run_id, _tracking_uri(args.tracking_uri), dataset=args.dataset,
+                                       root=args.root, split=args.split, batch_size=args.batch_size,
+                                       device=args.device)
+    except evaluate.EvaluateError as e:
+        raise UsageError(f"evaluate: {e}") from None
+    print(f"run {args.run_id} ({result['arch']}) on {result['dataset']} {args.split}: "
+          f"loss {result['loss']:.4f}  acc {result['acc']:.4f}  top5 {result['top5']:.4f}  n {result['n']}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import os
+    import subprocess
+
+    uri = _tracking_uri(args.tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    # Its own process group: mlflow starts workers of its own, and Ctrl-C must end them all.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        return 0
+
+
 def build_parser() -> Parser:
     p = Parser(prog="orchestrate", description="Train and sweep CIFAR-sized image classifiers "
                "with Ray Train (DDP) x Ray Tune, tracked in MLflow.")
@@ -149,12 +249,37 @@ def build_parser() -> Parser:
     t.add_argument("--resume", help="continue from a checkpoint directory")
     t.set_defaults(func=cmd_train)
 
-    try:
-        from orchestrator import sweep_cli
-    except ImportError:  # the GPU box has no Ray/MLflow: train and archs still work
-        sweep_cli = None
-    if sweep_cli is not None:
-        sweep_cli.add_commands(sub)
+    s = sub.add_parser("sweep", help="run a sweep file on Ray (Train DDP x Tune), tracked in MLflow")
+    s.add_argument("file")
+    s.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else start a local one)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: the file's tracking.uri, "
+                   "MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    s.add_argument("--storage", help="Ray storage path for checkpoints and Tune state (default ./ray_results)")
+    s.add_argument("--dry-run", action="store_true", help="validate and list the trials; run nothing")
+    s.add_argument("--resume", action="store_true", help="continue this sweep's latest interrupted run")
+    s.set_defaults(func=cmd_sweep)
+
+    c = sub.add_parser("compare", help="table of an experiment's trials, best val accuracy first")
+    c.add_argument("experiment", nargs="?", help="experiment name (default: the most recently active)")
+    c.add_argument("--tracking-uri")
+    c.add_argument("--all-sweeps", action="store_true", help="every sweep of the experiment, not only the latest")
+    c.set_defaults(func=cmd_compare)
+
+    e = sub.add_parser("evaluate", help="score a logged model on a dataset split")
+    e.add_argument("run_id")
+    e.add_argument("--dataset", help="dataset name (default: the run's own)")
+    e.add_argument("--root", help="dataset root (default: the run's own)")
+    e.add_argument("--split", default="test", choices=("test", "val", "train"))
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--tracking-uri")
+    e.add_argument("--device")
+    e.set_defaults(func=cmd_evaluate)
+
+    u = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: not exposed)")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
     return p
 
 
