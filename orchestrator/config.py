@@ -150,6 +150,15 @@ def _check_space(file: str, key: str, value: Any) -> None:
             raise ConfigError(file, f"{key}.{kind}", f"low {args[0]} must be > 0 for a log scale")
 
 
+def _check_continuous(file: str, key: str, value: Any, takes_any_float: bool, allowed: str) -> None:
+    """uniform/loguniform sample any float: refuse them where only ints or listed values are valid."""
+    if _is_space(value) and not takes_any_float:
+        kind, args = next(iter(value.items()))
+        if kind in ("uniform", "loguniform"):
+            raise ConfigError(file, f"{key}.{kind}", f"samples any float in [{args[0]}, {args[1]}], but this "
+                                                     f"must be {allowed}; use grid, choice or randint")
+
+
 def _leaf_values(value: Any) -> list[Any] | None:
     """The discrete values a leaf can take, or None for a continuous range."""
     if not _is_space(value):
@@ -202,11 +211,23 @@ def _check_model(file: str, index: int, raw: Any, train_defaults: dict[str, Any]
         if k not in TRAIN_KEYS:
             raise ConfigError(file, f"{key}.{k}", "unknown key; allowed: arch, knobs, " + ", ".join(TRAIN_KEYS))
         _check_space(file, f"{key}.{k}", v)
+        _check_continuous(file, f"{key}.{k}", v, TRAIN_KEYS[k] is float,
+                          "an int" if TRAIN_KEYS[k] is int else f"a {TRAIN_KEYS[k].__name__}")
         for value in _leaf_bounds(v):
             if not _type_ok(value, TRAIN_KEYS[k]):
                 raise ConfigError(file, f"{key}.{k}", f"{value!r} is not a {TRAIN_KEYS[k].__name__}")
         _check_train_values(file, f"{key}.{k}", k, _leaf_bounds(v))
         space[k] = v
+    # The engine refuses warmup >= epochs (except with a constant schedule): check every combination
+    # this model can produce, since its own epochs / warmup_epochs may override the train section's.
+    epochs = _leaf_bounds(space.get("epochs", train_defaults.get("epochs", 10)))
+    warmups = _leaf_bounds(space.get("warmup_epochs", train_defaults.get("warmup_epochs", 1.0)))
+    schedules = _leaf_bounds(space.get("schedule", train_defaults.get("schedule", "onecycle")))
+    for e, w, sched in itertools.product(epochs, warmups, schedules):
+        if sched != "constant" and w >= e:
+            bad = "warmup_epochs" if "warmup_epochs" in space else "epochs"
+            raise ConfigError(file, f"{key}.{bad}", f"warmup_epochs {w} must be < epochs {e} "
+                                                    f"(schedule {sched})")
 
     knobs = raw.get("knobs") or {}
     if not isinstance(knobs, dict):
@@ -217,6 +238,9 @@ def _check_model(file: str, index: int, raw: Any, train_defaults: dict[str, Any]
             raise ConfigError(file, f"{key}.knobs.{name}",
                               f"is not a knob of {arch_name}; its knobs are " + (", ".join(declared) or "none"))
         _check_space(file, f"{key}.knobs.{name}", v)
+        knob = declared[name]
+        _check_continuous(file, f"{key}.knobs.{name}", v, knob.type is float and knob.choices is None,
+                          knob.describe())
         for value in _leaf_bounds(v):
             try:
                 declared[name].check(value)
@@ -257,6 +281,10 @@ def load(path: str, overrides: dict[str, Any] | None = None) -> SweepSpec:
             raw = yaml.safe_load(f)  # never yaml.load: a sweep file is data, not code
     except FileNotFoundError:
         raise ConfigError(path, "", "no such file") from None
+    except OSError as e:  # a directory, no permission ...
+        raise ConfigError(path, "", f"cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"is not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -362,9 +362,10 @@ class Engine:
             self.optimizer.step()
             self.scheduler.step()
             with torch.no_grad():
-                n = y.numel()
-                sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
-                                     torch.tensor(n, device=self.device, dtype=torch.float64)])
+                n = y.numel()  # a Python int: adding it launches no host-to-device copy
+                sums[0] += loss.detach().double() * n
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += n
         all_reduce_sum(sums)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -383,9 +384,10 @@ class Engine:
         for x, y in batches if batches is not None else self.val_batches:
             logits, y = self._forward(x, y)
             top = logits.topk(min(5, k), dim=1).indices
-            sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                 (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
-                                 torch.tensor(y.numel(), device=self.device, dtype=torch.float64)])
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += (top[:, 0] == y).sum()
+            sums[2] += (top == y[:, None]).any(1).sum()
+            sums[3] += y.numel()
             confusion += torch.bincount(y * k + top[:, 0], minlength=k * k)
         all_reduce_sum(sums)
         all_reduce_sum(confusion)

@@ -109,9 +109,10 @@ class MlflowCallback(ray.tune.Callback):
         if trial.trial_id not in self._trials:
             model = trial.config["model"]
             train = {**self.sweep_setup["train"], **{k: v for k, v in model.items() if k not in ("arch", "knobs")}}
-            run_id, last_epoch = self.tracker.start_child(trial.trial_id, model, train, self.sweep_setup["dataset"],
-                                                          self.sweep_setup["resources"])
-            self._trials[trial.trial_id] = {"run_id": run_id, "last_epoch": last_epoch, "history": [],
+            run_id, last_epoch, finished = self.tracker.start_child(
+                trial.trial_id, model, train, self.sweep_setup["dataset"], self.sweep_setup["resources"])
+            self._trials[trial.trial_id] = {"run_id": run_id, "last_epoch": last_epoch, "finished": finished,
+                                            "history": [],
                                             "best": None, "best_acc": -1.0, "last": None,
                                             "epochs": int(train.get("epochs", 10))}
         return self._trials[trial.trial_id]
@@ -136,6 +137,8 @@ class MlflowCallback(ray.tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         st = self._state(trial)
+        if st["finished"]:  # already complete in MLflow (restored sweep): untouched
+            return
         done = st["history"][-1]["epoch"] if st["history"] else 0
         status = "completed" if done >= st["epochs"] else "early-stopped"
         self.tracker.finish_child(st["run_id"], status, st["history"], st["last"], st["best"])
@@ -143,6 +146,8 @@ class MlflowCallback(ray.tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         st = self._state(trial)
+        if st["finished"]:
+            return
         error = _trial_error(trial)
         self.tracker.finish_child(st["run_id"], "failed", st["history"], st["last"], st["best"], error=error)
         self._trials.pop(trial.trial_id, None)

@@ -125,9 +125,17 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ou
 
     address = address or os.environ.get("RAY_ADDRESS")
     started_here = not address
+    if started_here:
+        # Token auth stays on (Ray's default for local clusters); only its notice about that is
+        # silenced, so a user error stays the one line on stderr it should be.
+        import logging
+
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # Worker logs stay in Ray's log files: the terminal shows the trial table, not every rank's prints.
-    ray.init(address=address, log_to_driver=False, include_dashboard=False if started_here else None,
-             configure_logging=True, logging_level="WARNING")
+    # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
+    # state API whether a trial's controller died, and without it an ASHA-stopped trial's workers'
+    # resources are never released.
+    ray.init(address=address, log_to_driver=False, configure_logging=True, logging_level="WARNING")
     try:
         if started_here:  # a cluster we started cannot grow: refuse what it can never hold
             why = cluster_fits(spec, ray.cluster_resources())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -299,17 +298,20 @@ class SweepTracker:
         return runs[0] if runs else None
 
     def start_child(self, trial_id: str, model: dict[str, Any], train: dict[str, Any],
-                    dataset: dict[str, Any], resources: dict[str, Any]) -> tuple[str, int]:
-        """The child run for `trial_id` (created, or found again after a restore) and the last
-        epoch it already holds, so a resumed trial never logs a step twice."""
+                    dataset: dict[str, Any], resources: dict[str, Any]) -> tuple[str, int, bool]:
+        """The child run for `trial_id` (created, or found again after a restore), the last epoch
+        it already holds (so a resumed trial never logs a step twice), and whether it is already
+        finished (a completed trial that Tune's last snapshot had not yet seen end: leave it be)."""
         existing = self.find_child(trial_id)
         if existing is not None:
             history = self.client.get_metric_history(existing.info.run_id, "val_acc")
             last = max((m.step for m in history), default=0)
+            if existing.data.tags.get(STATUS_TAG) in ("completed", "early-stopped"):
+                return existing.info.run_id, last, True
             if existing.info.status != "RUNNING":
                 self.client.update_run(existing.info.run_id, status="RUNNING")
             self.client.set_tag(existing.info.run_id, STATUS_TAG, "running")
-            return existing.info.run_id, last
+            return existing.info.run_id, last, False
         import archs
 
         from orchestrator.engine_config import TrainConfig
@@ -327,7 +329,7 @@ class SweepTracker:
                   "world_size": resources["num_workers"], "param_count": archs.count_params(built),
                   "flops": archs.count_flops(built), **library_versions()}
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run.info.run_id, 0
+        return run.info.run_id, 0, False
 
     def log_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
         step = int(metrics["epoch"])

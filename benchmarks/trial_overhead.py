@@ -1,0 +1,108 @@
+"""Per-trial overhead of `orchestrate sweep` next to a minimal Ray Train trial, measured the same way.
+
+    python benchmarks/trial_overhead.py [--workers 1] [--repeats 2]
+
+Both run inside one already-started local Ray cluster, one trial at a time, as a Tune trial that
+builds a TorchTrainer (Train V2) and reports through TuneReportCallback:
+- minimal: a worker loop that reports one metric dict (no model, no data) -> its wall time is all
+  overhead (Tune trial + Train controller + worker group + process group set-up and tear-down);
+- orchestrate: our trial driver (engine, digits, resnet18 width 0.125, 1 epoch) with the MLflow
+  callback writing a real sqlite store -> overhead = wall - the engine's own epoch seconds.
+Prints one JSON object per measurement and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def minimal_worker(config):
+    import ray.train
+
+    ray.train.report({"epoch": 1, "val_acc": 0.0})
+
+
+def minimal_driver(config, workers, storage):
+    import ray.tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    TorchTrainer(minimal_worker, scaling_config=ScalingConfig(num_workers=workers),
+                 run_config=RunConfig(name=f"minimal-{ray.tune.get_context().get_trial_id()}", storage_path=storage,
+                                      callbacks=[TuneReportCallback()])).fit()
+
+
+def time_minimal(workers: int, storage: str) -> float:
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(minimal_driver, workers=workers, storage=storage),
+                                    {"CPU": 0.1})
+    start = time.perf_counter()
+    tune.Tuner(trainable, run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
+    return time.perf_counter() - start
+
+
+def time_orchestrate(workers: int, folder: str) -> tuple[float, float]:
+    from orchestrator import config, sweep
+
+    raw = {"name": "overhead", "dataset": {"name": "digits"},
+           "train": {"epochs": 1, "batch_size": 32, "lr": 0.05, "warmup_epochs": 0.5},
+           "resources": {"num_workers": workers, "cpus_per_worker": 1.0 / workers, "driver_cpus": 0.1},
+           "search": {"scheduler": "fifo"}, "models": [{"arch": "resnet18", "knobs": {"width": 0.125}}]}
+    path = os.path.join(folder, "overhead.yaml")
+    import yaml
+
+    with open(path, "w") as f:
+        yaml.safe_dump(raw, f)
+    spec = config.load(path, {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "storage_path": f"{folder}/ray_results"})
+    start = time.perf_counter()
+    with open(os.devnull, "w") as devnull:
+        sweep._run_tuner(spec, None, devnull)
+    wall = time.perf_counter() - start
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
+    exp = client.get_experiment_by_name("overhead")
+    runs = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    epoch_s = sum(m.value for m in client.get_metric_history(runs[0].info.run_id, "epoch_s"))
+    return wall, epoch_s
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    import logging
+
+    import ray
+
+    ray.init(log_to_driver=False, logging_level=logging.ERROR)
+    results = {"minimal_s": [], "orchestrate_wall_s": [], "orchestrate_train_s": [], "orchestrate_overhead_s": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for i in range(args.repeats):
+            m = time_minimal(args.workers, os.path.join(folder, "minimal"))
+            results["minimal_s"].append(round(m, 2))
+            print(json.dumps({"trial": "minimal", "repeat": i, "wall_s": round(m, 2)}), flush=True)
+            wall, train = time_orchestrate(args.workers, folder)
+            results["orchestrate_wall_s"].append(round(wall, 2))
+            results["orchestrate_train_s"].append(round(train, 2))
+            results["orchestrate_overhead_s"].append(round(wall - train, 2))
+            print(json.dumps({"trial": "orchestrate", "repeat": i, "wall_s": round(wall, 2),
+                              "epoch_s": round(train, 2), "overhead_s": round(wall - train, 2)}), flush=True)
+    ray.shutdown()
+    print(json.dumps({"summary": True, "workers": args.workers, "cpus": os.cpu_count(),
+                      "date": time.strftime("%Y-%m-%d"), **results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The GPU benchmarks, run tiny on the CPU as real subprocesses: they start, finish and write the
+JSON the report reads. Speed is not asserted (these are CPU numbers on a shared machine)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO / "benchmarks"
+
+
+# Runs a benchmark as `python benchmarks/SCRIPT ARGS` would, then checks what it imported: the GPU
+# machine has neither Ray nor MLflow, so the benchmarks' import chain must not reach them.
+RUN_AND_CHECK_IMPORTS = """
+import runpy, sys
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+pulled = [m for m in ("ray", "mlflow") if m in sys.modules]
+assert not pulled, f"{script} imported {pulled}"
+"""
+
+
+def run_benchmark(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", RUN_AND_CHECK_IMPORTS, str(BENCHMARKS / script), *args],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def is_positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_engine_throughput_reports_engine_and_peer_img_per_s_without_importing_ray_or_mlflow(tmp_path):
+    result = run_benchmark("engine_throughput.py", "--device", "cpu", "--arch", "resnet18", "--smallest",
+                           "--batch-size", "8", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                           "--synthetic-size", "64", "--peer-workers", "0", "--out", str(tmp_path))
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    *arch_results, summary = lines
+    assert [r["arch"] for r in arch_results] == ["resnet18"]
+    r = arch_results[0]
+    assert r["knobs"] == {"width": 0.125} and r["steps"] == 2 and r["batch_size"] == 8
+    for key in ("engine_imgs_per_s", "peer_imgs_per_s", "speedup", "params"):
+        assert is_positive(r[key]), (key, r)
+    assert r["engine"]["data_path"] == "loader" and r["engine"]["precision"] == "float32"
+    assert r["peer"]["workers"] == 0
+    assert summary["summary"] is True and summary["device_type"] == "cpu"
+    for key in ("device", "torch", "date", "command"):
+        assert summary[key], key
+    written = json.loads((tmp_path / "engine_throughput.json").read_text())
+    assert written == {"results": arch_results, "summary": summary}
+
+
+def test_time_to_accuracy_reports_per_epoch_val_acc_and_cumulative_training_seconds_without_ray_or_mlflow(tmp_path):
+    result = run_benchmark("time_to_accuracy.py", "--dataset", "synthetic", "--synthetic-size", "80",
+                           "--width", "0.125", "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "16",
+                           "--device", "cpu", "--target", "0.0", "--out", str(tmp_path))
+    r = json.loads(result.stdout.strip().splitlines()[-1])
+    assert r == json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    assert [e["epoch"] for e in r["epochs"]] == [1, 2]
+    first, second = r["epochs"]
+    assert is_positive(first["train_s"]) and is_positive(second["train_s"])
+    assert second["cumulative_train_s"] == round(first["train_s"] + second["train_s"], 3) == r["train_s_total"]
+    assert all(0 <= e["val_acc"] <= 1 for e in r["epochs"])
+    # A target of 0 is reached after the first epoch: the time is that epoch's training alone.
+    assert r["epoch_at_target"] == 1 and r["seconds_to_target"] == first["cumulative_train_s"]
+    assert r["final_val_acc"] == second["val_acc"] and r["error"] is None
+    assert r["recipe"]["label_smoothing"] == 0.1 and r["recipe"]["schedule"] == "onecycle"
+    assert r["dataset"]["split_seed"] == 0 and r["dataset"]["train_images"] + r["dataset"]["val_images"] == 80
+    for key in ("device", "torch", "date", "command"):
+        assert r[key], key
+
+
+def test_gpu_run_script_is_valid_bash_and_needs_an_output_folder():
+    assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_run.sh")]).returncode == 0
+    result = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh")], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2 and "usage:" in result.stderr

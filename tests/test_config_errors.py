@@ -1,0 +1,382 @@
+"""Bad sweep files: `orchestrate sweep FILE` answers each with one line `FILE: KEY: what is wrong`,
+exit code 2, and leaves nothing behind (no MLflow run, no ray_results/ folder, no Ray processes).
+
+Most cases fail in config validation and run `orchestrator.cli.main` in-process (torch is
+imported once, not once per case). The cases that reach Ray or the network, malformed YAML and a
+few plain ones run the real CLI as a subprocess. Each subprocess gets its own RAY_TMPDIR, so the
+Ray processes it starts are told apart from other Ray clusters running on the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ORCHESTRATE, REPO, free_port, processes_mentioning
+from orchestrator import cli, config
+
+# A valid sweep, one flow-style line per section. A case replaces sections (None drops one).
+GOOD = {
+    "name": "bad-input",
+    "dataset": "{name: digits, val_fraction: 0.1}",
+    "train": "{epochs: 3, batch_size: 32, lr: 0.1, warmup_epochs: 0.5}",
+    "resources": "{num_workers: 1, cpus_per_worker: 1}",
+    "search": "{scheduler: asha, grace_period: 1, num_samples: 1}",
+    "models": "[{arch: resnet18, knobs: {width: 0.125}}]",
+}
+
+
+def sweep_yaml(**sections: str | None) -> str:
+    merged = {**GOOD, **sections}
+    return "".join(f"{key}: {value}\n" for key, value in merged.items() if value is not None)
+
+
+@dataclasses.dataclass
+class Case:
+    id: str
+    text: str | None  # the file's content; None: the file is not written
+    key: str | None  # the key the line must name (None: a whole-file problem)
+    says: tuple[str, ...]  # fragments the line must contain (the bad value, what is allowed)
+    subprocess: bool = False  # run the real CLI as a subprocess
+    file_setup: str | None = None  # "directory" | "binary": what bad.yaml is instead of text
+    uri: str | None = None  # --tracking-uri (default: a sqlite file in tmp_path; "": none)
+    starts_ray: bool = False  # only the cluster-capacity check needs a (local) Ray cluster
+
+    def __str__(self):
+        return self.id
+
+
+UNREACHABLE_PORT = free_port()  # bound and released: nothing listens there
+
+CASES = [
+    # --- models: archs, knobs, spaces
+    Case("unknown_arch_is_rejected_with_the_known_archs",
+         sweep_yaml(models="[{arch: resnet9000}]"),
+         "models[0].arch", ("'resnet9000' is not one of", "resnet18", "shufflenet_v1")),
+    Case("unknown_knob_is_rejected_with_the_archs_knobs",
+         sweep_yaml(models="[{arch: resnet18, knobs: {depth: 50}}]"),
+         "models[0].knobs.depth", ("is not a knob of resnet18", "its knobs are width")),
+    Case("shufflenet_groups_5_is_rejected_with_the_allowed_groups",
+         sweep_yaml(models="[{arch: shufflenet_v1, knobs: {groups: 5}}]"),
+         "models[0].knobs.groups", ("5 is not one of 1, 2, 3, 4, 8",), subprocess=True),
+    Case("shufflenet_width_that_groups_does_not_divide_is_rejected_within_a_grid",
+         sweep_yaml(models="[{arch: shufflenet_v1, knobs: {groups: 4, width: {grid: [1.0, 1.5]}}}]"),
+         "models[0].knobs.width", ("1.5 with groups=4", "not divisible by groups=4", "widths that work")),
+    Case("knob_grid_value_outside_its_range_is_rejected",
+         sweep_yaml(models="[{arch: resnet18, knobs: {width: {grid: [0.5, 8.0]}}}]"),
+         "models[0].knobs.width", ("8.0 is not a float in [0.125, 4.0]",)),
+    Case("uniform_over_a_knob_with_listed_values_is_rejected",
+         sweep_yaml(models="[{arch: shufflenet_v1, knobs: {groups: {uniform: [1, 8]}}}]"),
+         "models[0].knobs.groups.uniform", ("samples any float", "one of 1, 2, 3, 4, 8")),
+    Case("uniform_over_an_int_setting_is_rejected",
+         sweep_yaml(models="[{arch: resnet18, batch_size: {uniform: [16, 64]}}]"),
+         "models[0].batch_size.uniform", ("samples any float in [16, 64]", "an int")),
+    Case("empty_grid_is_rejected",
+         sweep_yaml(models="[{arch: resnet18, lr: {grid: []}}]"),
+         "models[0].lr.grid", ("[] is not a non-empty list",)),
+    Case("misspelt_space_kind_is_rejected_with_the_known_kinds",
+         sweep_yaml(models="[{arch: resnet18, lr: {grdi: [0.1, 0.2]}}]"),
+         "models[0].lr", ("'grdi'", "grid", "loguniform")),
+    Case("negative_model_lr_is_rejected",
+         sweep_yaml(models="[{arch: resnet18, lr: -0.01}]"),
+         "models[0].lr", ("-0.01 must be > 0",)),
+    Case("loguniform_lr_with_low_0_is_rejected",
+         sweep_yaml(models="[{arch: resnet18, lr: {loguniform: [0, 0.1]}}]"),
+         "models[0].lr.loguniform", ("low 0 must be > 0",)),
+    Case("uniform_with_low_above_high_is_rejected",
+         sweep_yaml(models="[{arch: resnet18, lr: {uniform: [0.2, 0.1]}}]"),
+         "models[0].lr.uniform", ("low 0.2 is not below high 0.1",)),
+    Case("model_epochs_not_above_the_warmup_is_rejected",
+         sweep_yaml(train="{epochs: 3, warmup_epochs: 1.0}", models="[{arch: resnet18, epochs: 1}]"),
+         "models[0].epochs", ("warmup_epochs 1.0 must be < epochs 1",)),
+    Case("unknown_model_key_is_rejected",
+         sweep_yaml(models="[{arch: resnet18, learning_rate: 0.1}]"),
+         "models[0].learning_rate", ("unknown key", "knobs", "lr")),
+    Case("empty_models_list_is_rejected",
+         sweep_yaml(models="[]"),
+         "models", ("must be a non-empty list",)),
+    Case("model_without_arch_is_rejected_with_the_known_archs",
+         sweep_yaml(models="[{knobs: {width: 0.5}}]"),
+         "models[0].arch", ("missing; choose one of", "resnet18")),
+    Case("model_that_is_not_a_mapping_is_rejected",
+         sweep_yaml(models="[resnet18]"),
+         "models[0]", ("'resnet18' is not a mapping",)),
+    # --- train
+    Case("negative_train_lr_is_rejected",
+         sweep_yaml(train="{epochs: 3, lr: -0.1, warmup_epochs: 0.5}"),
+         "train.lr", ("-0.1 must be > 0",)),
+    Case("epochs_as_text_is_rejected",
+         sweep_yaml(train="{epochs: ten}"),
+         "train.epochs", ("'ten' is not a int",)),
+    Case("fractional_batch_size_is_rejected",
+         sweep_yaml(train="{epochs: 3, batch_size: 1.5, warmup_epochs: 0.5}"),
+         "train.batch_size", ("1.5 is not a int",)),
+    Case("unknown_train_key_is_rejected_with_the_known_keys",
+         sweep_yaml(train="{epochs: 3, learning_rate: 0.1}"),
+         "train.learning_rate", ("unknown key; allowed: epochs, batch_size",)),
+    Case("unknown_optimizer_is_rejected",
+         sweep_yaml(train="{epochs: 3, optimizer: adam, warmup_epochs: 0.5}"),
+         "train.optimizer", ("'adam' is not one of sgd, adamw",)),
+    Case("warmup_not_below_epochs_is_rejected",
+         sweep_yaml(train="{epochs: 2, warmup_epochs: 2}"),
+         "train.warmup_epochs", ("2.0 must be < train.epochs (2)",)),
+    # --- search
+    Case("unknown_scheduler_is_rejected",
+         sweep_yaml(search="{scheduler: hyperband}"),
+         "search.scheduler", ("'hyperband' is not one of fifo, asha",)),
+    Case("grace_period_above_epochs_is_rejected",
+         sweep_yaml(search="{scheduler: asha, grace_period: 5}"),
+         "search.grace_period", ("5 is more than train.epochs (3)",), subprocess=True),
+    Case("zero_samples_is_rejected",
+         sweep_yaml(search="{num_samples: 0}"),
+         "search.num_samples", ("0 must be >= 1",)),
+    Case("unknown_metric_is_rejected",
+         sweep_yaml(search="{metric: accuracy}"),
+         "search.metric", ("'accuracy' is not one of val_acc",)),
+    # --- resources
+    Case("use_gpu_as_text_is_rejected",
+         sweep_yaml(resources="{use_gpu: 'yes'}"),
+         "resources.use_gpu", ("'yes' is not a bool",)),
+    Case("unknown_placement_strategy_is_rejected",
+         sweep_yaml(resources="{placement_strategy: DIAGONAL}"),
+         "resources.placement_strategy", ("'DIAGONAL' is not one of PACK, SPREAD, STRICT_PACK, STRICT_SPREAD",)),
+    Case("zero_workers_is_rejected",
+         sweep_yaml(resources="{num_workers: 0}"),
+         "resources.num_workers", ("0 must be >= 1",)),
+    Case("more_workers_than_the_local_cluster_can_ever_hold_is_rejected_and_ray_shut_down",
+         sweep_yaml(resources="{num_workers: 64, cpus_per_worker: 1}"),
+         "resources.num_workers", ("64 workers x 1.0 CPU", "but the cluster has 2"), subprocess=True,
+         starts_ray=True),
+    # --- dataset
+    Case("missing_imagefolder_root_is_rejected",
+         sweep_yaml(dataset="{name: imagefolder, root: ./no-such-folder}"),
+         "dataset.root", ("no-such-folder does not exist",)),
+    Case("cifar10_root_without_batches_is_rejected",
+         sweep_yaml(dataset="{name: cifar10, root: .}"),
+         "dataset.root", ("has no cifar-10-batches-py/", "dataset.download: true"), subprocess=True),
+    Case("cifar10_without_root_is_rejected",
+         sweep_yaml(dataset="{name: cifar10}"),
+         "dataset.root", ("required for cifar10",)),
+    Case("val_fraction_above_half_is_rejected",
+         sweep_yaml(dataset="{name: digits, val_fraction: 0.9}"),
+         "dataset.val_fraction", ("0.9 is not in (0, 0.5]",)),
+    Case("unknown_dataset_is_rejected",
+         sweep_yaml(dataset="{name: imagenet}"),
+         "dataset.name", ("'imagenet' is not one of cifar10, cifar100, imagefolder, digits, synthetic",)),
+    # --- the file as a whole
+    Case("unknown_top_level_key_is_rejected_with_the_known_keys",
+         sweep_yaml(trian="{epochs: 3}"),
+         "trian", ("unknown key; allowed: name, dataset, train",)),
+    Case("missing_name_is_rejected",
+         sweep_yaml(name=None),
+         "name", ("None must be a non-empty string",)),
+    Case("section_that_is_not_a_mapping_is_rejected",
+         sweep_yaml(train="[3, 32]"),
+         "train", ("[3, 32] is not a mapping",)),
+    Case("malformed_yaml_names_the_line",
+         sweep_yaml(models="[{arch: resnet18, knobs: {width: 0.125}"),  # unclosed [ and {
+         None, ("malformed YAML: line 7",), subprocess=True),
+    Case("empty_file_is_rejected",
+         "", None, ("must be a mapping",)),
+    Case("missing_file_is_rejected",
+         None, None, ("no such file",), subprocess=True),
+    Case("directory_instead_of_a_file_is_rejected",
+         None, None, ("cannot be read: Is a directory",), file_setup="directory"),
+    Case("binary_file_is_rejected",
+         None, None, ("is not UTF-8 text",), file_setup="binary"),
+    # --- the tracking server, probed before Ray starts
+    Case("unreachable_tracking_server_is_rejected_before_ray_starts",
+         sweep_yaml(tracking=f"{{uri: 'http://127.0.0.1:{UNREACHABLE_PORT}'}}"),
+         "tracking.uri", (f"http://127.0.0.1:{UNREACHABLE_PORT} is unreachable",), subprocess=True,
+         uri=""),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _write_input(case: Case, folder: Path) -> None:
+    target = folder / "bad.yaml"
+    if case.file_setup == "directory":
+        target.mkdir()
+    elif case.file_setup == "binary":
+        target.write_bytes(b"\xff\xfe\x00name: x\n")
+    elif case.text is not None:
+        target.write_text(case.text)
+
+
+def _cli_args(case: Case, folder: Path) -> list[str]:
+    uri = f"sqlite:///{folder}/mlflow.db" if case.uri is None else case.uri
+    return ["sweep", "bad.yaml"] + (["--tracking-uri", uri] if uri else [])
+
+
+def _assert_one_clean_line(case: Case, err: str, out: str) -> None:
+    assert "Traceback" not in out + err, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    line = lines[0]
+    assert line.startswith("bad.yaml: "), line
+    if case.key is not None:
+        assert line.startswith(f"bad.yaml: {case.key}: "), line
+    for fragment in case.says:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+
+
+def _assert_nothing_written(folder: Path) -> None:
+    assert not (folder / "ray_results").exists(), "a failed sweep wrote a ray_results/ folder"
+    db = folder / "mlflow.db"
+    if db.exists():  # opening a missing store would create it: only look when it is there
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+        ids = [e.experiment_id for e in client.search_experiments()]
+        assert not ids or not client.search_runs(ids), "a failed sweep created an MLflow run"
+
+
+@pytest.fixture
+def ray_tmpdir():
+    """A short private RAY_TMPDIR (Ray's socket paths must stay under ~107 characters)."""
+    folder = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI on every bad input
+
+
+def test_there_are_at_least_22_bad_inputs():
+    assert len(CASES) >= 22
+    assert len({c.id for c in CASES}) == len(CASES)
+    assert sum(c.subprocess for c in CASES) >= 7
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.subprocess], ids=str)
+def test_cli_subprocess_rejects_bad_input_with_one_line_and_exit_2(case, tmp_path, ray_tmpdir):
+    _write_input(case, tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env.update(PYTHONPATH=str(REPO), RAY_TMPDIR=ray_tmpdir)
+    result = subprocess.run(ORCHESTRATE + _cli_args(case, tmp_path), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=180)
+
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    _assert_one_clean_line(case, result.stderr, result.stdout)
+    _assert_nothing_written(tmp_path)
+    # Ray's processes carry their temp dir on their command line: none of this run's may remain.
+    deadline = time.time() + 10
+    while processes_mentioning(ray_tmpdir) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not processes_mentioning(ray_tmpdir), processes_mentioning(ray_tmpdir)
+    # Everything but the capacity check is found before Ray starts (the tracking probe included).
+    assert any(Path(ray_tmpdir).glob("ray/session_*")) == case.starts_ray
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.subprocess], ids=str)
+def test_cli_rejects_bad_input_with_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    _write_input(case, tmp_path)
+
+    code = cli.main(_cli_args(case, tmp_path))
+
+    captured = capsys.readouterr()
+    assert code == 2, captured.out + captured.err
+    _assert_one_clean_line(case, captured.err, captured.out)
+    _assert_nothing_written(tmp_path)
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized(), "config validation must not start Ray"
+
+
+def test_dry_run_of_a_good_file_exits_0_and_lists_the_trials(tmp_path):
+    (tmp_path / "good.yaml").write_text(sweep_yaml(models="[{arch: resnet18, lr: {grid: [0.05, 0.1]}}, "
+                                                          "{arch: shufflenet_v1, knobs: {groups: 3}}]"))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(ORCHESTRATE + ["sweep", "good.yaml", "--dry-run",
+                                           "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "good.yaml: valid; 3 trial(s)" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines() if line[:1].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("0", "resnet18"), ("1", "resnet18"), ("2", "shufflenet_v1")]
+    assert {r[3] for r in rows[:2]} == {"0.05", "0.1"}
+    assert "groups=3" in rows[2][2]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# config.parse directly (no file, no subprocess)
+
+
+def parse(text: str) -> config.SweepSpec:
+    return config.parse(yaml.safe_load(text), "x.yaml")
+
+
+def test_parse_fills_defaults_for_a_minimal_file():
+    spec = parse("name: ' minimal '\nmodels: [{arch: resnet18}]\n")
+    assert spec.name == "minimal"
+    assert spec.dataset == {"name": "digits"}
+    assert spec.train == {}
+    assert spec.resources == config.Resources()
+    assert spec.search == config.Search()
+    assert spec.failure == config.Failure()
+    assert [(m.arch, m.index, m.space) for m in spec.models] == [("resnet18", 0, {"knobs": {}})]
+    assert spec.storage_path == os.path.join(os.getcwd(), "ray_results")
+    assert spec.trial_count() == 1
+
+
+def test_trial_count_is_grid_points_times_samples_and_random_dimensions_do_not_multiply():
+    spec = parse(sweep_yaml(
+        search="{num_samples: 2}",
+        models="[{arch: resnet18, lr: {grid: [0.01, 0.1, 0.2]}, knobs: {width: {grid: [0.25, 0.5]}}}, "
+               "{arch: resnet18, lr: {loguniform: [0.001, 0.1]}, batch_size: {choice: [32, 64]}}]"))
+    assert spec.trial_count() == (3 * 2 + 1) * 2
+
+
+def test_parse_makes_dataset_roots_absolute(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    spec = parse(sweep_yaml(dataset=f"{{name: cifar10, root: '{tmp_path}/./'}}"))
+    assert spec.dataset["root"] == str(tmp_path)
+
+
+def test_cli_overrides_win_over_the_file():
+    raw = yaml.safe_load(sweep_yaml(tracking="{uri: 'http://a:5000'}", storage="/tmp/a"))
+    spec = config.parse(raw, "x.yaml", {"tracking_uri": "sqlite:////tmp/b.db", "storage_path": "/tmp/b"})
+    assert (spec.tracking_uri, spec.storage_path) == ("sqlite:////tmp/b.db", "/tmp/b")
+
+
+@pytest.mark.parametrize("models, key, says", [
+    ("[{arch: shufflenet_v1, knobs: {groups: 5}}]", "models[0].knobs.groups", "5 is not one of 1, 2, 3, 4, 8"),
+    ("[{arch: resnet18}, {arch: vgg99}]", "models[1].arch", "'vgg99' is not one of"),
+    ("[{arch: resnet18, lr: {loguniform: [-1, 0.1]}}]", "models[0].lr.loguniform", "low -1 must be > 0"),
+    ("[{arch: resnet18, epochs: {uniform: [2, 5]}}]", "models[0].epochs.uniform", "must be an int"),
+], ids=["shufflenet_groups_5", "second_model_unknown_arch", "loguniform_negative_low", "uniform_epochs"])
+def test_parse_error_names_file_key_and_value(models, key, says):
+    with pytest.raises(config.ConfigError) as info:
+        parse(sweep_yaml(models=models))
+    assert (info.value.file, info.value.key) == ("x.yaml", key)
+    assert says in info.value.message
+    assert str(info.value) == f"x.yaml: {key}: {info.value.message}"
+    assert "\n" not in str(info.value)
+
+
+def test_parse_accepts_a_shufflenet_width_grid_that_every_groups_value_divides():
+    spec = parse(sweep_yaml(models="[{arch: shufflenet_v1, knobs: {groups: {grid: [3, 8]}, "
+                                   "width: {grid: [0.25, 0.5, 1.0]}}}]"))
+    assert spec.trial_count() == 6
+
+
+def test_parse_accepts_warmup_at_epochs_with_a_constant_schedule():
+    spec = parse(sweep_yaml(models="[{arch: resnet18, epochs: 1, schedule: constant}]"))
+    assert spec.models[0].space["epochs"] == 1

@@ -1,0 +1,173 @@
+"""Fault tolerance for real: a training worker SIGKILLed mid-trial, and the sweep driver SIGKILLed
+mid-sweep then resumed with `--resume`. Each test runs its own local Ray cluster, found (and
+cleaned up) through its private RAY_TMPDIR."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from conftest import DDP_SWEEP, ORCHESTRATE, REPO, processes_mentioning, run_cli
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def ray_tmpdir():
+    folder = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
+    yield folder
+    for line in processes_mentioning(folder):  # whatever a killed driver left behind
+        try:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def start_sweep(folder, ray_tmpdir, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmpdir}
+    return subprocess.Popen(ORCHESTRATE + ["sweep", "sweep.yaml", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+                                           *extra],
+                            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout_s, proc=None, what=""):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker_pids(ray_tmpdir) -> set[int]:
+    # Ray names worker processes after the actor class: ray::RayTrainWorker...
+    pids = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            env = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::RayTrainWorker") and ray_tmpdir in env:
+            pids.add(int(pid))
+    return pids
+
+
+def metric_steps(client, run_id, key="val_acc"):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def trials(uri, experiment):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return client, {r.info.run_name: r for r in runs if r.data.tags.get("orchestrate.role") == "trial"}
+
+
+def test_a_killed_training_worker_restarts_from_its_checkpoint_and_logs_every_epoch_once(
+        tmp_path, ray_tmpdir, ddp_sweep):
+    # The e2e DDP sweep's lr=0.05 trial, with restarts allowed; the uninterrupted twin is `ddp_sweep`.
+    text = DDP_SWEEP.replace("name: e2e-ddp", "name: e2e-killed-worker").replace(
+        "lr: {grid: [0.05, 0.1]}", "lr: 0.05") + "failure: {max_failures: 2}\n"
+    (tmp_path / "sweep.yaml").write_text(text)
+    proc = start_sweep(tmp_path, ray_tmpdir)
+    try:
+        wait_for(lambda: glob.glob(str(tmp_path / "ray_results" / "*" / "checkpoint_*")), 600, proc,
+                 "the first checkpoint")
+        before = wait_for(lambda: worker_pids(ray_tmpdir), 60, proc, "training workers")
+        victim = sorted(before)[-1]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        # Ray Train replaces the whole worker group; the new workers resume from the checkpoint.
+        wait_for(lambda: worker_pids(ray_tmpdir) - before, 300, proc, "a restarted worker group")
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    client, runs = trials(f"sqlite:///{tmp_path}/mlflow.db", "e2e-killed-worker")
+    run = runs["resnet18-width0.125-lr0.05"]
+    assert run.data.tags["status"] == "completed"
+    for key in ("val_acc", "train_loss", "val_loss", "lr"):
+        assert metric_steps(client, run.info.run_id, key) == [1, 2, 3], key  # no gap, no duplicate
+    # Same final numbers as the uninterrupted run: the checkpoint restores model, optimiser,
+    # schedule and RNG state, and shuffles depend only on (seed, epoch). Tolerance: 1e-4 absolute.
+    twin = {r.info.run_name: r for r in ddp_sweep.trials()}["resnet18-width0.125-lr0.05"]
+    for key in ("val_acc", "val_loss", "train_loss"):
+        a, b = run.data.metrics[key], twin.data.metrics[key]
+        assert math.isclose(a, b, abs_tol=1e-4), (key, a, b)
+    assert killed_at > 0
+
+
+RESUME_SWEEP = textwrap.dedent("""\
+    name: e2e-resume
+    dataset: {name: digits}
+    train: {epochs: 3, batch_size: 32, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 1, cpus_per_worker: 1, driver_cpus: 0.1}
+    search: {scheduler: fifo, max_concurrent_trials: 1}
+    models:
+      - arch: resnet18
+        knobs: {width: 0.125}
+        lr: {grid: [0.05, 0.1]}
+    """)
+
+
+def test_resume_after_the_driver_was_killed_reruns_nothing_finished_and_continues_the_runs(tmp_path, ray_tmpdir):
+    (tmp_path / "sweep.yaml").write_text(RESUME_SWEEP)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = start_sweep(tmp_path, ray_tmpdir)
+    try:
+        # Kill the driver once trial 0 finished and trial 1 has its first checkpoint.
+        wait_for(lambda: glob.glob(str(tmp_path / "ray_results" / "*_00001" / "checkpoint_*")), 900, proc,
+                 "the second trial's first checkpoint")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for line in processes_mentioning(ray_tmpdir):  # the dead driver's Ray cluster
+        try:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    client, runs = trials(uri, "e2e-resume")
+    first, second = runs["resnet18-width0.125-lr0.05"], runs["resnet18-width0.125-lr0.1"]
+    assert first.data.tags["status"] == "completed"
+    assert second.data.tags["status"] == "running" and 1 <= len(metric_steps(client, second.info.run_id)) < 3
+    first_before = (first.info.end_time, metric_steps(client, first.info.run_id), dict(first.data.metrics))
+
+    resumed = run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri, "--resume"], cwd=tmp_path,
+                      env={"RAY_TMPDIR": ray_tmpdir})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+
+    client, after = trials(uri, "e2e-resume")
+    assert set(after) == set(runs)  # no new child runs: the resumed trial continued its own
+    first_after, second_after = after[first.info.run_name], after[second.info.run_name]
+    assert first_after.info.run_id == first.info.run_id
+    assert (first_after.info.end_time, metric_steps(client, first.info.run_id),
+            dict(first_after.data.metrics)) == first_before  # untouched
+    assert second_after.info.run_id == second.info.run_id
+    assert second_after.data.tags["status"] == "completed"
+    assert metric_steps(client, second.info.run_id) == [1, 2, 3]
+    parents = [r for r in client.search_runs([first.info.experiment_id])
+               if r.data.tags.get("orchestrate.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"

@@ -1,0 +1,152 @@
+"""End to end: `orchestrate sweep` on a real local Ray cluster (Train V2 DDP on gloo, Tune, ASHA)
+tracked in a real MLflow store (sqlite file, and a real `mlflow server` process)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pytest
+
+from conftest import _sweep, run_cli
+
+pytestmark = pytest.mark.ray
+
+TIMING = {"imgs_per_s", "epoch_s"}
+
+
+def by_name(runs):
+    return {r.info.run_name: r for r in runs}
+
+
+def test_ddp_sweep_makes_one_parent_and_two_child_runs_with_every_epoch_once(ddp_sweep):
+    runs = ddp_sweep.runs()
+    parents = [r for r in runs if r.data.tags.get("orchestrate.role") == "sweep"]
+    children = ddp_sweep.trials()
+    assert len(parents) == 1 and len(children) == 2
+    parent_id = parents[0].info.run_id
+    client = ddp_sweep.client()
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert child.data.tags["status"] == "completed" and child.info.status == "FINISHED"
+        assert child.data.tags["arch"] == "resnet18"
+        assert child.data.params["world_size"] == "2" and child.data.params["resources.num_workers"] == "2"
+        assert child.data.params["param_count"] == "176402"  # archs.create("resnet18", width=0.125)
+        for key in ("flops", "torch_version", "ray_version", "mlflow_version", "knobs.width", "lr",
+                    "optimizer", "schedule", "dataset.name"):
+            assert key in child.data.params, key
+        for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "imgs_per_s", "epoch_s"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, metric)]
+            assert sorted(steps) == [1, 2, 3], (metric, steps)  # each epoch exactly once
+    assert {c.info.run_name for c in children} == {"resnet18-width0.125-lr0.05", "resnet18-width0.125-lr0.1"}
+
+
+def test_child_runs_hold_curves_confusion_matrix_best_checkpoint_and_a_loadable_model(ddp_sweep):
+    import mlflow.pytorch
+    import torch
+
+    client = ddp_sweep.client()
+    child = ddp_sweep.trials()[0]
+    names = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"curves.png", "confusion_matrix.png", "best_checkpoint", "per_class_accuracy.json"} <= names
+    ckpt = {a.path for a in client.list_artifacts(child.info.run_id, "best_checkpoint")}
+    assert {"best_checkpoint/state.pt", "best_checkpoint/model.json", "best_checkpoint/eval.json"} <= ckpt
+    mlflow.set_tracking_uri(ddp_sweep.uri)
+    model = mlflow.pytorch.load_model(f"runs:/{child.info.run_id}/model")
+    assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 10)
+
+
+def test_parent_run_holds_the_sweep_file_comparison_table_and_plots(ddp_sweep):
+    client = ddp_sweep.client()
+    parent = [r for r in ddp_sweep.runs() if r.data.tags.get("orchestrate.role") == "sweep"][0]
+    names = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep.yaml", "comparison.csv", "comparison.md", "accuracy_vs_params.png",
+            "accuracy_vs_imgs_per_s.png"} <= names
+    assert parent.info.status == "FINISHED" and parent.data.tags.get("trials_completed") == "2"
+
+
+def test_evaluate_scores_the_logged_model_at_its_logged_val_accuracy(ddp_sweep):
+    for child in ddp_sweep.trials():
+        logged = ddp_sweep.client().get_metric_history(child.info.run_id, "val_acc")
+        final = max(logged, key=lambda m: m.step).value
+        out = run_cli(["evaluate", child.info.run_id, "--split", "val", "--tracking-uri", ddp_sweep.uri],
+                      cwd=ddp_sweep.folder)
+        assert out.returncode == 0, out.stderr[-2000:]
+        acc = float(out.stdout.split(" acc ")[1].split()[0])
+        assert abs(acc - final) * 100 <= 0.5, (acc, final)
+        test = run_cli(["evaluate", child.info.run_id, "--split", "test", "--tracking-uri", ddp_sweep.uri],
+                       cwd=ddp_sweep.folder)
+        assert test.returncode == 0 and " n 359" in test.stdout  # digits' held-out test split
+
+
+def test_compare_lists_the_trials_best_val_accuracy_first(ddp_sweep):
+    out = run_cli(["compare", "e2e-ddp", "--tracking-uri", ddp_sweep.uri], cwd=ddp_sweep.folder)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("resnet18-")]
+    assert len(lines) == 2
+    accs = [float(ln.split()[6]) for ln in lines]
+    assert accs == sorted(accs, reverse=True)
+    assert "completed" in lines[0] and "width=0.125" in lines[0]
+
+
+def test_terminal_shows_the_trial_table_and_summary_not_worker_logs(ddp_sweep):
+    out = ddp_sweep.result.stdout
+    assert "Trial status:" in out and "orchestrate ui --tracking-uri" in out
+    assert "epoch   1  train_loss" not in out  # the engine's own per-epoch prints stay in worker logs
+
+
+def test_same_sweep_on_a_real_mlflow_server_gives_the_same_runs(ddp_sweep, ddp_sweep_on_server):
+    local, remote = by_name(ddp_sweep.trials()), by_name(ddp_sweep_on_server.trials())
+    assert set(local) == set(remote)
+    lc, rc = ddp_sweep.client(), ddp_sweep_on_server.client()
+    for name, run in local.items():
+        other = remote[name]
+        assert run.data.params == other.data.params
+        assert run.data.tags["status"] == other.data.tags["status"]
+        for metric in ("train_loss", "val_loss", "val_acc", "train_acc", "lr"):
+            a = sorted((m.step, m.value) for m in lc.get_metric_history(run.info.run_id, metric))
+            b = sorted((m.step, m.value) for m in rc.get_metric_history(other.info.run_id, metric))
+            assert [s for s, _ in a] == [s for s, _ in b]
+            # Same seeds, same gloo reductions: the numbers agree to float32 round-off.
+            assert all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-5) for (_, x), (_, y) in zip(a, b)), (metric, a, b)
+        assert {a.path for a in lc.list_artifacts(run.info.run_id)} == {a.path for a in rc.list_artifacts(other.info.run_id)}
+
+
+ASHA_SWEEP = textwrap.dedent("""\
+    name: e2e-asha
+    dataset: {name: digits}
+    train: {epochs: 4, batch_size: 32, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 1, cpus_per_worker: 1, driver_cpus: 0.1}
+    search: {scheduler: asha, grace_period: 1, reduction_factor: 2, max_concurrent_trials: 1}
+    models:
+      - arch: resnet18
+        knobs: {width: 0.125}
+        # in grid order: a good lr, one far too small (ASHA stops it), one that diverges to NaN
+        lr: {grid: [0.1, 0.00001, 1000000.0]}
+    """)
+
+
+@pytest.fixture(scope="module")
+def asha_sweep(tmp_path_factory):
+    return _sweep(tmp_path_factory, "asha", ASHA_SWEEP)
+
+
+def test_asha_stops_the_bad_lr_trial_before_its_last_epoch(asha_sweep):
+    trials = by_name(asha_sweep.trials())
+    client = asha_sweep.client()
+    good, bad = trials["resnet18-width0.125-lr0.1"], trials["resnet18-width0.125-lr1e-05"]
+    assert good.data.tags["status"] == "completed"
+    assert bad.data.tags["status"] == "early-stopped"
+    good_steps = [m.step for m in client.get_metric_history(good.info.run_id, "val_acc")]
+    bad_steps = [m.step for m in client.get_metric_history(bad.info.run_id, "val_acc")]
+    assert sorted(good_steps) == [1, 2, 3, 4]
+    assert max(bad_steps) < 4 and len(bad_steps) == len(set(bad_steps))
+
+
+def test_a_trial_whose_loss_goes_nan_is_tagged_failed_and_the_sweep_finishes(asha_sweep):
+    trials = by_name(asha_sweep.trials())
+    nan = trials["resnet18-width0.125-lr1e+06"]
+    assert nan.data.tags["status"] == "failed" and nan.info.status == "FAILED"
+    assert "train_loss is nan" in nan.data.tags.get("error", "") or "Diverged" in nan.data.tags.get("error", "")
+    assert asha_sweep.result.returncode == 0
+    assert "failed" in asha_sweep.result.stdout
