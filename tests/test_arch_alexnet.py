@@ -2,29 +2,12 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import archs
+import archtest
+from archtest import rejects, train_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Batch-2 CIFAR convs gain nothing from intra-op threads, and on a shared CPU the idle OpenMP
-    # workers' spin-waiting made them 10-30x slower; the previous setting is restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def train_step(model, num_classes=10):
-    """One forward+backward on a CIFAR-sized batch; returns the logits."""
-    logits = model(torch.randn(2, 3, 32, 32))
-    F.cross_entropy(logits, torch.randint(num_classes, (2,))).backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-    return logits
+one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("knobs", [{}, {"width": 0.125}, {"width": 0.5, "dropout": 0.0}])
@@ -62,17 +45,13 @@ def test_alexnet_dropout_acts_only_in_training():
 
 
 def test_alexnet_rejects_unknown_knob():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("alexnet", {"lrn": True})
-    assert err.value.knob == "lrn"
+    rejects("alexnet", {"lrn": True}, "lrn")
 
 
 @pytest.mark.parametrize("knob,value", [("width", 0.0), ("width", 5.0), ("dropout", 1.0),
                                         ("dropout", -0.1), ("dropout", "half")])
 def test_alexnet_rejects_out_of_range_values(knob, value):
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("alexnet", {knob: value})
-    assert err.value.knob == knob
+    rejects("alexnet", {knob: value}, knob)
 
 
 def test_alexnet_knobs_are_independent_so_every_corner_validates():

@@ -2,30 +2,13 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import archs
+import archtest
 from archs.efficientnet import MBConv, StochasticDepth
+from archtest import rejects, train_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Batch-2 CIFAR convs gain nothing from intra-op threads, and on a shared CPU the idle OpenMP
-    # workers' spin-waiting made them 10-30x slower; the previous setting is restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def train_step(model, num_classes=10):
-    """One forward+backward on a CIFAR-sized batch; returns the logits."""
-    logits = model(torch.randn(2, 3, 32, 32))
-    F.cross_entropy(logits, torch.randint(num_classes, (2,))).backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-    return logits
+one_thread = archtest.one_thread
 
 
 def blocks(model):
@@ -103,10 +86,9 @@ def test_efficientnet_stochastic_depth_is_random_in_training_and_deterministic_i
 
 
 def test_efficientnet_rejects_unknown_knob():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("efficientnet_b0", {"width_coefficient": 1.1})  # the paper's name; ours is `width`
-    assert err.value.knob == "width_coefficient"
-    assert "width" in str(err.value) and "depth_coefficient" in str(err.value)
+    # the paper's name; ours is `width`
+    message = str(rejects("efficientnet_b0", {"width_coefficient": 1.1}, "width_coefficient"))
+    assert "width" in message and "depth_coefficient" in message
 
 
 @pytest.mark.parametrize("knob,value", [
@@ -114,9 +96,7 @@ def test_efficientnet_rejects_unknown_knob():
     ("drop_connect_rate", -0.1), ("drop_connect_rate", 0.6), ("dropout", 1.0), ("dropout", "0.2"),
 ])
 def test_efficientnet_rejects_out_of_range_values(knob, value):
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("efficientnet_b0", {knob: value})
-    assert err.value.knob == knob
+    rejects("efficientnet_b0", {knob: value}, knob)
 
 
 def test_efficientnet_knobs_are_independent_so_every_corner_validates():

@@ -2,29 +2,12 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import archs
+import archtest
+from archtest import rejects, train_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Batch-2 CIFAR convs gain nothing from intra-op threads, and on a shared CPU the idle OpenMP
-    # workers' spin-waiting made them 10-30x slower; the previous setting is restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def train_step(model, num_classes=10):
-    """One forward+backward on a CIFAR-sized batch; returns the logits."""
-    logits = model(torch.randn(2, 3, 32, 32))
-    F.cross_entropy(logits, torch.randint(num_classes, (2,))).backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-    return logits
+one_thread = archtest.one_thread
 
 
 @pytest.fixture(scope="module")
@@ -67,16 +50,12 @@ def test_googlenet_module_widths_follow_the_paper_table():
 
 
 def test_googlenet_rejects_unknown_knob():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("googlenet", {"aux_logits": True})
-    assert err.value.knob == "aux_logits"
+    rejects("googlenet", {"aux_logits": True}, "aux_logits")
 
 
 @pytest.mark.parametrize("width", [0.0, 0.1, 4.5, "1"])
 def test_googlenet_rejects_width_outside_its_range(width):
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("googlenet", {"width": width})
-    assert err.value.knob == "width"
+    rejects("googlenet", {"width": width}, "width")
 
 
 def test_googlenet_has_no_cross_knob_rule_so_width_range_ends_validate():

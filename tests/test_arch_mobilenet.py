@@ -2,30 +2,13 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import archs
+import archtest
 from archs.mobilenet import InvertedResidual
+from archtest import rejects, train_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Batch-2 CIFAR convs gain nothing from intra-op threads, and on a shared CPU the idle OpenMP
-    # workers' spin-waiting made them 10-30x slower; the previous setting is restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def train_step(model, num_classes=10):
-    """One forward+backward on a CIFAR-sized batch; returns the logits."""
-    logits = model(torch.randn(2, 3, 32, 32))
-    F.cross_entropy(logits, torch.randint(num_classes, (2,))).backward()
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
-    return logits
+one_thread = archtest.one_thread
 
 
 def final_feature_size(model) -> int:
@@ -99,12 +82,8 @@ def test_mobilenets_keep_enough_resolution_for_cifar():
 
 
 def test_mobilenet_rejects_unknown_knob():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("mobilenet_v1", {"expansion": 6})  # a v2 knob
-    assert err.value.knob == "expansion"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("mobilenet_v2", {"alpha": 0.5})  # the paper's symbol; the knob is `width`
-    assert err.value.knob == "alpha"
+    rejects("mobilenet_v1", {"expansion": 6}, "expansion")  # a v2 knob
+    rejects("mobilenet_v2", {"alpha": 0.5}, "alpha")  # the paper's symbol; the knob is `width`
 
 
 @pytest.mark.parametrize("name,knob,value", [
@@ -113,9 +92,7 @@ def test_mobilenet_rejects_unknown_knob():
     ("mobilenet_v2", "expansion", 9), ("mobilenet_v2", "expansion", 2.5),
 ])
 def test_mobilenet_rejects_out_of_range_values(name, knob, value):
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate(name, {knob: value})
-    assert err.value.knob == knob
+    rejects(name, {knob: value}, knob)
 
 
 def test_mobilenet_knobs_are_independent_so_every_corner_validates():

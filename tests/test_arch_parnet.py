@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import archs
+import archtest
 from archs import parnet
+from archtest import builds_and_trains, rejects
 
-
-def forward_backward(model: nn.Module, num_classes: int) -> None:
-    """A [2, 3, 32, 32] batch gives [2, num_classes] logits and a finite gradient on every parameter."""
-    torch.manual_seed(0)
-    logits = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, num_classes)
-    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])
 def test_parnet_builds_and_backpropagates_at_defaults_and_smallest(setting):
-    knobs = {} if setting == "defaults" else archs.get("parnet").smallest
-    archs.validate("parnet", knobs)
-    num_classes = 10 if setting == "defaults" else 100  # any class count, not just CIFAR-10's
-    forward_backward(archs.create("parnet", num_classes=num_classes, **knobs), num_classes=num_classes)
+    builds_and_trains("parnet", setting)
 
 
 def test_parnet_m_parameter_count_matches_the_official_code():
@@ -53,16 +42,9 @@ def test_parnet_width_rounds_channels_up_to_even_so_fusion_groups_always_divide(
 
 
 def test_parnet_rejects_unknown_and_out_of_range_knobs():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("parnet", {"streams": 3})
-    assert err.value.knob == "streams"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("parnet", {"depth": 20})
-    assert err.value.knob == "depth"
-    assert "[8, 16]" in str(err.value)
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("parnet", {"width": 8.0})
-    assert err.value.knob == "width"
+    rejects("parnet", {"streams": 3}, "streams")
+    assert "[8, 16]" in str(rejects("parnet", {"depth": 20}, "depth"))
+    rejects("parnet", {"width": 8.0}, "width")
 
 
 def _randomize_batchnorm(model: nn.Module) -> None:

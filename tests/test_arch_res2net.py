@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import archs
+import archtest
 from archs import res2net
+from archtest import builds_and_trains, rejects
 
-
-def forward_backward(model: nn.Module, num_classes: int) -> None:
-    """A [2, 3, 32, 32] batch gives [2, num_classes] logits and a finite gradient on every parameter."""
-    torch.manual_seed(0)
-    logits = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, num_classes)
-    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])
 def test_res2net50_builds_and_backpropagates_at_defaults_and_smallest(setting):
-    knobs = {} if setting == "defaults" else archs.get("res2net50").smallest
-    archs.validate("res2net50", knobs)
-    num_classes = 10 if setting == "defaults" else 100  # any class count, not just CIFAR-10's
-    forward_backward(archs.create("res2net50", num_classes=num_classes, **knobs), num_classes=num_classes)
+    builds_and_trains("res2net50", setting)
 
 
 # Source: Res2Net/Res2Net-PretrainedModels res2net.py, Res2Net(Bottle2neck, [3, 4, 6, 3], baseWidth,
@@ -60,21 +49,12 @@ def test_res2net_first_block_of_a_stage_pools_the_pass_through_group():
 
 
 def test_res2net_rejects_unknown_and_out_of_range_knobs():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("res2net50", {"cardinality": 8})
-    assert err.value.knob == "cardinality"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("res2net50", {"scale": 1})
-    assert err.value.knob == "scale"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("res2net50", {"base_width": 100})
-    assert err.value.knob == "base_width"
+    rejects("res2net50", {"cardinality": 8}, "cardinality")
+    rejects("res2net50", {"scale": 1}, "scale")
+    rejects("res2net50", {"base_width": 100}, "base_width")
 
 
 def test_res2net_rejects_a_base_width_that_leaves_no_channel_per_group_at_this_width():
     # width 0.125: stage 1 has 8 planes, so w = 8 x 4 // 64 = 0.
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("res2net50", {"width": 0.125, "base_width": 4})
-    assert err.value.knob == "base_width"
-    assert "use base_width >= 8" in str(err.value)
+    assert "use base_width >= 8" in str(rejects("res2net50", {"width": 0.125, "base_width": 4}, "base_width"))
     archs.validate("res2net50", {"width": 0.125, "base_width": 8})

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 import archs
+import archtest
+from archtest import builds_and_trains, rejects
 
-
-def forward_backward(model: nn.Module, num_classes: int) -> None:
-    """A [2, 3, 32, 32] batch gives [2, num_classes] logits and a finite gradient on every parameter."""
-    torch.manual_seed(0)
-    logits = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, num_classes)
-    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])
 def test_resnext29_builds_and_backpropagates_at_defaults_and_smallest(setting):
-    knobs = {} if setting == "defaults" else archs.get("resnext29").smallest
-    archs.validate("resnext29", knobs)
-    num_classes = 10 if setting == "defaults" else 100  # any class count, not just CIFAR-10's
-    forward_backward(archs.create("resnext29", num_classes=num_classes, **knobs), num_classes=num_classes)
+    builds_and_trains("resnext29", setting)
 
 
 # Source: kuangliu/pytorch-cifar models/resnext.py (ResNeXt29_2x64d, ResNeXt29_32x4d), whose blocks
@@ -64,21 +51,13 @@ def test_resnext29_is_three_stages_of_three_blocks_with_a_cifar_stem():
 
 
 def test_resnext29_rejects_unknown_and_out_of_range_knobs():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("resnext29", {"groups": 4})
-    assert err.value.knob == "groups"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("resnext29", {"cardinality": 0})
-    assert err.value.knob == "cardinality"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("resnext29", {"bottleneck_width": 4.5})
-    assert err.value.knob == "bottleneck_width"
+    rejects("resnext29", {"groups": 4}, "groups")
+    rejects("resnext29", {"cardinality": 0}, "cardinality")
+    rejects("resnext29", {"bottleneck_width": 4.5}, "bottleneck_width")
 
 
 def test_resnext29_rejects_a_bottleneck_width_that_leaves_no_channel_per_group_at_this_width():
     # width 0.125: stage 1 has 8 planes, so D = 8 x 4 // 64 = 0 channels per group.
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("resnext29", {"width": 0.125, "cardinality": 32, "bottleneck_width": 4})
-    assert err.value.knob == "bottleneck_width"
-    assert "use bottleneck_width >= 8" in str(err.value)
+    err = rejects("resnext29", {"width": 0.125, "cardinality": 32, "bottleneck_width": 4}, "bottleneck_width")
+    assert "use bottleneck_width >= 8" in str(err)
     archs.validate("resnext29", {"width": 0.125, "cardinality": 32, "bottleneck_width": 8})

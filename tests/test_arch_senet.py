@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 import archs
+import archtest
 from archs.common import SqueezeExcite
+from archtest import builds_and_trains, rejects
+
+one_thread = archtest.one_thread
 
 NAMES = ["se_resnet18", "se_resnet50"]
-
-
-def forward_backward(model: nn.Module, num_classes: int) -> None:
-    """A [2, 3, 32, 32] batch gives [2, num_classes] logits and a finite gradient on every parameter."""
-    torch.manual_seed(0)
-    logits = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, num_classes)
-    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
 
 
 def test_se_resnets_are_registered():
@@ -31,10 +21,7 @@ def test_se_resnets_are_registered():
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])
 def test_se_resnet_builds_and_backpropagates_at_defaults_and_smallest(name, setting):
-    knobs = {} if setting == "defaults" else archs.get(name).smallest
-    archs.validate(name, knobs)
-    num_classes = 10 if setting == "defaults" else 100  # any class count, not just CIFAR-10's
-    forward_backward(archs.create(name, num_classes=num_classes, **knobs), num_classes=num_classes)
+    builds_and_trains(name, setting)
 
 
 def test_se_resnet18_parameter_count_matches_kuangliu_senet_with_basic_blocks():
@@ -62,23 +49,15 @@ def test_se_resnet_puts_an_se_module_with_the_reduction_ratio_in_every_block(red
 
 
 def test_se_resnet_rejects_unknown_and_out_of_range_knobs():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("se_resnet50", {"ratio": 16})
-    assert err.value.knob == "ratio"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("se_resnet50", {"reduction": 12})
-    assert err.value.knob == "reduction"
-    assert str(err.value) == "reduction: 12 is not one of 4, 8, 16, 32"
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("se_resnet18", {"width": 0.1})
-    assert err.value.knob == "width"
+    rejects("se_resnet50", {"ratio": 16}, "ratio")
+    err = rejects("se_resnet50", {"reduction": 12}, "reduction")
+    assert str(err) == "reduction: 12 is not one of 4, 8, 16, 32"
+    rejects("se_resnet18", {"width": 0.1}, "width")
 
 
 def test_se_resnet_rejects_a_reduction_that_leaves_no_se_channel_at_this_width():
     # width 0.125: stage 1 of se_resnet18 has 8 channels; 8 // 16 = 0.
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("se_resnet18", {"width": 0.125, "reduction": 16})
-    assert err.value.knob == "reduction"
-    assert "use reduction 4 or 8" in str(err.value)
+    err = rejects("se_resnet18", {"width": 0.125, "reduction": 16}, "reduction")
+    assert "use reduction 4 or 8" in str(err)
     # Bottleneck blocks have 4x the channels, so the same setting is fine for se_resnet50.
     archs.validate("se_resnet50", {"width": 0.125, "reduction": 32})

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import archs
+import archtest
 from archs import shufflenet
+from archtest import builds_and_trains, rejects
 
-
-def forward_backward(model: nn.Module, num_classes: int) -> None:
-    """A [2, 3, 32, 32] batch gives [2, num_classes] logits and a finite gradient on every parameter."""
-    torch.manual_seed(0)
-    logits = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, num_classes)
-    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
-    for name, param in model.named_parameters():
-        assert param.grad is not None, f"{name} got no gradient"
-        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])
 def test_shufflenet_builds_and_backpropagates_at_defaults_and_smallest(setting):
-    knobs = {} if setting == "defaults" else archs.get("shufflenet_v1").smallest
-    archs.validate("shufflenet_v1", knobs)
-    num_classes = 10 if setting == "defaults" else 100  # any class count, not just CIFAR-10's
-    forward_backward(archs.create("shufflenet_v1", num_classes=num_classes, **knobs), num_classes=num_classes)
+    builds_and_trains("shufflenet_v1", setting)
 
 
 # Source: megvii-model/ShuffleNet-Series, ShuffleNetV1/network.py + blocks.py (the authors' code), built
@@ -80,30 +69,20 @@ def test_channel_shuffle_interleaves_the_groups():
 
 
 def test_shufflenet_rejects_groups_outside_the_papers_choices():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("shufflenet_v1", {"groups": 5})
-    assert err.value.knob == "groups"
-    assert str(err.value) == "groups: 5 is not one of 1, 2, 3, 4, 8"
+    assert str(rejects("shufflenet_v1", {"groups": 5}, "groups")) == "groups: 5 is not one of 1, 2, 3, 4, 8"
 
 
 def test_shufflenet_rejects_a_width_outside_the_scale_factors():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("shufflenet_v1", {"width": 0.75})
-    assert err.value.knob == "width"
+    rejects("shufflenet_v1", {"width": 0.75}, "width")
 
 
 def test_shufflenet_rejects_an_unknown_knob():
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("shufflenet_v1", {"cardinality": 2})
-    assert err.value.knob == "cardinality"
+    rejects("shufflenet_v1", {"cardinality": 2}, "cardinality")
 
 
 def test_shufflenet_rejects_groups_that_do_not_divide_channels():
     # g4 at 0.5x: 136-channel stage, bottleneck 34, and 34 is not divisible by 4.
-    with pytest.raises(archs.KnobError) as err:
-        archs.validate("shufflenet_v1", {"groups": 4, "width": 0.5})
-    assert err.value.knob == "width"
-    message = str(err.value)
+    message = str(rejects("shufflenet_v1", {"groups": 4, "width": 0.5}, "width"))
     assert "34 channels, not divisible by groups=4" in message
     assert "widths that work with groups=4: 1.0, 2.0" in message
 

@@ -1,0 +1,84 @@
+"""Device-seconds ASHA spends to find a config within 1 point of the full grid's best, on `digits`.
+
+    python benchmarks/asha_vs_grid.py [--lrs 8] [--epochs 6] [--concurrency 2]
+
+The same learning-rate grid (log-spaced, resnet18 width 0.125, 1 worker per trial) is run twice
+through the real sweep path (Tune + Train + MLflow) in one local Ray cluster: once FIFO (every
+trial to the end), once with ASHA (grace 1 epoch, reduction factor 3). Device-seconds = the sum of
+every trial's epoch seconds (train + eval) x its workers, read back from MLflow. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(folder: str, scheduler: str, lrs: list[float], epochs: int, concurrency: int) -> dict:
+    import mlflow
+    import yaml
+
+    from orchestrator import config, sweep
+
+    name = f"asha-vs-grid-{scheduler}"
+    raw = {"name": name, "dataset": {"name": "digits"},
+           "train": {"epochs": epochs, "batch_size": 32, "warmup_epochs": 0.5, "data_path": "device"},
+           "resources": {"num_workers": 1, "cpus_per_worker": 1.0 / concurrency, "driver_cpus": 0.05},
+           "search": {"scheduler": scheduler, "grace_period": 1, "reduction_factor": 3,
+                      "max_concurrent_trials": concurrency},
+           "models": [{"arch": "resnet18", "knobs": {"width": 0.125}, "lr": {"grid": lrs}}]}
+    path = os.path.join(folder, f"{name}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(raw, f)
+    spec = config.load(path, {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "storage_path": f"{folder}/ray_results"})
+    start = time.perf_counter()
+    with open(os.devnull, "w") as devnull:
+        sweep._run_tuner(spec, None, devnull)
+    wall = time.perf_counter() - start
+    client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    trials = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'")
+    device_s, best, statuses = 0.0, {}, {}
+    for r in trials:
+        workers = int(r.data.params.get("world_size", 1))
+        device_s += workers * sum(m.value for m in client.get_metric_history(r.info.run_id, "epoch_s"))
+        best[r.data.params["lr"]] = r.data.metrics.get("best_val_acc", 0.0)
+        statuses[r.data.tags.get("status", "")] = statuses.get(r.data.tags.get("status", ""), 0) + 1
+    top_lr = max(best, key=best.get)
+    return {"scheduler": scheduler, "wall_s": round(wall, 1), "device_s": round(device_s, 1),
+            "best_val_acc": best[top_lr], "best_lr": top_lr, "trials": len(trials), "statuses": statuses}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lrs", type=int, default=8, help="grid points, log-spaced in [0.003, 0.8]")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--concurrency", type=int, default=2)
+    args = p.parse_args()
+    import logging
+
+    import ray
+
+    lo, hi = 0.003, 0.8
+    lrs = [round(lo * (hi / lo) ** (i / (args.lrs - 1)), 5) for i in range(args.lrs)]
+    ray.init(log_to_driver=False, logging_level=logging.ERROR)
+    with tempfile.TemporaryDirectory() as folder:
+        grid = run(folder, "fifo", lrs, args.epochs, args.concurrency)
+        print(json.dumps(grid), flush=True)
+        asha = run(folder, "asha", lrs, args.epochs, args.concurrency)
+        print(json.dumps(asha), flush=True)
+    ray.shutdown()
+    print(json.dumps({"summary": True, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "lrs": lrs,
+                      "epochs": args.epochs,
+                      "asha_within_1_point": (grid["best_val_acc"] - asha["best_val_acc"]) * 100 <= 1.0,
+                      "asha_over_grid_device_s": round(asha["device_s"] / grid["device_s"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
