@@ -9,7 +9,9 @@ writes MLflow. Ray stays here, at the edge; the engine underneath knows nothing 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import traceback
 from typing import Any
 
@@ -141,7 +143,8 @@ class MlflowCallback(ray.tune.Callback):
             return
         done = st["history"][-1]["epoch"] if st["history"] else 0
         status = "completed" if done >= st["epochs"] else "early-stopped"
-        self.tracker.finish_child(st["run_id"], status, st["history"], st["last"], st["best"])
+        with local_checkpoints(self.sweep_setup["storage_path"], st["last"], st["best"]) as (last, best):
+            self.tracker.finish_child(st["run_id"], status, st["history"], last, best)
         self._trials.pop(trial.trial_id, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -149,8 +152,29 @@ class MlflowCallback(ray.tune.Callback):
         if st["finished"]:
             return
         error = _trial_error(trial)
-        self.tracker.finish_child(st["run_id"], "failed", st["history"], st["last"], st["best"], error=error)
+        with local_checkpoints(self.sweep_setup["storage_path"], st["last"], st["best"]) as (last, best):
+            self.tracker.finish_child(st["run_id"], "failed", st["history"], last, best, error=error)
         self._trials.pop(trial.trial_id, None)
+
+
+@contextlib.contextmanager
+def local_checkpoints(storage_path: str, *paths: str | None):
+    """Local folders for reported checkpoint paths: as they are on a local/shared filesystem,
+    downloaded to a temporary folder from remote storage (s3://...: Ray reports `bucket/key`)."""
+    from orchestrator.sweep import storage_fs
+
+    with tempfile.TemporaryDirectory(prefix="orchestrate-ckpt-") as tmp:
+        out = []
+        for i, path in enumerate(paths):
+            if path is None or os.path.isdir(path):
+                out.append(path)
+                continue
+            try:
+                fs, _ = storage_fs(storage_path)
+                out.append(ray.train.Checkpoint(path=path, filesystem=fs).to_directory(os.path.join(tmp, str(i))))
+            except Exception:  # noqa: BLE001 - an unreachable checkpoint must not fail the sweep
+                out.append(None)
+        yield out
 
 
 def _trial_error(trial) -> str:

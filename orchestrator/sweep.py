@@ -75,18 +75,50 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "sweep"
 
 
+def storage_fs(uri: str):
+    """(pyarrow filesystem, path) for the storage path: a local folder or any URI Ray's storage
+    accepts (s3://, gs://, ...), so the sweep's state file lives beside Tune's own state."""
+    import pyarrow.fs
+
+    if "://" in uri:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    return pyarrow.fs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def write_state(spec: SweepSpec, run_name: str, meta: dict[str, Any]) -> None:
+    fs, root = storage_fs(spec.storage_path)
+    fs.create_dir(f"{root}/{run_name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{run_name}/{STATE_FILE}") as f:
+        f.write(json.dumps(meta).encode())
+
+
+def read_state(spec: SweepSpec, run_name: str) -> dict[str, Any] | None:
+    import pyarrow
+
+    fs, root = storage_fs(spec.storage_path)
+    try:
+        with fs.open_input_stream(f"{root}/{run_name}/{STATE_FILE}") as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError, pyarrow.ArrowException):
+        return None
+
+
 def find_resumable(spec: SweepSpec) -> str | None:
-    """The newest experiment folder of this sweep under the storage path."""
-    if not os.path.isdir(spec.storage_path):
+    """The newest experiment folder (its name) of this sweep under the storage path."""
+    import pyarrow.fs
+
+    fs, root = storage_fs(spec.storage_path)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
         return None
     found = []
-    for entry in os.listdir(spec.storage_path):
-        state = os.path.join(spec.storage_path, entry, STATE_FILE)
-        if os.path.exists(state):
-            with open(state) as f:
-                meta = json.load(f)
-            if meta.get("experiment") == spec.name:
-                found.append((meta.get("created", 0), os.path.join(spec.storage_path, entry), meta))
+    for entry in entries:
+        if entry.type != pyarrow.fs.FileType.Directory:
+            continue
+        meta = read_state(spec, entry.base_name)
+        if meta and meta.get("experiment") == spec.name:
+            found.append((meta.get("created", 0), entry.base_name))
     return max(found)[1] if found else None
 
 
@@ -155,9 +187,9 @@ def _run_tuner(spec: SweepSpec, restore_path: str | None, out) -> int:
     from orchestrator import ray_train, tracking
 
     if restore_path:
-        with open(os.path.join(restore_path, STATE_FILE)) as f:
-            meta = json.load(f)
-        run_name = os.path.basename(restore_path)
+        run_name = restore_path
+        meta = read_state(spec, run_name)
+        restore_path = spec.storage_path.rstrip("/") + "/" + run_name
         tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, meta["parent_run_id"])
         tracker.client.update_run(meta["parent_run_id"], status="RUNNING")
         setup = setup_dict(spec, run_name)
@@ -174,10 +206,9 @@ def _run_tuner(spec: SweepSpec, restore_path: str | None, out) -> int:
                                                   "train": spec.train, "dataset": spec.dataset,
                                                   "failure": dataclasses.asdict(spec.failure),
                                                   "trials": spec.trial_count()})
-        os.makedirs(os.path.join(spec.storage_path, run_name), exist_ok=True)
-        with open(os.path.join(spec.storage_path, run_name, STATE_FILE), "w") as f:
-            json.dump({"experiment": spec.name, "parent_run_id": parent, "tracking_uri": spec.tracking_uri,
-                       "created": time.time(), "sweep_file": os.path.abspath(spec.file)}, f)
+        write_state(spec, run_name, {"experiment": spec.name, "parent_run_id": parent,
+                                     "tracking_uri": spec.tracking_uri, "created": time.time(),
+                                     "sweep_file": os.path.abspath(spec.file)})
         max_epochs = max([spec.train.get("epochs", 10)] + [
             v for m in spec.models for v in _values(m.space.get("epochs"))])
         s = spec.search

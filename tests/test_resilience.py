@@ -134,9 +134,18 @@ def test_resume_after_the_driver_was_killed_reruns_nothing_finished_and_continue
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = start_sweep(tmp_path, ray_tmpdir)
     try:
-        # Kill the driver once trial 0 finished and trial 1 has its first checkpoint.
-        wait_for(lambda: glob.glob(str(tmp_path / "ray_results" / "*_00001" / "checkpoint_*")), 900, proc,
-                 "the second trial's first checkpoint")
+        # Kill the driver once trial 0 finished and trial 1's first epoch is in MLflow.
+        def second_trial_logged_an_epoch():
+            if not (tmp_path / "mlflow.db").exists():
+                return False
+            try:
+                client, runs = trials(uri, "e2e-resume")
+            except Exception:  # noqa: BLE001 - the store is still being created
+                return False
+            second = runs.get("resnet18-width0.125-lr0.1")
+            return second is not None and metric_steps(client, second.info.run_id)
+
+        wait_for(second_trial_logged_an_epoch, 900, proc, "the second trial's first logged epoch")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
