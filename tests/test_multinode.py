@@ -1,0 +1,304 @@
+"""Multi-node: `orchestrate sweep --address` joins a Ray cluster of several nodes, as it would on
+cluster.yaml's cluster, and its trials' Ray Train workers run where the placement says.
+
+The cluster is Ray's fake multi-node provider (tests/fake_cluster.yaml): a real head (GCS,
+autoscaler, dashboard) whose autoscaler launches each worker "node" as its own set of Ray processes
+on this machine (raylet, object store, agents, node id), on demand, from min_workers 0. The head
+offers no CPU, so every trial driver and DDP worker must land on a node the autoscaler launched.
+Placement is read back from Ray's state API (actors keep their node id after they exit).
+
+One cluster serves the module; it runs with token authentication on and a token of its own (in its
+private RAY_TMPDIR), and is torn down at the end by killing exactly its own processes: those whose
+command line or environment holds that RAY_TMPDIR, and their descendants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.ray
+
+# The fake provider's worker nodes join the head at <node IP>:6379, whatever the head was given.
+GCS_PORT = 6379
+ADDRESS = f"127.0.0.1:{GCS_PORT}"
+CONFIG = Path(__file__).with_name("fake_cluster.yaml")
+RAY_CLI = str(Path(sys.executable).with_name("ray"))
+WORKER_TYPE = "cpu_worker"  # the worker node type in fake_cluster.yaml
+
+# Run in a subprocess with the cluster's environment (its token), so this pytest process never
+# connects to Ray: every node, and every actor with the node it ran on, dead ones included.
+STATE_SCRIPT = textwrap.dedent("""\
+    import json, sys
+    import ray
+    from ray.util.state import list_actors, list_nodes
+    address = sys.argv[1]  # explicit everywhere: other Ray clusters may run on this machine
+    ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    nodes = [{"node_id": n.node_id, "alive": n.state == "ALIVE", "head": bool(n.is_head_node),
+              "cpu": (n.resources_total or {}).get("CPU", 0.0)}
+             for n in list_nodes(address=address, detail=True, limit=10000)]
+    actors = [{"actor_id": a.actor_id, "class_name": a.class_name, "node_id": a.node_id, "job_id": a.job_id,
+               "placement_group_id": a.placement_group_id, "state": a.state}
+              for a in list_actors(address=address, detail=True, limit=10000)]
+    print("STATE " + json.dumps({"nodes": nodes, "actors": actors}))
+    """)
+
+
+def port_in_use(port: int) -> bool:
+    """Someone listens on `port` (SO_REUSEADDR, as the GCS binds: a closed cluster's TIME_WAIT
+    connections do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    with socket.socket() as s:  # and nothing answers there (a listener with SO_REUSEPORT)
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def own_processes(marker: str) -> set[int]:
+    """Pids of the processes whose command line or environment holds `marker` (the cluster's
+    RAY_TMPDIR), plus all their descendants: Ray's dashboard modules rename themselves with
+    setproctitle, which overwrites the environment /proc shows, so they are found as children."""
+    procs: dict[int, tuple[int, bool]] = {}
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        procs[int(entry)] = (ppid, needle in cmd or needle in env)
+    ours = {pid for pid, (_, hit) in procs.items() if hit}
+    while True:
+        children = {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours
+        if not children:
+            break
+        ours |= children
+    ours.discard(os.getpid())
+    return ours
+
+
+def kill_own_processes(marker: str) -> list[int]:
+    killed = []
+    for _ in range(5):  # a dying parent may still spawn: rescan until nothing is left
+        pids = own_processes(marker)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+    return killed
+
+
+@dataclass
+class FakeCluster:
+    tmpdir: str
+    env: dict[str, str]
+    initial_nodes: list[dict] = field(default_factory=list)
+
+    def state(self) -> dict:
+        out = subprocess.run([sys.executable, "-c", STATE_SCRIPT, ADDRESS], env=self.env, capture_output=True,
+                             text=True, timeout=120)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("STATE ")]
+        assert out.returncode == 0 and lines, out.stdout[-2000:] + out.stderr[-3000:]
+        return json.loads(lines[-1][len("STATE "):])
+
+    def active_node_types(self) -> dict[str, int]:
+        """`ray status`'s "Active:" section, the autoscaler's own view: node type -> count."""
+        out = subprocess.run([RAY_CLI, "status", "--address", ADDRESS], env=self.env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        section = out.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
+        return {name: int(n) for n, name in re.findall(r"^\s*(\d+)\s+(\S+)\s*$", section, re.M)}
+
+    def status_without_token(self) -> subprocess.CompletedProcess:
+        """`ray status` from a client with no token at all (no RAY_AUTH_*, a HOME without ~/.ray)."""
+        env = {k: v for k, v in self.env.items() if not k.startswith("RAY_AUTH")}
+        env["HOME"] = self.tmpdir
+        return subprocess.run([RAY_CLI, "status", "--address", ADDRESS], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    def sweep(self, folder: Path, text: str, uri: str) -> subprocess.CompletedProcess:
+        (folder / "sweep.yaml").write_text(text)
+        return run_cli(["sweep", "sweep.yaml", "--address", ADDRESS, "--tracking-uri", uri], cwd=folder,
+                       env=self.env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def fake_cluster():
+    deadline = time.time() + 120  # another run of this module may be finishing
+    while port_in_use(GCS_PORT):
+        if time.time() > deadline:
+            pytest.fail(f"port {GCS_PORT} is taken: the fake multi-node provider's nodes can only join a head "
+                        f"there, so this module needs it free")
+        time.sleep(2)
+    tmpdir = tempfile.mkdtemp(prefix="rmn-", dir="/tmp")  # short: Ray's socket paths are limited
+    token = Path(tmpdir) / "auth_token"
+    token.write_text(secrets.token_hex(32))  # the cluster's own secret; ~/.ray is not touched
+    token.chmod(0o600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI")}
+    # Every process of the cluster and every client of it: token auth on, this token, this temp dir.
+    env.update(RAY_TMPDIR=tmpdir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+               PYTHONPATH=str(REPO))  # as on cluster.yaml's nodes, the project is importable everywhere
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    log = Path(tmpdir) / "ray-start.log"
+    try:
+        # Ports other Ray clusters on this machine may hold (8265, 52365, 10001) are picked free.
+        # The autoscaler (and with it every fake node it launches) inherits this environment.
+        with open(log, "w") as out:
+            start = subprocess.run(
+                [RAY_CLI, "start", "--head", f"--port={GCS_PORT}", "--num-cpus=0", f"--temp-dir={tmpdir}",
+                 f"--autoscaling-config={CONFIG}", f"--dashboard-port={free_port()}",
+                 f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+                 "--object-store-memory=200000000", "--disable-usage-stats"],
+                env={**env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"},
+                stdout=out, stderr=subprocess.STDOUT, timeout=180)
+        assert start.returncode == 0, log.read_text()[-3000:]
+        cluster = FakeCluster(tmpdir, env)
+        cluster.initial_nodes = [n for n in cluster.state()["nodes"] if n["alive"]]
+        yield cluster
+    finally:
+        kill_own_processes(tmpdir)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def new_actors(before: dict, after: dict, class_name: str) -> list[dict]:
+    seen = {a["actor_id"] for a in before["actors"]}
+    return [a for a in after["actors"] if a["actor_id"] not in seen and a["class_name"].endswith(class_name)]
+
+
+def metric_steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def trial_runs(uri: str, experiment: str):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r} in {uri}"
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return client, [r for r in runs if r.data.tags.get("orchestrate.role") == "trial"]
+
+
+AUTOSCALE_SWEEP = textwrap.dedent("""\
+    name: multinode-autoscale
+    dataset: {name: digits, val_fraction: 0.1}
+    train: {epochs: 1, batch_size: 32, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 1, cpus_per_worker: 1, driver_cpus: 0.1}
+    search: {scheduler: fifo, num_samples: 1}
+    models:
+      - arch: resnet18
+        knobs: {width: 0.125}
+        lr: {grid: [0.05, 0.1]}
+    """)
+
+
+def test_sweep_on_an_autoscaling_cluster_trains_on_the_worker_nodes_it_launches(fake_cluster, tmp_path):
+    head = [n for n in fake_cluster.initial_nodes if n["head"]]
+    assert len(head) == 1 and len(fake_cluster.initial_nodes) == 1, fake_cluster.initial_nodes  # min_workers 0
+    assert head[0]["cpu"] == 0  # nothing can train on the head
+    refused = fake_cluster.status_without_token()  # the sweep below has to bring the cluster's token
+    assert refused.returncode != 0 and "InvalidAuthToken" in refused.stdout + refused.stderr, refused
+    before = fake_cluster.state()
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = fake_cluster.sweep(tmp_path, AUTOSCALE_SWEEP, uri)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # The autoscaler grew the cluster: worker nodes of fake_cluster.yaml's worker type, alive.
+    after = fake_cluster.state()
+    workers = {n["node_id"] for n in after["nodes"] if n["alive"] and not n["head"]}
+    assert workers and all(n["cpu"] == 2 for n in after["nodes"] if n["node_id"] in workers), after["nodes"]
+    assert fake_cluster.active_node_types().get(WORKER_TYPE, 0) == len(workers)
+
+    # Each trial's DDP worker (one per trial, in its own placement group) ran on a launched worker
+    # node, as did each Tune trial driver; none on the head.
+    train_workers = new_actors(before, after, "RayTrainWorker")
+    assert len(train_workers) == 2 and len({a["placement_group_id"] for a in train_workers}) == 2, train_workers
+    drivers = new_actors(before, after, "ImplicitFunc")  # Tune's wrapper around trial_driver
+    assert len(drivers) == 2, drivers
+    head_id = head[0]["node_id"]
+    for actor in train_workers + drivers:
+        assert actor["node_id"] in workers and actor["node_id"] != head_id, (actor, workers)
+
+    client, runs = trial_runs(uri, "multinode-autoscale")
+    assert sorted(r.info.run_name for r in runs) == ["resnet18-width0.125-lr0.05", "resnet18-width0.125-lr0.1"]
+    for run in runs:
+        assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
+        assert metric_steps(client, run.info.run_id, "val_acc") == [1]
+
+
+# Both ranks and the trial driver (2 x 0.5 + 0.1 CPU) would fit on one 2-CPU worker node, where
+# PACK puts them: only STRICT_SPREAD sends the ranks to two nodes.
+SPREAD_SWEEP = textwrap.dedent("""\
+    name: multinode-ddp
+    dataset: {name: digits, val_fraction: 0.1}
+    train: {epochs: 2, batch_size: 32, lr: 0.05, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 2, cpus_per_worker: 0.5, driver_cpus: 0.1, placement_strategy: STRICT_SPREAD}
+    search: {scheduler: fifo, num_samples: 1}
+    models:
+      - arch: resnet18
+        knobs: {width: 0.125}
+    """)
+
+
+def test_ddp_across_two_nodes_with_strict_spread_logs_through_a_real_mlflow_server(
+        fake_cluster, tmp_path, mlflow_server):
+    before = fake_cluster.state()
+    result = fake_cluster.sweep(tmp_path, SPREAD_SWEEP, mlflow_server)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # The trial's two DDP ranks (one worker group: one placement group) on two different worker
+    # nodes, so its gloo process group spanned two Ray nodes (on one host: same IP, two raylets).
+    after = fake_cluster.state()
+    ranks = new_actors(before, after, "RayTrainWorker")
+    assert len(ranks) == 2 and len({a["placement_group_id"] for a in ranks}) == 1, ranks
+    head_ids = {n["node_id"] for n in after["nodes"] if n["head"]}
+    nodes = {a["node_id"] for a in ranks}
+    assert len(nodes) == 2 and not nodes & head_ids, (ranks, head_ids)
+
+    # Written by the sweep driver alone, through the server.
+    client, runs = trial_runs(mlflow_server, "multinode-ddp")
+    assert [r.info.run_name for r in runs] == ["resnet18-width0.125-lr0.05"]
+    run = runs[0]
+    assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
+    assert run.data.params["world_size"] == "2" and run.data.params["resources.num_workers"] == "2"
+    assert run.data.params["resources.placement_strategy"] == "STRICT_SPREAD"
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "imgs_per_s", "epoch_s"):
+        assert metric_steps(client, run.info.run_id, key) == [1, 2], key  # every epoch, once
