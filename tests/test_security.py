@@ -1,0 +1,49 @@
+"""Security defaults: data is never code, servers stay on loopback, secrets stay out of MLflow."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from orchestrator import cli, engine
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_a_sweep_file_with_a_python_object_tag_is_rejected_not_executed(tmp_path, capsys, monkeypatch):
+    (tmp_path / "evil.yaml").write_text("name: !!python/object/apply:os.system ['touch pwned']\nmodels: []\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", "evil.yaml", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("evil.yaml: malformed YAML") and len(err.splitlines()) == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoints_load_with_weights_only_and_refuse_pickled_code(tmp_path):
+    torch.save({"model": {}, "payload": Boom()}, tmp_path / engine.STATE_FILE, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(pickle.UnpicklingError):
+        engine.load_state(str(tmp_path))
+
+
+def test_servers_the_tool_starts_bind_to_loopback_by_default():
+    ui = cli.build_parser().parse_args(["ui"])
+    assert ui.host == "127.0.0.1"
+
+
+def test_sweep_params_hold_no_tracking_credentials(tmp_path):
+    # A tracking URI may carry credentials (https://user:token@host): it must not become a param.
+    from orchestrator import config, tracking
+
+    spec = config.parse({"name": "s", "models": [{"arch": "resnet18"}],
+                         "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}}, "s.yaml")
+    tracker = tracking.SweepTracker(spec.tracking_uri, spec.name)
+    (tmp_path / "s.yaml").write_text("name: s\n")
+    run_id = tracker.start_parent(str(tmp_path / "s.yaml"), {"search": {"metric": "val_acc"}, "dataset": spec.dataset})
+    params = tracker.client.get_run(run_id).data.params
+    assert not any("tracking" in k or "sqlite" in str(v) or "@" in str(v) for k, v in params.items())
