@@ -4,13 +4,13 @@ JSON the report reads. Speed is not asserted (these are CPU numbers on a shared 
 from __future__ import annotations
 
 import json
-
-import pytest
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
