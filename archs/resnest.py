@@ -27,6 +27,7 @@ from torch import nn
 
 from archs.common import init_weights, scaled
 from archs.registry import Knob, KnobError, register, width_knob
+from archs.resnet import make_stages
 
 PAPER = "Zhang et al. 2020, ResNeSt: Split-Attention Networks (arXiv:2004.08955)"
 
@@ -130,16 +131,9 @@ class ResNeSt(nn.Module):
             conv3x3(stem, stem), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
             conv3x3(stem, 2 * stem), nn.BatchNorm2d(2 * stem), nn.ReLU(inplace=True),
         )
-        in_ch, stages = 2 * stem, []
-        for i, (planes, n) in enumerate(zip(PLANES, layers)):
-            planes = scaled(planes, width)
-            blocks = []
-            for j in range(n):
-                blocks.append(SplitAttentionBottleneck(in_ch, planes, 2 if (i > 0 and j == 0) else 1,
-                                                       radix, cardinality, bottleneck_width))
-                in_ch = planes * SplitAttentionBottleneck.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages, in_ch = make_stages(
+            lambda i, p, stride, first: SplitAttentionBottleneck(i, p, stride, radix, cardinality, bottleneck_width),
+            SplitAttentionBottleneck.expansion, 2 * stem, [scaled(p, width) for p in PLANES], layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self)

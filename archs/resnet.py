@@ -68,6 +68,20 @@ class Bottleneck(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+def make_stages(make_block, expansion: int, in_ch: int, planes: list[int], layers) -> tuple[nn.Sequential, int]:
+    """Stages of residual blocks, every stage after the first opening with a stride-2 block (the
+    layout ResNet, ResNeXt, Res2Net and ResNeSt share). `make_block(in_ch, planes, stride, first)`
+    builds one block. Returns the stages and their output channels."""
+    stages = []
+    for i, (p, n) in enumerate(zip(planes, layers)):
+        blocks = []
+        for j in range(n):
+            blocks.append(make_block(in_ch, p, 2 if (i > 0 and j == 0) else 1, j == 0))
+            in_ch = p * expansion
+        stages.append(nn.Sequential(*blocks))
+    return nn.Sequential(*stages), in_ch
+
+
 class ResNet(nn.Module):
     """`block_factory(in_ch, planes, stride)` builds one residual block; `block.expansion` is read
     from `block` so SE-ResNet can pass a partial that adds attention."""
@@ -78,14 +92,8 @@ class ResNet(nn.Module):
         make = block_factory or block
         planes = [scaled(c, width) for c in (64, 128, 256, 512)]
         self.stem = nn.Sequential(conv3x3(3, planes[0]), nn.BatchNorm2d(planes[0]), nn.ReLU(inplace=True))
-        in_ch, stages = planes[0], []
-        for i, (p, n) in enumerate(zip(planes, layers)):
-            blocks = []
-            for j in range(n):
-                blocks.append(make(in_ch, p, 2 if (i > 0 and j == 0) else 1))
-                in_ch = p * block.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages, in_ch = make_stages(lambda i, p, stride, first: make(i, p, stride), block.expansion,
+                                         planes[0], planes, layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self)

@@ -22,7 +22,7 @@ from torch import nn
 
 from archs.common import init_weights, scaled
 from archs.registry import Knob, KnobError, register, width_knob
-from archs.resnet import conv1x1, conv3x3, shortcut
+from archs.resnet import conv1x1, conv3x3, make_stages, shortcut
 
 PAPER = ("Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks "
          "(arXiv:1611.05431)")
@@ -61,15 +61,9 @@ class ResNeXt(nn.Module):
         super().__init__()
         planes = [scaled(p, width) for p in STAGE_PLANES]
         self.stem = nn.Sequential(conv3x3(3, planes[0]), nn.BatchNorm2d(planes[0]), nn.ReLU(inplace=True))
-        in_ch, stages = planes[0], []
-        for i, (p, n) in enumerate(zip(planes, layers)):
-            blocks = []
-            for j in range(n):
-                blocks.append(Bottleneck(in_ch, p, 2 if (i > 0 and j == 0) else 1, cardinality,
-                                         bottleneck_width))
-                in_ch = p * Bottleneck.expansion
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages, in_ch = make_stages(
+            lambda i, p, stride, first: Bottleneck(i, p, stride, cardinality, bottleneck_width),
+            Bottleneck.expansion, planes[0], planes, layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self)
