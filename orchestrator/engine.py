@@ -14,6 +14,7 @@ Two input paths:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -261,7 +262,6 @@ class Engine:
         # Same seed on every rank: DDP also broadcasts rank 0's weights, but equal init is free.
         model = archs.create(model_spec.arch, num_classes=splits.num_classes, **model_spec.knobs)
         self.param_count = archs.count_params(model)
-        self.flops = archs.count_flops(model)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(self.device, memory_format=self.memory_format)
         if prepare_model is not None:
@@ -298,6 +298,14 @@ class Engine:
         self.scheduler = make_schedule(self.optimizer, cfg, self.steps_per_epoch)
         self.epoch = 0  # epochs completed
         self.best_val_acc = 0.0
+
+    @functools.cached_property
+    def flops(self) -> int:
+        """Forward FLOPs per image: counted once, when first asked for (by rank 0 when it saves),
+        not by every rank at start-up."""
+        import archs
+
+        return archs.count_flops(unwrap(self.model))
 
     # -- checkpoints ------------------------------------------------------------------------
 
