@@ -21,29 +21,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run(folder: str, scheduler: str, lrs: list[float], epochs: int, concurrency: int) -> dict:
-    import mlflow
-    import yaml
+    from sweep_run import run_sweep
 
-    from orchestrator import config, sweep
-
-    name = f"asha-vs-grid-{scheduler}"
-    raw = {"name": name, "dataset": {"name": "digits"},
+    raw = {"name": f"asha-vs-grid-{scheduler}", "dataset": {"name": "digits"},
            "train": {"epochs": epochs, "batch_size": 32, "warmup_epochs": 0.5, "data_path": "device"},
            "resources": {"num_workers": 1, "cpus_per_worker": 1.0 / concurrency, "driver_cpus": 0.05},
            "search": {"scheduler": scheduler, "grace_period": 1, "reduction_factor": 3,
                       "max_concurrent_trials": concurrency},
            "models": [{"arch": "resnet18", "knobs": {"width": 0.125}, "lr": {"grid": lrs}}]}
-    path = os.path.join(folder, f"{name}.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(raw, f)
-    spec = config.load(path, {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "storage_path": f"{folder}/ray_results"})
-    start = time.perf_counter()
-    with open(os.devnull, "w") as devnull:
-        sweep._run_tuner(spec, None, devnull)
-    wall = time.perf_counter() - start
-    client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    trials = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'")
+    wall, client, trials = run_sweep(folder, raw)
     device_s, best, statuses = 0.0, {}, {}
     for r in trials:
         workers = int(r.data.params.get("world_size", 1))

@@ -75,28 +75,13 @@ def bare_engine(epochs: int, threads: int) -> list[float]:
 
 
 def time_orchestrate(workers: int, folder: str, epochs: int) -> tuple[float, float, list[float]]:
-    from orchestrator import config, sweep
+    from sweep_run import run_sweep
 
     raw = {"name": "overhead", "dataset": {"name": "digits"},
            "train": train_cfg(epochs),
            "resources": {"num_workers": workers, "cpus_per_worker": 1.0 / workers, "driver_cpus": 0.1},
            "search": {"scheduler": "fifo"}, "models": [{"arch": "resnet18", "knobs": {"width": 0.125}}]}
-    path = os.path.join(folder, "overhead.yaml")
-    import yaml
-
-    with open(path, "w") as f:
-        yaml.safe_dump(raw, f)
-    spec = config.load(path, {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "storage_path": f"{folder}/ray_results"})
-    start = time.perf_counter()
-    with open(os.devnull, "w") as devnull:
-        sweep._run_tuner(spec, None, devnull)
-    wall = time.perf_counter() - start
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
-    exp = client.get_experiment_by_name("overhead")
-    runs = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    wall, client, runs = run_sweep(folder, raw)
     epoch_s = sum(m.value for m in client.get_metric_history(runs[0].info.run_id, "epoch_s"))
     imgs = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "imgs_per_s"), key=lambda m: m.step)]
     return wall, epoch_s, imgs
