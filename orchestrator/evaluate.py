@@ -67,7 +67,9 @@ def evaluate_run(run_id: str, tracking_uri: str, *, dataset: str | None = None, 
         raise EvaluateError(f"{name} has {splits.num_classes} classes, the model {len(meta['classes'])}")
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(dev).eval()
+    if not isinstance(model, torch.fx.GraphModule):  # pt2 models are exported in eval mode and refuse .eval()
+        model = model.eval()
+    model = model.to(dev)
     loader = data.eval_loader(subset, tuple(meta["mean"]), tuple(meta["std"]), batch_size)
     loss = correct = top5 = n = 0.0
     with torch.no_grad():

@@ -49,6 +49,29 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def log_torch_model(model, pip_requirements: list[str], metadata: dict[str, Any]) -> str:
+    """Log `model` (eval mode, CPU, 32x32 RGB input) as the active run's `model`. Preferred format:
+    MLflow's "pt2" (torch.export): no pickle, loads with torch alone (no `archs` import), and the
+    batch dimension stays dynamic because the example holds two images. A model torch.export cannot
+    trace falls back to the pickled module, with a warning. Returns the format used."""
+    import warnings
+
+    import mlflow.pytorch
+    import numpy as np
+
+    example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
+    try:
+        mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=pip_requirements,
+                                 serialization_format="pt2", metadata=metadata)
+        return "pt2"
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
+        warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead", stacklevel=2)
+    mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=pip_requirements,
+                             serialization_format="pickle", metadata=metadata)
+    return "pickle"
+
+
 def library_versions() -> dict[str, str]:
     import ray
     import torch
@@ -368,24 +391,18 @@ class SweepTracker:
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
     def log_model(self, run_id: str, checkpoint_dir: str) -> None:
-        import numpy as np
-        import mlflow.pytorch
         import torch
         import torchvision
 
         from orchestrator import engine
 
         model, meta = engine.load_model(checkpoint_dir)
-        example = np.zeros((1, 3, 32, 32), dtype=np.float32)
         # Explicit requirements: MLflow's inference imports the model in a subprocess (slow).
         reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=run_id):
-            # Pickled module (needs `archs` importable to load, as any torch.save'd module): the
-            # default torch.export format fixes the batch size to the example's.
-            mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=reqs,
-                                     serialization_format="pickle",
-                                     metadata={"arch": meta["arch"], "knobs": meta["knobs"],
-                                               "classes": meta["classes"], "mean": meta["mean"],
-                                               "std": meta["std"], "epoch": meta["epoch"]})
+            fmt = log_torch_model(model, reqs, {"arch": meta["arch"], "knobs": meta["knobs"],
+                                                "classes": meta["classes"], "mean": meta["mean"],
+                                                "std": meta["std"], "epoch": meta["epoch"]})
+            mlflow.set_tag("model_format", fmt)
             mlflow.log_dict(meta, "model_meta.json")

@@ -47,3 +47,29 @@ def test_sweep_params_hold_no_tracking_credentials(tmp_path):
     run_id = tracker.start_parent(str(tmp_path / "s.yaml"), {"search": {"metric": "val_acc"}, "dataset": spec.dataset})
     params = tracker.client.get_run(run_id).data.params
     assert not any("tracking" in k or "sqlite" in str(v) or "@" in str(v) for k, v in params.items())
+
+
+def test_a_model_torch_export_cannot_trace_is_logged_pickled_with_a_warning(tmp_path):
+    import mlflow
+    import mlflow.pytorch
+
+    from orchestrator import tracking
+
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 32 * 32, 10)
+
+        def forward(self, x):
+            y = self.fc(x.flatten(1))
+            return y if y.sum() > 0 else -y  # a branch on data: torch.export cannot trace it
+
+    model = Branchy().eval()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run() as run, pytest.warns(UserWarning, match="torch.export could not trace Branchy"):
+        fmt = tracking.log_torch_model(model, [], {"arch": "branchy"})
+    assert fmt == "pickle"
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

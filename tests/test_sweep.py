@@ -4,6 +4,7 @@ tracked in a real MLflow store (sqlite file, and a real `mlflow server` process)
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 
 import pytest
@@ -54,6 +55,31 @@ def test_child_runs_hold_curves_confusion_matrix_best_checkpoint_and_a_loadable_
     mlflow.set_tracking_uri(ddp_sweep.uri)
     model = mlflow.pytorch.load_model(f"runs:/{child.info.run_id}/model")
     assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 10)
+    assert child.data.tags["model_format"] == "pt2"
+
+
+# Loads the logged model the way a user on another machine would: torch and MLflow only, with
+# MLflow's pickle deserialisation switched off (it then checks the .pt2 archive is pickle-free).
+LOAD_WITHOUT_PICKLE = """
+import sys, mlflow, mlflow.pytorch, torch
+model = mlflow.pytorch.load_model(f"runs:/{sys.argv[1]}/model")
+with torch.no_grad():
+    print(tuple(model(torch.zeros(3, 3, 32, 32)).shape), "archs" in sys.modules, type(model).__name__)
+"""
+
+
+def test_the_logged_model_is_torch_export_format_and_loads_without_pickle_or_our_code(ddp_sweep, tmp_path):
+    import subprocess
+    import sys
+
+    child = ddp_sweep.trials()[0]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false", MLFLOW_TRACKING_URI=ddp_sweep.uri)
+    # A pickled module would import `archs` to rebuild its classes; the exported graph needs none.
+    out = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_PICKLE, child.info.run_id],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[:4] == ["(3,", "10)", "False", "GraphModule"], out.stdout
 
 
 def test_parent_run_holds_the_sweep_file_comparison_table_and_plots(ddp_sweep):
