@@ -128,8 +128,3 @@ def mlflow_server(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-
-
-@pytest.fixture(scope="session")
-def ddp_sweep_on_server(tmp_path_factory, mlflow_server) -> Sweep:
-    return _sweep(tmp_path_factory, "ddp-server", DDP_SWEEP, uri=mlflow_server)

@@ -15,6 +15,7 @@ command line or environment holds that RAY_TMPDIR, and their descendants.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import DDP_SWEEP, REPO, run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -154,7 +155,9 @@ class FakeCluster:
 
 
 @pytest.fixture(scope="module")
-def fake_cluster():
+def fake_cluster(ddp_sweep):
+    # ddp_sweep (the single-node twin of the STRICT_SPREAD test) runs first, on a local Ray of its
+    # own, before this cluster exists.
     deadline = time.time() + 120  # another run of this module may be finishing
     while port_in_use(GCS_PORT):
         if time.time() > deadline:
@@ -264,22 +267,16 @@ def test_sweep_on_an_autoscaling_cluster_trains_on_the_worker_nodes_it_launches(
         assert metric_steps(client, run.info.run_id, "val_acc") == [1]
 
 
-# Both ranks and the trial driver (2 x 0.5 + 0.1 CPU) would fit on one 2-CPU worker node, where
-# PACK puts them: only STRICT_SPREAD sends the ranks to two nodes.
-SPREAD_SWEEP = textwrap.dedent("""\
-    name: multinode-ddp
-    dataset: {name: digits, val_fraction: 0.1}
-    train: {epochs: 2, batch_size: 32, lr: 0.05, warmup_epochs: 0.5, seed: 0}
-    resources: {num_workers: 2, cpus_per_worker: 0.5, driver_cpus: 0.1, placement_strategy: STRICT_SPREAD}
-    search: {scheduler: fifo, num_samples: 1}
-    models:
-      - arch: resnet18
-        knobs: {width: 0.125}
-    """)
+# DDP_SWEEP's lr=0.05 trial (conftest), spread over two nodes. Both ranks and the trial driver
+# (2 x 0.5 + 0.1 CPU) would fit on one 2-CPU worker node, where PACK puts them: only STRICT_SPREAD
+# sends the ranks to two nodes.
+SPREAD_SWEEP = DDP_SWEEP.replace("name: e2e-ddp", "name: multinode-ddp").replace(
+    "lr: {grid: [0.05, 0.1]}", "lr: 0.05").replace("driver_cpus: 0.1}", "driver_cpus: 0.1, placement_strategy: STRICT_SPREAD}")
 
 
-def test_ddp_across_two_nodes_with_strict_spread_logs_through_a_real_mlflow_server(
-        fake_cluster, tmp_path, mlflow_server):
+def test_ddp_across_two_nodes_through_a_real_mlflow_server_gives_the_single_node_sqlite_numbers(
+        fake_cluster, tmp_path, mlflow_server, ddp_sweep):
+    assert "STRICT_SPREAD" in SPREAD_SWEEP and "lr: 0.05" in SPREAD_SWEEP
     before = fake_cluster.state()
     result = fake_cluster.sweep(tmp_path, SPREAD_SWEEP, mlflow_server)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -293,7 +290,7 @@ def test_ddp_across_two_nodes_with_strict_spread_logs_through_a_real_mlflow_serv
     nodes = {a["node_id"] for a in ranks}
     assert len(nodes) == 2 and not nodes & head_ids, (ranks, head_ids)
 
-    # Written by the sweep driver alone, through the server.
+    # Written by the sweep driver alone, through the server (HTTP: REST calls, artefacts proxied).
     client, runs = trial_runs(mlflow_server, "multinode-ddp")
     assert [r.info.run_name for r in runs] == ["resnet18-width0.125-lr0.05"]
     run = runs[0]
@@ -301,4 +298,21 @@ def test_ddp_across_two_nodes_with_strict_spread_logs_through_a_real_mlflow_serv
     assert run.data.params["world_size"] == "2" and run.data.params["resources.num_workers"] == "2"
     assert run.data.params["resources.placement_strategy"] == "STRICT_SPREAD"
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "imgs_per_s", "epoch_s"):
-        assert metric_steps(client, run.info.run_id, key) == [1, 2], key  # every epoch, once
+        assert metric_steps(client, run.info.run_id, key) == [1, 2, 3], key  # every epoch, once
+
+    # The same trial run on one node into a sqlite store (ddp_sweep): same params but the placement,
+    # same artefacts, and the same numbers (same seeds and shards, same gloo reductions) to
+    # float32 round-off.
+    twin = {r.info.run_name: r for r in ddp_sweep.trials()}["resnet18-width0.125-lr0.05"]
+    twin_client = ddp_sweep.client()
+    differ = {k for k in run.data.params.keys() | twin.data.params.keys()
+              if run.data.params.get(k) != twin.data.params.get(k)}
+    assert differ == {"resources.placement_strategy"}, {k: (run.data.params.get(k), twin.data.params.get(k))
+                                                        for k in differ}
+    for metric in ("train_loss", "val_loss", "val_acc", "train_acc", "lr"):
+        a = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric))
+        b = sorted((m.step, m.value) for m in twin_client.get_metric_history(twin.info.run_id, metric))
+        assert [s for s, _ in a] == [s for s, _ in b]
+        assert all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-5) for (_, x), (_, y) in zip(a, b)), (metric, a, b)
+    assert ({a.path for a in client.list_artifacts(run.info.run_id)}
+            == {a.path for a in twin_client.list_artifacts(twin.info.run_id)})
