@@ -401,8 +401,6 @@ class SweepTracker:
         reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=run_id):
-            fmt = log_torch_model(model, reqs, {"arch": meta["arch"], "knobs": meta["knobs"],
-                                                "classes": meta["classes"], "mean": meta["mean"],
-                                                "std": meta["std"], "epoch": meta["epoch"]})
+            fmt = log_torch_model(model, reqs, {k: meta[k] for k in ("arch", "knobs", "classes", "mean", "std", "epoch")})
             mlflow.set_tag("model_format", fmt)
             mlflow.log_dict(meta, "model_meta.json")
