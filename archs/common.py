@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
 def scaled(channels: int, width: float, divisor: int = 1) -> int:
     """`channels` x `width`, rounded to a multiple of `divisor` and never below it."""
     return max(divisor, int(round(channels * width / divisor)) * divisor)
+
+
+def conv3x3(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 3, stride, 1, groups=groups, bias=False)
+
+
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """[N, g*c, H, W] -> [N, c*g, H, W]: the next group conv sees channels from every group."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 def conv_bn(in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, groups: int = 1,

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archs.common import conv_bn, init_weights
+from archs.common import channel_shuffle, conv_bn, init_weights
 from archs.registry import Knob, register, width_knob
 
 PAPER = "Goyal et al. 2021, Non-deep Networks (arXiv:2110.07641)"
@@ -53,11 +53,6 @@ STEM_MAX = 64  # block 1 has min(64, planes[0]) channels, as in the official cod
 def even(channels: float) -> int:
     """Round up to an even number, as the official code's `round()` (fusion blocks use groups=2)."""
     return max(2, math.ceil(channels / 2) * 2)
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

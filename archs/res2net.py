@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archs.common import init_weights, scaled
+from archs.common import conv1x1, conv3x3, init_weights, scaled
 from archs.registry import Knob, KnobError, register, width_knob
-from archs.resnet import conv1x1, conv3x3, make_stages, shortcut
+from archs.resnet import make_stages, shortcut
 
 PAPER = "Gao et al. 2019, Res2Net: A New Multi-scale Backbone Architecture (arXiv:1904.01169)"
 

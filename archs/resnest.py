@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from archs.common import init_weights, scaled
+from archs.common import conv1x1, conv3x3, init_weights, scaled
 from archs.registry import Knob, KnobError, register, width_knob
 from archs.resnet import make_stages
 
@@ -36,14 +36,6 @@ PLANES = [64, 128, 256, 512]
 STEM_WIDTH = 32
 MAX_RADIX = 4                  # the paper tries 1, 2 and 4
 REDUCTION, MIN_ATTENTION = 4, 32  # attention MLP width: max(channels x radix / 4, 32), as the authors'
-
-
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 3, stride, 1, groups=groups, bias=False)
-
-
-def conv1x1(in_ch: int, out_ch: int) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 1, bias=False)
 
 
 def group_width(planes: int, bottleneck_width: int, cardinality: int) -> int:

@@ -9,18 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from archs.common import init_weights, scaled
+from archs.common import conv1x1, conv3x3, init_weights, scaled
 from archs.registry import register, width_knob
 
 PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"
-
-
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 3, stride, 1, groups=groups, bias=False)
-
-
-def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
 
 def shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module:

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from archs.common import init_weights, scaled
+from archs.common import conv1x1, conv3x3, init_weights, scaled
 from archs.registry import Knob, KnobError, register, width_knob
-from archs.resnet import conv1x1, conv3x3, make_stages, shortcut
+from archs.resnet import make_stages, shortcut
 
 PAPER = ("Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks "
          "(arXiv:1611.05431)")

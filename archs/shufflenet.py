@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from archs.common import init_weights
+from archs.common import channel_shuffle, init_weights
 from archs.registry import Knob, KnobError, register
 
 PAPER = ("Zhang et al. 2018, ShuffleNet: An Extremely Efficient Convolutional Neural Network for "
@@ -71,12 +71,6 @@ def check(knobs: dict) -> KnobError | None:
     ok = [str(s) for s in SCALES if plan_error(groups, s) is None]
     return KnobError("width", width, f"with groups={groups}: {reason}; "
                                      f"widths that work with groups={groups}: {', '.join(ok)}")
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """[N, g*c, H, W] -> [N, c*g, H, W]: the next group conv sees channels from every group."""
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class ShuffleUnit(nn.Module):
