@@ -54,6 +54,7 @@ from PIL import Image  # noqa: E402
 import archs  # noqa: E402
 from orchestrator import data as data_mod  # noqa: E402
 from orchestrator import engine as engine_mod  # noqa: E402
+from orchestrator import schema  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,9 +219,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compile, autotune)")
     p.add_argument("--repeats", type=int, default=3, help="timed engine epochs; the median is reported")
     p.add_argument("--compile", action="store_true", help="TrainConfig.compile: torch.compile the model")
-    p.add_argument("--precision", default="auto", choices=engine_mod.TrainConfig.PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=schema.choices(schema.TrainConfig, "precision"),
                    help="engine autocast: auto = bf16 on GPUs that support it, else fp32")
-    p.add_argument("--data-path", default="auto", choices=engine_mod.TrainConfig.DATA_PATHS,
+    p.add_argument("--data-path", default="auto", choices=schema.choices(schema.TrainConfig, "data_path"),
                    help="engine input path: auto = device on CUDA, loader on CPU")
     p.add_argument("--loader-workers", type=int, default=0, help="engine's DataLoader workers (loader path)")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip the hand-written peer loop")

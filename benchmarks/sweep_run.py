@@ -19,9 +19,11 @@ def run_sweep(folder: str, raw: dict):
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)
     spec = config.load(path, {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "storage_path": f"{folder}/ray_results"})
+    import ray
+
     start = time.perf_counter()
     with open(os.devnull, "w") as devnull:
-        sweep._run_tuner(spec, None, devnull)
+        sweep._run_tuner(spec, None, sweep.packing(spec.resources, ray.cluster_resources())[0], devnull)
     wall = time.perf_counter() - start
     client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
     exp = client.get_experiment_by_name(raw["name"])

@@ -49,6 +49,7 @@ import torchvision  # noqa: E402
 import archs  # noqa: E402
 from orchestrator import data as data_mod  # noqa: E402
 from orchestrator import engine as engine_mod  # noqa: E402
+from orchestrator import schema  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -66,10 +67,10 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--precision", default="auto", choices=engine_mod.TrainConfig.PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=schema.choices(schema.TrainConfig, "precision"),
                    help="auto = bf16 on GPUs that support it, else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--data-path", default="auto", choices=engine_mod.TrainConfig.DATA_PATHS,
+    p.add_argument("--data-path", default="auto", choices=schema.choices(schema.TrainConfig, "data_path"),
                    help="auto = device on CUDA, loader on CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0, help="training seed (the split's seed is fixed at 0)")

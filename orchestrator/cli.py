@@ -4,8 +4,14 @@ so `orchestrate --help` is instant and `train` runs where Ray and MLflow are not
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import signal
+import subprocess
 import sys
 from typing import Any, Sequence
+
+from orchestrator import schema  # torch-free: the settings and their rules
 
 
 class UsageError(Exception):
@@ -14,7 +20,7 @@ class UsageError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + message
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
 def _knob_value(text: str) -> Any:
@@ -33,11 +39,45 @@ def _parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:
     return knobs
 
 
+# The `train` options are the schema's fields: a field added to TrainConfig or DataSpec is an
+# option here with no other edit, with its type, default, choices and rule.
+OPTION_NAMES = {(schema.DataSpec, "name"): "dataset"}
+
+
+def _option(cls: type, field: str) -> str:
+    return "--" + OPTION_NAMES.get((cls, field), field).replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    group = parser.add_argument_group(cls.__doc__.strip().splitlines()[0] if cls.__doc__ else cls.__name__)
+    types = schema.field_types(cls)
+    for f in dataclasses.fields(cls):
+        typ, _ = types[f.name]
+        dest = f"{cls.__name__}.{f.name}"
+        help_text = f.metadata.get("help", "")
+        if typ is bool:
+            group.add_argument(_option(cls, f.name), dest=dest, action=argparse.BooleanOptionalAction,
+                               default=f.default, help=help_text)
+        else:
+            group.add_argument(_option(cls, f.name), dest=dest, type=typ, default=f.default,
+                               choices=f.metadata.get("choices"), metavar=None if f.metadata.get("choices") else
+                               f.name.upper(), help=f"{help_text} (default {f.default})")
+
+
+def _from_options(cls: type, args):
+    values = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)}
+    obj = cls(**schema.coerce(cls, values))
+    for key, message in schema.problems(obj):
+        raise UsageError(f"train: {_option(cls, key)}: {message}")
+    return obj
+
+
 # ---------------------------------------------------------------------------------------------
 
 
 def cmd_archs(args) -> int:
     import archs
+    from orchestrator import reports
 
     names = archs.names(args.pattern)
     if not names:
@@ -54,17 +94,8 @@ def cmd_archs(args) -> int:
             flops = f"{archs.count_flops(model) / 1e6:.0f}M"
         rows.append((name, arch.family, params, flops, knobs))
     header = ("arch", "family", "params", "FLOPs", "knobs (default, allowed)")
-    print_table([header] + rows)
+    reports.print_table([header] + rows)
     return 0
-
-
-def print_table(rows: list[Sequence[Any]], stream=None) -> None:
-    stream = stream or sys.stdout
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=stream)
-        if j == 0:
-            print("  ".join("-" * w for w in widths), file=stream)
 
 
 def cmd_train(args) -> int:
@@ -78,20 +109,8 @@ def cmd_train(args) -> int:
         knobs = archs.validate(args.arch, knobs)
     except archs.KnobError as e:
         raise UsageError(f"train: {'--arch' if e.knob == 'arch' else '--knob ' + e.knob}: {e.value!r} {e.allowed}")
-    cfg = engine.TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing, precision=args.precision, compile=args.compile,
-        grad_clip=args.grad_clip, seed=args.seed, deterministic=args.deterministic,
-        data_path=args.data_path, steps_per_epoch=args.steps_per_epoch,
-        channels_last=not args.no_channels_last)
-    try:
-        cfg.check()
-    except ValueError as e:
-        key, rest = str(e).split(": ", 1)
-        raise UsageError(f"train: --{key.replace('_', '-')}: {rest}") from None
-    spec = data.DataSpec(name=args.dataset, root=args.root, val_fraction=args.val_fraction,
-                         subset=args.subset, download=args.download)
+    cfg = _from_options(schema.TrainConfig, args)
+    spec = _from_options(schema.DataSpec, args)
     try:
         splits = data.load_splits(spec)
     except data.DataError as e:
@@ -109,8 +128,6 @@ def cmd_train(args) -> int:
 
 
 def _tracking_uri(arg: str | None) -> str:
-    import os
-
     from orchestrator.config import default_tracking_uri
 
     return arg or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
@@ -121,29 +138,31 @@ def cmd_sweep(args) -> int:
 
     try:
         spec = config.load(args.file, {"tracking_uri": args.tracking_uri, "storage_path": args.storage})
-        if args.dry_run:
-            from orchestrator import sweep
-
-            rows = sweep.preview(spec)
-            print(f"{args.file}: valid; {len(rows)} trial(s) (random dimensions sampled with seed "
-                  f"{spec.search.seed}); tracking {spec.tracking_uri}; storage {spec.storage_path}")
-            table = [("#", "arch", "knobs", "lr", "overrides")]
-            for i, m in enumerate(rows):
-                knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                 for k, v in sorted((m.get("knobs") or {}).items()))
-                extra = " ".join(f"{k}={v}" for k, v in m.items() if k not in ("arch", "knobs", "lr"))
-                table.append((i, m["arch"], knobs or "-", f"{m['lr']:.4g}", extra or "-"))
-            print_table(table)
-            return 0
         from orchestrator import sweep
 
+        if args.dry_run:
+            _print_preview(args.file, spec, sweep.preview(spec))
+            return 0
         return sweep.run(spec, address=args.address, resume=args.resume)
     except config.ConfigError as e:
         raise UsageError(str(e)) from None
 
 
+def _print_preview(file: str, spec, trials) -> None:
+    from orchestrator import reports
+
+    print(f"{file}: valid; {len(trials)} trial(s) (random dimensions sampled with seed "
+          f"{spec.search.seed}); tracking {spec.tracking_uri}; storage {spec.storage_path}")
+    table = [("#", "arch", "knobs", "lr", "epochs", "batch_size", "optimizer")]
+    for i, t in enumerate(trials):
+        knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items()))
+        table.append((i, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.epochs, t.train.batch_size,
+                      t.train.optimizer))
+    reports.print_table(table)
+
+
 def cmd_compare(args) -> int:
-    from orchestrator import tracking
+    from orchestrator import reports, tracking
 
     uri = _tracking_uri(args.tracking_uri)
     reason = tracking.check_reachable(uri)
@@ -167,10 +186,10 @@ def cmd_compare(args) -> int:
                                     order_by=["attributes.start_time DESC"], max_results=1)
         parent = sweeps[0].info.run_id if sweeps else None
     rows = tracking.comparison_rows(client, exp.experiment_id, parent)
-    print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
-          + f" ({len(rows)} trials; {uri})")
-    cols = tracking.COMPARE_COLUMNS
-    print_table([cols] + tracking.format_rows(rows))
+    if args.format == "table":  # the other formats are data for other programs: nothing but the data
+        print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
+              + f" ({len(rows)} trials; {uri})")
+    print(reports.render(rows, args.format), end="" if args.format != "json" else "\n")
     return 0
 
 
@@ -189,10 +208,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import os
-    import signal
-    import subprocess
-
     uri = _tracking_uri(args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
@@ -221,9 +236,27 @@ def cmd_ui(args) -> int:
     return 0
 
 
+EXIT_CODES = """exit codes:
+  0    done (sweep: at least one trial trained to a model; failed trials are listed)
+  1    sweep: no trial completed
+  2    bad input: one line naming the file or option, the value and what is allowed
+  130  interrupted (Ctrl-C / SIGINT); 143: terminated (SIGTERM) -- `sweep --resume` continues"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orchestrate")
+    except PackageNotFoundError:  # run from a checkout without installing
+        return "unknown (not installed)"
+
+
 def build_parser() -> Parser:
     p = Parser(prog="orchestrate", description="Train and sweep CIFAR-sized image classifiers "
-               "with Ray Train (DDP) x Ray Tune, tracked in MLflow.")
+               "with Ray Train (DDP) x Ray Tune, tracked in MLflow.", epilog=EXIT_CODES,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     a = sub.add_parser("archs", help="list the model zoo: families, knobs, params, FLOPs")
@@ -235,28 +268,8 @@ def build_parser() -> Parser:
     t.add_argument("--arch", required=True)
     t.add_argument("--width", type=float)
     t.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE", help="arch knob (repeatable)")
-    t.add_argument("--dataset", default="digits", choices=("cifar10", "cifar100", "imagefolder", "digits", "synthetic"))
-    t.add_argument("--root", help="dataset folder (or .zip for imagefolder)")
-    t.add_argument("--download", action="store_true", help="cifar: download when absent")
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--subset", type=int, help="use only this many training images")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "constant"))
-    t.add_argument("--warmup-epochs", type=float, default=1.0)
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--no-channels-last", action="store_true")
-    t.add_argument("--grad-clip", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--deterministic", action="store_true")
-    t.add_argument("--data-path", default="auto", choices=("auto", "device", "loader"),
-                   help="device: whole dataset on the GPU (fast path); loader: DataLoader")
-    t.add_argument("--steps-per-epoch", type=int, default=0, help="cap train steps per epoch (smoke runs)")
+    add_options(t, schema.TrainConfig)
+    add_options(t, schema.DataSpec)
     t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     t.add_argument("--checkpoint-dir", help="keep the latest checkpoint here")
     t.add_argument("--resume", help="continue from a checkpoint directory")
@@ -276,6 +289,7 @@ def build_parser() -> Parser:
     c.add_argument("experiment", nargs="?", help="experiment name (default: the most recently active)")
     c.add_argument("--tracking-uri")
     c.add_argument("--all-sweeps", action="store_true", help="every sweep of the experiment, not only the latest")
+    c.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
     c.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("evaluate", help="score a logged model on a dataset split")

@@ -9,8 +9,10 @@ representation for both input paths:
 
 - the CPU path: `AugmentedImageSet` + `DataLoader` (+ `DistributedSampler` under DDP), per-sample
   torchvision transforms;
-- the device path: the engine moves the uint8 tensors to the GPU once and calls `augment_batch`,
-  which pads, crops and flips a whole batch on the device without a Python loop.
+- the device path: `DeviceBatches` moves the uint8 tensors to the device once and calls
+  `augment_batch`, which pads, crops and flips a whole batch there without a Python loop.
+
+Both normalise with the one `normalize`.
 
 Datasets: `cifar10`/`cifar100` (the python-pickle batches; torchvision downloads them on request),
 `imagefolder` (a `train/<class>/*.jpg|png` tree, as a directory or a .zip read in memory),
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import math
 import os
 import pickle
 import tempfile
@@ -38,11 +41,13 @@ import numpy as np
 import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.transforms import v2
 
-__all__ = ["DATASETS", "DataError", "DataSpec", "ImageSet", "Splits", "load_splits", "normalize",
-           "AugmentedImageSet", "Loaders", "make_loaders", "eval_loader", "augment_batch"]
+from orchestrator.schema import DATASETS, DataSpec, problems
 
-DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+__all__ = ["DATASETS", "DataError", "DataSpec", "ImageSet", "Splits", "load_splits", "check_source", "normalize",
+           "AugmentedImageSet", "Loaders", "make_loaders", "eval_loader", "augment_batch", "DeviceBatches"]
+
 IMAGE_SIZE = 32
 PAD = 4  # pixels of zero padding before the random 32x32 crop, as in the ResNet CIFAR recipe
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -60,21 +65,6 @@ CACHE_FORMAT = 1  # bump when the cached content changes meaning
 class DataError(ValueError):
     """A dataset that cannot be loaded as asked. str() is one line for the user: it names the
     dataset or path and says what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    name: str = "digits"  # one of DATASETS
-    # cifar: the folder holding cifar-10-batches-py/ (or cifar-100-python/), or that folder itself;
-    # imagefolder: a directory holding train/<class>/*.jpg|png (optionally test/<class>/...), or a
-    # .zip holding such a tree, possibly under one top-level folder.
-    root: str | None = None
-    val_fraction: float = 0.1  # carved from the training data, stratified, by split_seed
-    subset: int | None = None  # keep only this many training images (seeded, before the split)
-    split_seed: int = 0
-    download: bool = False  # cifar only: let torchvision fetch the batches into root
-    synthetic_size: int = 512  # synthetic only: training images (the test split is a quarter)
-    num_classes: int = 10  # synthetic only
 
 
 @dataclasses.dataclass
@@ -103,12 +93,8 @@ class Splits:
 def load_splits(spec: DataSpec) -> Splits:
     """Load `spec.name`, carve the validation split from its training data and measure the train
     split's channel statistics. Raises DataError with a one-line message on any user error."""
-    if spec.name not in DATASETS:
-        raise DataError(f"dataset {spec.name!r} is not one of {', '.join(DATASETS)}")
-    if not 0 < spec.val_fraction <= 0.5:
-        raise DataError(f"{spec.name}: val_fraction must be in (0, 0.5], got {spec.val_fraction}")
-    if spec.subset is not None and spec.subset < 2:
-        raise DataError(f"{spec.name}: subset must be at least 2 images, got {spec.subset}")
+    for key, message in problems(spec):  # the schema's rules, as for a sweep file
+        raise DataError(f"{spec.name}: {key}: {message}")
 
     loader = {"cifar10": _load_cifar, "cifar100": _load_cifar, "imagefolder": _load_imagefolder,
               "digits": _load_digits, "synthetic": _load_synthetic}[spec.name]
@@ -190,21 +176,32 @@ _CIFAR = {
 }
 
 
+def _cifar_files(spec: DataSpec) -> tuple[dict, str, list[str]]:
+    """(the dataset's layout, the folder its batches are in, the batch files) for `spec.root`,
+    which may be the folder holding cifar-10-batches-py/ or that folder itself."""
+    info = _CIFAR[spec.name]
+    root = os.path.expanduser(spec.root)
+    folder = root if os.path.basename(os.path.normpath(root)) == info["folder"] \
+        else os.path.join(root, info["folder"])
+    return info, folder, info["train"] + [info["test"], info["meta"]]
+
+
+def _cifar_missing_error(spec: DataSpec, info: dict, folder: str, needed: list[str]) -> DataError | None:
+    if all(os.path.isfile(os.path.join(folder, f)) for f in needed):
+        return None
+    return DataError(f"{spec.name}: no {info['title']} python batches under {spec.root} (expected "
+                     f"{os.path.join(folder, needed[0])} ...); download them from "
+                     f"https://www.cs.toronto.edu/~kriz/cifar.html or set dataset.download: true")
+
+
 def _load_cifar(spec: DataSpec):
     """Reads the batches directly (the format torchvision reads: pickled dicts whose `data` is
     uint8 [N, 3072], channel-major, so a reshape gives NCHW). torchvision's dataset class is used
     only to download, because its constructor also md5-checks all files on every load."""
-    info = _CIFAR[spec.name]
-    if not spec.root:
-        raise DataError(f"{spec.name}: dataset.root is not set; point it at the folder that holds "
-                        f"(or should hold) {info['folder']}/")
-    root = os.path.expanduser(spec.root)
-    folder = root if os.path.basename(os.path.normpath(root)) == info["folder"] \
-        else os.path.join(root, info["folder"])
-    needed = info["train"] + [info["test"], info["meta"]]
+    info, folder, needed = _cifar_files(spec)
 
-    def missing() -> list[str]:
-        return [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    def missing() -> bool:
+        return _cifar_missing_error(spec, info, folder, needed) is not None
 
     if missing() and spec.download:
         download_root = os.path.dirname(os.path.normpath(folder))
@@ -217,9 +214,7 @@ def _load_cifar(spec: DataSpec):
             raise DataError(f"{spec.name}: downloading {info['title']} into {download_root} failed "
                             f"({reason}); put the python batches under {folder}/ by hand") from e
     if missing():
-        raise DataError(f"{spec.name}: no {info['title']} python batches under {root} (expected "
-                        f"{os.path.join(folder, needed[0])} ...); download them from "
-                        f"https://www.cs.toronto.edu/~kriz/cifar.html or set dataset.download: true")
+        raise _cifar_missing_error(spec, info, folder, needed)
 
     def read(name: str) -> dict:
         path = os.path.join(folder, name)
@@ -247,29 +242,52 @@ def _load_cifar(spec: DataSpec):
 # imagefolder: a train/<class>/ tree in a directory or a zip
 
 
-def _load_imagefolder(spec: DataSpec):
-    if not spec.root:
-        raise DataError("imagefolder: dataset.root is not set; point it at a directory or .zip "
-                        "holding train/<class>/*.jpg")
+def _imagefolder_root(spec: DataSpec) -> str:
     root = os.path.abspath(os.path.expanduser(spec.root))
     if not os.path.exists(root):
         raise DataError(f"imagefolder: {root} does not exist; expected a directory or .zip holding "
                         f"train/<class>/*.jpg")
+    if not os.path.isdir(root) and not zipfile.is_zipfile(root):
+        raise DataError(f"imagefolder: {root} is neither a directory nor a .zip file")
+    return root
+
+
+def check_source(spec: DataSpec) -> None:
+    """Whether `spec`'s data is there and in its format, without decoding an image: the path
+    exists, a .zip is a zip, the train/<class>/ layout holds images, CIFAR's batch files are
+    present. A sweep calls it before Ray starts, so a wrong root is a one-line error, never a
+    failed trial. Raises DataError as load_splits would."""
+    for key, message in problems(spec):
+        raise DataError(f"{spec.name}: {key}: {message}")
+    if spec.name == "imagefolder":
+        root = _imagefolder_root(spec)
+        if os.path.isdir(root):
+            members, _ = _list_directory(root)
+        else:
+            with zipfile.ZipFile(root) as archive:
+                members, _ = _list_zip(root, archive)
+        _layout(root, members)
+    elif spec.name in _CIFAR and not spec.download:
+        error = _cifar_missing_error(spec, *_cifar_files(spec))
+        if error is not None:
+            raise error
+
+
+def _load_imagefolder(spec: DataSpec):
+    root = _imagefolder_root(spec)
     # The cache key is the source's identity: a zip's path, size and mtime (checked before its
     # 50,000-entry directory is even parsed); for a directory, every listed file's.
     if os.path.isdir(root):
         members, read = _list_directory(root)
         cache_key = _cache_key([(m, *_stat_key(os.path.join(root, m))) for m in members])
         cached = _cache_load(cache_key)
-    elif zipfile.is_zipfile(root):
+    else:  # a zip (_imagefolder_root checked)
         cache_key = _cache_key([(root, *_stat_key(root))])
         cached = _cache_load(cache_key)
         if cached is None:
             with zipfile.ZipFile(root) as archive:
                 members, read = _list_zip(root, archive)
                 return _decode_tree(root, members, read, cache_key)
-    else:
-        raise DataError(f"imagefolder: {root} is neither a directory nor a .zip file")
     return cached if cached is not None else _decode_tree(root, members, read, cache_key)
 
 
@@ -378,7 +396,7 @@ def _decode(raw: bytes) -> torch.Tensor:
         except RuntimeError:  # a variant torchvision's libjpeg/libpng rejects: PIL may read it
             pass
     if image is None:
-        from PIL import Image
+        from PIL import Image  # only for what torchvision's codecs cannot read
 
         with Image.open(io.BytesIO(raw)) as pil:
             array = np.array(pil.convert("RGB"))
@@ -464,11 +482,6 @@ def _load_digits(spec: DataSpec):
 def _load_synthetic(spec: DataSpec):
     """Each class has its own mean colour; pixels are that colour plus noise. A linear model can
     learn it, so a few epochs of any network should beat chance clearly."""
-    if spec.num_classes < 2:
-        raise DataError(f"synthetic: num_classes must be at least 2, got {spec.num_classes}")
-    if spec.synthetic_size < 2 * spec.num_classes:
-        raise DataError(f"synthetic: synthetic_size {spec.synthetic_size} must be at least twice "
-                        f"num_classes ({spec.num_classes})")
     generator = torch.Generator().manual_seed(SYNTHETIC_SEED)
     colours = torch.rand(spec.num_classes, 3, 1, 1, generator=generator) * 160 + 48
 
@@ -488,10 +501,17 @@ def _load_synthetic(spec: DataSpec):
 
 
 def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float32 normalised, on the images' device."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
+    """uint8 [..., 3, H, W] -> float32 in [0, 1], minus `mean`, over `std` (per channel; tuples,
+    or the tensors of `channel_tensors`, which the input paths make once). The one normalisation
+    both input paths use."""
+    mean, std = channel_tensors(mean, std, images_uint8.device)
     return (images_uint8.float().div_(255) - mean) / std
+
+
+def channel_tensors(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel statistics as [3, 1, 1] float32 tensors, made once per input pipeline."""
+    return (torch.as_tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1),
+            torch.as_tensor(std, dtype=torch.float32, device=device).view(3, 1, 1))
 
 
 class AugmentedImageSet(Dataset):
@@ -500,11 +520,8 @@ class AugmentedImageSet(Dataset):
     torch's global RNG, so it is reproducible under torch.manual_seed (and per DataLoader worker)."""
 
     def __init__(self, data: ImageSet, mean, std, train: bool):
-        from torchvision.transforms import v2
-
         self.data, self.train = data, train
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = channel_tensors(mean, std)
         self.augment = v2.Compose([v2.RandomCrop(IMAGE_SIZE, padding=PAD), v2.RandomHorizontalFlip()])
 
     def __len__(self) -> int:
@@ -514,7 +531,7 @@ class AugmentedImageSet(Dataset):
         image = self.data.images[index]
         if self.train:
             image = self.augment(image)
-        return (image.float().div_(255) - self.mean) / self.std, self.data.labels[index]
+        return normalize(image, self.mean, self.std), self.data.labels[index]
 
 
 @dataclasses.dataclass
@@ -580,3 +597,47 @@ def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator | None 
     batch_index = torch.arange(b, device=device).view(b, 1, 1, 1)
     channel_index = torch.arange(c, device=device).view(1, c, 1, 1)
     return padded[batch_index, channel_index, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+class DeviceBatches:
+    """The whole uint8 split on the device; each epoch a seeded permutation, sharded by rank,
+    augmented in batches on the device. Nothing here synchronises with the host."""
+
+    def __init__(self, data: ImageSet, mean, std, batch_size: int, device: torch.device,
+                 train: bool, rank: int, world_size: int, seed: int):
+        self.images = data.images.to(device, non_blocking=True)
+        self.labels = data.labels.to(device, non_blocking=True)
+        self.mean, self.std = channel_tensors(mean, std, device)
+        self.batch_size, self.device, self.train = batch_size, device, train
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.epoch = 0
+        n = len(self.labels)
+        if train:  # equal steps on every rank (DDP needs it): drop the ragged tail
+            self.per_rank = n // world_size
+            self.steps = self.per_rank // batch_size
+        else:  # exact partition of val: rank r takes r, r+W, ...
+            self.per_rank = len(range(rank, n, world_size))
+            self.steps = math.ceil(self.per_rank / batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        n = len(self.labels)
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)[self.rank::self.world_size][: self.per_rank]
+            order = order.to(self.device)
+            aug_gen = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
+        else:
+            order = torch.arange(self.rank, n, self.world_size, device=self.device)
+        for i in range(self.steps):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images.index_select(0, idx)
+            if self.train:
+                x = augment_batch(x, generator=aug_gen)
+            x = normalize(x, self.mean, self.std)
+            yield x, self.labels.index_select(0, idx)

@@ -19,17 +19,21 @@ import json
 import math
 import os
 import random
+import shutil
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+import archs
 from orchestrator import data as data_mod
-from orchestrator.engine_config import TrainConfig  # noqa: F401  (re-exported)
+from orchestrator.schema import TrainConfig
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.json"  # how to rebuild the model: arch, knobs, classes, normalisation
@@ -69,12 +73,7 @@ class ModelSpec:
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:
-        pass
+    np.random.seed(seed % 2**32)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -149,13 +148,8 @@ def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached)
-    except ImportError:
-        pass
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = (kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached)
     return state
 
 
@@ -165,8 +159,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:
-        import numpy as np
-
         kind, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
@@ -183,8 +175,6 @@ def load_state(checkpoint_dir: str) -> dict[str, Any]:
 
 def load_model(checkpoint_dir: str) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint was saved from, in eval mode, on the CPU."""
-    import archs
-
     with open(os.path.join(checkpoint_dir, MODEL_FILE)) as f:
         meta = json.load(f)
     model = archs.create(meta["arch"], num_classes=len(meta["classes"]), **meta["knobs"])
@@ -193,56 +183,43 @@ def load_model(checkpoint_dir: str) -> tuple[nn.Module, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs
-
-
-class DeviceBatches:
-    """The whole uint8 split on the device; each epoch a seeded permutation, sharded by rank,
-    augmented in batches on the device. Nothing here synchronises with the host."""
-
-    def __init__(self, data: data_mod.ImageSet, mean, std, batch_size: int, device: torch.device,
-                 train: bool, rank: int, world_size: int, seed: int):
-        self.images = data.images.to(device, non_blocking=True)
-        self.labels = data.labels.to(device, non_blocking=True)
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.batch_size, self.device, self.train = batch_size, device, train
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.epoch = 0
-        n = len(self.labels)
-        if train:  # equal steps on every rank (DDP needs it): drop the ragged tail
-            self.per_rank = n // world_size
-            self.steps = self.per_rank // batch_size
-        else:  # exact partition of val: rank r takes r, r+W, ...
-            self.per_rank = len(range(rank, n, world_size))
-            self.steps = math.ceil(self.per_rank / batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.steps
-
-    def __iter__(self):
-        n = len(self.labels)
-        if self.train:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)[self.rank::self.world_size][: self.per_rank]
-            order = order.to(self.device)
-            aug_gen = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
-        else:
-            order = torch.arange(self.rank, n, self.world_size, device=self.device)
-        for i in range(self.steps):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images.index_select(0, idx)
-            if self.train:
-                x = data_mod.augment_batch(x, generator=aug_gen)
-            x = (x.float().div_(255) - self.mean) / self.std
-            yield x, self.labels.index_select(0, idx)
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
+
+
+def forward(model: nn.Module, x: torch.Tensor, device: torch.device, amp_dtype: torch.dtype | None,
+            memory_format=torch.contiguous_format) -> torch.Tensor:
+    """float32 logits of `model` for a normalised batch, under autocast where `amp_dtype` is set."""
+    x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        return model(x).float()
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, batches, num_classes: int, device: torch.device,
+                     amp_dtype: torch.dtype | None = None, memory_format=torch.contiguous_format
+                     ) -> tuple[dict[str, float], torch.Tensor]:
+    """Loss, top-1, top-5 and the confusion matrix (rows: true class) of `model` over `batches`,
+    summed on the device, all-reduced across ranks under DDP, read once. The engine's validation
+    and `orchestrate evaluate` both use it."""
+    if not isinstance(model, torch.fx.GraphModule):  # an exported (pt2) model is in eval mode and refuses .eval()
+        model.eval()
+    k = num_classes
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss*n, top1, top5, n
+    confusion = torch.zeros(k * k, device=device, dtype=torch.int64)
+    for x, y in batches:
+        logits = forward(model, x, device, amp_dtype, memory_format)
+        y = y.to(device, non_blocking=True)
+        top = logits.topk(min(5, k), dim=1).indices
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (top[:, 0] == y).sum()
+        sums[2] += (top == y[:, None]).any(1).sum()
+        sums[3] += y.numel()
+        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k)
+    all_reduce_sum(sums)
+    all_reduce_sum(confusion)
+    loss_sum, top1, top5, n = sums.tolist()
+    return ({"val_loss": loss_sum / n, "val_acc": top1 / n, "val_top5": top5 / n},
+            confusion.view(k, k).cpu())
 
 
 class Engine:
@@ -251,8 +228,6 @@ class Engine:
     def __init__(self, cfg: TrainConfig, model_spec: ModelSpec, splits: data_mod.Splits, *,
                  device: torch.device | str | None = None,
                  prepare_model: Callable[[nn.Module], nn.Module] | None = None):
-        import archs
-
         cfg.check()
         self.cfg, self.spec, self.splits = cfg, model_spec, splits
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -277,9 +252,9 @@ class Engine:
             path = "device" if self.device.type == "cuda" else "loader"
         self.data_path = path
         if path == "device":
-            self.train_batches = DeviceBatches(splits.train, splits.mean, splits.std, cfg.batch_size,
+            self.train_batches = data_mod.DeviceBatches(splits.train, splits.mean, splits.std, cfg.batch_size,
                                                self.device, True, self.rank, self.world_size, cfg.seed)
-            self.val_batches = DeviceBatches(splits.val, splits.mean, splits.std, cfg.batch_size * 2,
+            self.val_batches = data_mod.DeviceBatches(splits.val, splits.mean, splits.std, cfg.batch_size * 2,
                                              self.device, False, self.rank, self.world_size, cfg.seed)
             self._sampler = self.train_batches
         else:
@@ -303,8 +278,6 @@ class Engine:
     def flops(self) -> int:
         """Forward FLOPs per image: counted once, when first asked for (by rank 0 when it saves),
         not by every rank at start-up."""
-        import archs
-
         return archs.count_flops(unwrap(self.model))
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -337,14 +310,6 @@ class Engine:
 
     # -- one epoch ---------------------------------------------------------------------------
 
-    def _forward(self, x, y):
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        y = y.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            logits = self.model(x)
-        return logits.float(), y
-
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         if self._sampler is not None:
@@ -361,7 +326,8 @@ class Engine:
         for step, (x, y) in enumerate(self.train_batches):
             if step >= self.steps_per_epoch:
                 break
-            logits, y = self._forward(x, y)
+            logits = forward(self.model, x, self.device, self.amp_dtype, self.memory_format)
+            y = y.to(self.device, non_blocking=True)
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -382,26 +348,10 @@ class Engine:
         return {"train_loss": loss_sum / n, "train_acc": correct / n, "lr": lr,
                 "imgs_per_s": n / seconds, "train_s": seconds}
 
-    @torch.no_grad()
     def evaluate(self, batches=None) -> tuple[dict[str, float], torch.Tensor]:
         """Loss, top-1, top-5 and the confusion matrix (rows: true class) over `batches` (val)."""
-        self.model.eval()
-        k = self.splits.num_classes
-        sums = torch.zeros(4, device=self.device, dtype=torch.float64)  # loss*n, top1, top5, n
-        confusion = torch.zeros(k * k, device=self.device, dtype=torch.int64)
-        for x, y in batches if batches is not None else self.val_batches:
-            logits, y = self._forward(x, y)
-            top = logits.topk(min(5, k), dim=1).indices
-            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            sums[1] += (top[:, 0] == y).sum()
-            sums[2] += (top == y[:, None]).any(1).sum()
-            sums[3] += y.numel()
-            confusion += torch.bincount(y * k + top[:, 0], minlength=k * k)
-        all_reduce_sum(sums)
-        all_reduce_sum(confusion)
-        loss_sum, top1, top5, n = sums.tolist()
-        return ({"val_loss": loss_sum / n, "val_acc": top1 / n, "val_top5": top5 / n},
-                confusion.view(k, k).cpu())
+        return evaluate_batches(self.model, self.val_batches if batches is None else batches,
+                                self.splits.num_classes, self.device, self.amp_dtype, self.memory_format)
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -420,6 +370,8 @@ class Engine:
             self.best_val_acc = max(self.best_val_acc, val["val_acc"])
             metrics.update(val, epoch=self.epoch, epoch_s=time.perf_counter() - start,
                            best_val_acc=self.best_val_acc)
+            if self.rank == 0:  # the model's true size for this data set's classes, for the tracker
+                metrics.update(param_count=self.param_count, flops=self.flops)
             last = metrics
             if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs:
                 with tempfile.TemporaryDirectory(prefix="orchestrate-ckpt-") as tmp:
@@ -442,14 +394,10 @@ class PrintReporter:
     """Local runs: one line per epoch; keeps the last checkpoint in `checkpoint_dir` if given."""
 
     def __init__(self, checkpoint_dir: str | None = None, stream=None):
-        import sys
-
         self.checkpoint_dir, self.stream = checkpoint_dir, stream or sys.stdout
         self.history: list[dict[str, Any]] = []
 
     def report(self, metrics, checkpoint_dir):
-        import shutil
-
         self.history.append(dict(metrics))
         if world()[0] != 0:
             return

@@ -8,31 +8,35 @@ statistics), never recomputed from the evaluation data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import torch
+from mlflow.exceptions import MlflowException
+
+from orchestrator import data, engine, schema
+from orchestrator.schema import DataSpec
 
 
 class EvaluateError(ValueError):
     pass
 
 
-def _param(params: dict[str, str], key: str, cast, default=None):
-    v = params.get(key)
-    if v is None or v == "None":
-        return default
-    return cast(v)
+def run_dataset(params: dict[str, str]) -> DataSpec:
+    """The DataSpec a run trained on, from its `dataset.*` params (typed by the schema's fields)."""
+    values = {}
+    for name, (typ, _) in schema.field_types(DataSpec).items():
+        raw = params.get(f"dataset.{name}")
+        if raw is not None and raw != "None":
+            values[name] = raw == "True" if typ is bool else typ(raw)
+    return DataSpec(**values)
 
 
 def evaluate_run(run_id: str, tracking_uri: str, *, dataset: str | None = None, root: str | None = None,
                  split: str = "test", batch_size: int = 256, device: str | None = None) -> dict[str, Any]:
-    import mlflow
-    import mlflow.pytorch
-    import torch
-    import torch.nn.functional as F
-    from mlflow.exceptions import MlflowException
-
-    from orchestrator import data
-
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -47,15 +51,13 @@ def evaluate_run(run_id: str, tracking_uri: str, *, dataset: str | None = None, 
     except (MlflowException, OSError) as e:
         raise EvaluateError(f"run {run_id} has no logged model ({str(e).splitlines()[0]})") from None
 
-    name = dataset or params.get("dataset.name", "digits")
-    same_data = dataset is None or dataset == params.get("dataset.name")
-    spec = data.DataSpec(
-        name=name,
-        root=root or (params.get("dataset.root") if same_data and params.get("dataset.root") not in (None, "None") else None),
-        val_fraction=_param(params, "dataset.val_fraction", float, 0.1) if same_data else 0.1,
-        subset=_param(params, "dataset.subset", int) if same_data else None,
-        split_seed=_param(params, "dataset.split_seed", int, 0) if same_data else 0,
-    )
+    if dataset is not None and dataset != params.get("dataset.name"):
+        spec = DataSpec(name=dataset, root=root)  # other data: its own defaults
+    else:
+        spec = run_dataset(params)
+        if root:
+            spec = dataclasses.replace(spec, root=root)
+    name = spec.name
     try:
         splits = data.load_splits(spec)
     except data.DataError as e:
@@ -67,18 +69,7 @@ def evaluate_run(run_id: str, tracking_uri: str, *, dataset: str | None = None, 
         raise EvaluateError(f"{name} has {splits.num_classes} classes, the model {len(meta['classes'])}")
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not isinstance(model, torch.fx.GraphModule):  # pt2 models are exported in eval mode and refuse .eval()
-        model = model.eval()
-    model = model.to(dev)
     loader = data.eval_loader(subset, tuple(meta["mean"]), tuple(meta["std"]), batch_size)
-    loss = correct = top5 = n = 0.0
-    with torch.no_grad():
-        for x, y in loader:
-            x, y = x.to(dev), y.to(dev)
-            logits = model(x).float()
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            correct += (top[:, 0] == y).sum().item()
-            top5 += (top == y[:, None]).any(1).sum().item()
-            n += y.numel()
-    return {"arch": meta["arch"], "dataset": name, "loss": loss / n, "acc": correct / n, "top5": top5 / n, "n": int(n)}
+    metrics, _ = engine.evaluate_batches(model.to(dev), loader, len(meta["classes"]), dev)
+    return {"arch": meta["arch"], "dataset": name, "loss": metrics["val_loss"], "acc": metrics["val_acc"],
+            "top5": metrics["val_top5"], "n": len(subset)}

@@ -1,180 +1,207 @@
-"""Ray adapters: the Train worker function, the Tune trial driver, and the Tune callback that
-writes MLflow. Ray stays here, at the edge; the engine underneath knows nothing of it.
+"""Ray adapters: the Tune trainable every trial runs, the Ray Train worker function of a DDP trial,
+and the Tune callback that writes MLflow. Ray stays here, at the edge; the engine underneath knows
+nothing of it and only ever sees a reporter.
 
-    Tuner ──trial──> trial_driver(config) ──> TorchTrainer(worker_loop, ScalingConfig, RunConfig)
-                                                   └─ every worker: Engine(...).fit(RayReporter)
-    Tuner <── TuneReportCallback (metrics + checkpoint path, per epoch) ──┘
+    Tuner ──trial──> run_trial(config): one schema.Trial, built once from the sampled point
+        num_workers == 1: Engine(...).fit(TuneReporter) in the trial's own process
+                          (ray.tune.report + Checkpoint, ray.tune.get_checkpoint() on a retry)
+        num_workers >= 2: TorchTrainer(worker_loop, ScalingConfig, RunConfig)
+                             └─ every worker: Engine(...).fit(TrainReporter) under DDP
+                          reporting up through TuneReportCallback
     Tuner ──> MlflowCallback (the driver process alone writes MLflow)
+
+A Ray actor is a cold Python process importing torch (seconds each): a single-worker trial starts
+one (its trial actor), a TorchTrainer trial about seven (trial actor, controller, workers, ...).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import traceback
 from typing import Any
 
 import ray.train
-import ray.train.torch
 import ray.tune
+import torch
 
-from orchestrator import engine
+from orchestrator import data, engine
+from orchestrator.config import SweepSpec
+from orchestrator.schema import Resources, Trial
 
 
-class RayReporter:
-    """engine.Reporter -> ray.train.report; rank 0 hands over the checkpoint directory."""
+class TuneReporter:
+    """engine.Reporter for a trial training in its own Tune process."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.tune.report(metrics, checkpoint=checkpoint)
+
+
+class TrainReporter:
+    """engine.Reporter for a Ray Train worker; rank 0 hands over the checkpoint directory."""
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def worker_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker (one DDP rank): data for this rank, the engine, report."""
-    from orchestrator import data
-
-    # Ray gives each worker OMP_NUM_THREADS from its CPU share; make torch agree.
+def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None) -> None:
+    """Data, engine, restore from `checkpoint` if given, fit: the same on both paths."""
+    # Ray gives each actor OMP_NUM_THREADS from its CPU share; make torch agree.
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
-        import torch
-
         torch.set_num_threads(threads)
-    splits = data.load_splits(data.DataSpec(**config["dataset"]))
-    run = engine.Engine(engine.TrainConfig(**config["train"]), engine.ModelSpec(config["arch"], config["knobs"]),
-                        splits, device=ray.train.torch.get_device(), prepare_model=ray.train.torch.prepare_model)
-    checkpoint = ray.train.get_checkpoint()  # set when Ray Train restarts a failed worker group
+    splits = data.load_splits(trial.dataset)
+    run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), splits,
+                        device=device, prepare_model=prepare_model)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             run.restore(directory)
-    run.fit(RayReporter())
+    run.fit(reporter)
 
 
-def trial_driver(config: dict[str, Any], setup: dict[str, Any]) -> None:
-    """One Tune trial: a TorchTrainer over `resources.num_workers` DDP workers. Its run name is
-    derived from the trial id, so a restored trial finds (and resumes from) its own checkpoints."""
+def worker_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (one DDP rank)."""
+    # Here, not at the top: a single-worker trial never loads Ray Train's torch side.
+    from ray.train.torch import get_device, prepare_model
+
+    _train(config["trial"], TrainReporter(), ray.train.get_checkpoint(), get_device(), prepare_model)
+
+
+def trial_resources(resources: Resources) -> dict[str, float]:
+    """What Tune reserves for the trial's own process: the whole worker when it trains there,
+    else only the driver that waits on its TorchTrainer (the workers get their own bundle)."""
+    if resources.in_process:
+        return {k.lower(): v for k, v in resources.per_worker().items()}
+    return {"cpu": resources.driver_cpus}
+
+
+def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
+    """One Tune trial. A TorchTrainer's run name is derived from the trial id, so a restored
+    trial finds (and resumes from) its own checkpoints."""
+    trial = spec.trial(config["model"], ray.tune.get_context().get_trial_id())
+    if trial.resources.in_process:
+        _train(trial, TuneReporter(), ray.tune.get_checkpoint(), "cuda" if trial.resources.use_gpu else "cpu")
+        return
+
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchTrainer  # only multi-worker trials need Ray Train's torch side
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    model = config["model"]
-    train = {**setup["train"], **{k: v for k, v in model.items() if k not in ("arch", "knobs")}}
-    res = setup["resources"]
-    per_worker = {"CPU": res["cpus_per_worker"]}
-    if res["use_gpu"]:
-        per_worker["GPU"] = res["gpus_per_worker"]
-    trial_id = ray.tune.get_context().get_trial_id()
+    res = trial.resources
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"dataset": setup["dataset"], "train": train, "arch": model["arch"],
-                           "knobs": model.get("knobs") or {}},
-        scaling_config=ScalingConfig(num_workers=res["num_workers"], use_gpu=res["use_gpu"],
-                                     resources_per_worker=per_worker,
-                                     placement_strategy=res["placement_strategy"]),
+        train_loop_config={"trial": trial},
+        scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                     resources_per_worker=res.per_worker(),
+                                     placement_strategy=res.placement_strategy),
         run_config=RunConfig(
-            name=f"{setup['run_name']}-{trial_id}",
-            storage_path=setup["storage_path"],
-            checkpoint_config=CheckpointConfig(num_to_keep=setup["failure"]["num_to_keep"],
-                                               checkpoint_score_attribute="val_acc",
-                                               checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=setup["failure"]["max_failures"]),
+            name=f"{run_name}-{trial.trial_id}",
+            storage_path=spec.storage_path,
+            checkpoint_config=checkpoint_config(CheckpointConfig, trial),
+            failure_config=FailureConfig(max_failures=trial.failure.max_failures),
             callbacks=[TuneReportCallback()],
         ),
     )
     trainer.fit()
 
 
+def checkpoint_config(cls, trial_or_spec):
+    """Retention by the sweep's metric and mode (the best checkpoint is never the one deleted)."""
+    return cls(num_to_keep=trial_or_spec.failure.num_to_keep,
+               checkpoint_score_attribute=trial_or_spec.search.metric,
+               checkpoint_score_order=trial_or_spec.search.mode)
+
+
 class MlflowCallback(ray.tune.Callback):
     """Writes each trial's child run from the Tuner's own process: params at start, one metric
-    batch per reported epoch (never a step twice), artefacts and status at the end."""
+    batch per reported epoch (never a step twice), the best checkpoint by the sweep's metric as
+    it is reported, and at the end (on the tracker's background writer) artefacts and status."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, setup: dict[str, Any]):
-        self.uri, self.experiment, self.parent_run_id, self.sweep_setup = uri, experiment, parent_run_id, setup
+    def __init__(self, spec: SweepSpec, parent_run_id: str):
+        self.spec, self.parent_run_id = spec, parent_run_id
         self._tracker = None
-        self._trials: dict[str, dict[str, Any]] = {}
+        self._children: dict[str, tuple[Trial, Any]] = {}
 
     # The callback is pickled into Tune's experiment state; the MLflow client is not.
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_tracker"], state["_trials"] = None, {}
+        state["_tracker"], state["_children"] = None, {}
         return state
 
     @property
     def tracker(self):
         if self._tracker is None:
-            from orchestrator.tracking import SweepTracker
+            from orchestrator.tracking import SweepTracker  # here: trial processes never import MLflow
 
-            self._tracker = SweepTracker(self.uri, self.experiment, self.parent_run_id)
+            self._tracker = SweepTracker(self.spec.tracking_uri, self.spec.name, self.parent_run_id)
         return self._tracker
 
-    def _state(self, trial) -> dict[str, Any]:
-        if trial.trial_id not in self._trials:
-            model = trial.config["model"]
-            train = {**self.sweep_setup["train"], **{k: v for k, v in model.items() if k not in ("arch", "knobs")}}
-            run_id, last_epoch, finished = self.tracker.start_child(
-                trial.trial_id, model, train, self.sweep_setup["dataset"], self.sweep_setup["resources"])
-            self._trials[trial.trial_id] = {"run_id": run_id, "last_epoch": last_epoch, "finished": finished,
-                                            "history": [],
-                                            "best": None, "best_acc": -1.0, "last": None,
-                                            "epochs": int(train.get("epochs", 10))}
-        return self._trials[trial.trial_id]
+    def _child(self, trial) -> tuple[Trial, Any]:
+        if trial.trial_id not in self._children:
+            record = self.spec.trial(trial.config["model"], trial.trial_id)
+            child = self.tracker.start_child(record)
+            if child.last_epoch:  # resumed: its curves go on from what MLflow holds
+                child.history = self.tracker.history(child.run_id)
+            self._children[trial.trial_id] = (record, child)
+        return self._children[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._state(trial)
+        self._child(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        st = self._state(trial)
+        record, child = self._child(trial)
         if "epoch" not in result:
             return
         epoch = int(result["epoch"])
-        path = result.get("checkpoint_path")
-        if path:
-            st["last"] = path
-            if result["val_acc"] > st["best_acc"]:
-                st["best"], st["best_acc"] = path, result["val_acc"]
-        st["history"] = [m for m in st["history"] if m["epoch"] < epoch] + [dict(result)]
-        if epoch > st["last_epoch"]:  # a restarted worker group re-reports nothing it already did
-            self.tracker.log_epoch(st["run_id"], result)
-            st["last_epoch"] = epoch
+        child.history = [m for m in child.history if m["epoch"] < epoch] + [dict(result)]
+        if epoch > child.last_epoch:  # a restarted trial re-reports nothing it already did
+            self.tracker.log_epoch(child, result)
+            child.last_epoch = epoch
+        if result.get("checkpoint_path"):  # a TorchTrainer trial: Ray Train already stored it
+            self._checkpoint(record, child, result, result["checkpoint_path"])
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # A single-worker trial's checkpoint, stored by Tune right after its result.
+        record, child = self._child(trial)
+        if trial.last_result and "epoch" in trial.last_result:
+            self._checkpoint(record, child, trial.last_result, checkpoint.path)
+
+    def _checkpoint(self, record: Trial, child, result: dict[str, Any], path: str) -> None:
+        value = float(result[record.search.metric])
+        self.tracker.note_checkpoint(child, int(result["epoch"]), value, path,
+                                     better=record.search.better(value, child.best_value))
+
+    @staticmethod
+    def _end_status(record: Trial, epochs_done: int) -> str:
+        return "completed" if epochs_done >= record.train.epochs else "early-stopped"
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        st = self._state(trial)
-        if st["finished"]:  # already complete in MLflow (restored sweep): untouched
+        record, child = self._child(trial)
+        self._children.pop(trial.trial_id, None)
+        if child.finished:  # already complete in MLflow (restored sweep): untouched
             return
-        done = st["history"][-1]["epoch"] if st["history"] else 0
-        status = "completed" if done >= st["epochs"] else "early-stopped"
-        with local_checkpoints(self.sweep_setup["storage_path"], st["last"], st["best"]) as (last, best):
-            self.tracker.finish_child(st["run_id"], status, st["history"], last, best)
-        self._trials.pop(trial.trial_id, None)
+        done = child.history[-1]["epoch"] if child.history else 0
+        self.tracker.finish_child(child, self._end_status(record, done), self.spec.storage_path)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        st = self._state(trial)
-        if st["finished"]:
+        record, child = self._child(trial)
+        self._children.pop(trial.trial_id, None)
+        if child.finished:
             return
-        error = _trial_error(trial)
-        with local_checkpoints(self.sweep_setup["storage_path"], st["last"], st["best"]) as (last, best):
-            self.tracker.finish_child(st["run_id"], "failed", st["history"], last, best, error=error)
-        self._trials.pop(trial.trial_id, None)
+        self.tracker.finish_child(child, "failed", self.spec.storage_path, error=_trial_error(trial))
 
 
-@contextlib.contextmanager
-def local_checkpoints(storage_path: str, *paths: str | None):
-    """Local folders for reported checkpoint paths: as they are on a local/shared filesystem,
-    downloaded to a temporary folder from remote storage (s3://...: Ray reports `bucket/key`)."""
-    from orchestrator.sweep import storage_fs
-
-    with tempfile.TemporaryDirectory(prefix="orchestrate-ckpt-") as tmp:
-        out = []
-        for i, path in enumerate(paths):
-            if path is None or os.path.isdir(path):
-                out.append(path)
-                continue
-            try:
-                fs, _ = storage_fs(storage_path)
-                out.append(ray.train.Checkpoint(path=path, filesystem=fs).to_directory(os.path.join(tmp, str(i))))
-            except Exception:  # noqa: BLE001 - an unreachable checkpoint must not fail the sweep
-                out.append(None)
-        yield out
+    def on_experiment_end(self, trials, **info):
+        """Every child run finished before the sweep's summary is made: first what the writer has
+        queued, then any run whose trial ended while its finishing was lost (a sweep killed with
+        work queued, then resumed: Tune holds the trial as ended and will not report it again)."""
+        self.tracker.flush()
+        ended = {t.trial_id: "failed" if t.status == "ERROR" else
+                 self._end_status(self.spec.trial(t.config["model"], t.trial_id), (t.last_result or {}).get("epoch", 0))
+                 for t in trials if t.status in ("TERMINATED", "ERROR")}
+        self.tracker.finish_orphans(ended, self.spec.storage_path)
+        self.tracker.flush()
 
 
 def _trial_error(trial) -> str:

@@ -9,24 +9,30 @@ shut down on every exit path.
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
+import random
 import re
 import sys
 import time
 from typing import Any
 
-from orchestrator.config import ConfigError, SweepSpec
+import numpy as np
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.variant_generator import generate_variants
 
-STATE_FILE = "orchestrate_sweep.json"  # beside Tune's experiment state: parent run id, experiment
+from orchestrator import config, ray_train, storage, tracking
+from orchestrator.config import ConfigError, SweepSpec
+from orchestrator.reports import COMPARE_COLUMNS, format_rows, print_table
+from orchestrator.schema import Resources, Trial
 
 
 def to_tune(value: Any):
     """One sweep-file leaf -> the ray.tune primitive it names (dicts recurse)."""
-    from ray import tune
-
-    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in (
-            "grid", "choice", "uniform", "loguniform", "randint"):
+    if config.is_space(value):
         kind, args = next(iter(value.items()))
         return {"grid": lambda a: tune.grid_search(list(a)), "choice": lambda a: tune.choice(list(a)),
                 "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
@@ -37,122 +43,60 @@ def to_tune(value: Any):
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """An arch dimension: a grid over the model entries, each carrying its own knob/lr space."""
-    from ray import tune
-
-    entries = []
-    for m in spec.models:
-        entry = {"arch": m.arch, **to_tune(m.space)}
-        entry.setdefault("lr", spec.train.get("lr", 0.1))
-        entries.append(entry)
-    return {"model": tune.grid_search(entries)}
+    """An arch dimension: a grid over the model entries, each carrying its own knob/train space.
+    A sampled point becomes a Trial through `spec.trial` (defaults come from there, not here)."""
+    return {"model": tune.grid_search([to_tune(m.point_space()) for m in spec.models])}
 
 
-def setup_dict(spec: SweepSpec, run_name: str) -> dict[str, Any]:
-    """The static part of every trial (passed with tune.with_parameters, not in the space)."""
-    return {"dataset": spec.dataset, "train": spec.train, "resources": dataclasses.asdict(spec.resources),
-            "failure": dataclasses.asdict(spec.failure), "storage_path": spec.storage_path,
-            "run_name": run_name}
-
-
-def preview(spec: SweepSpec) -> list[dict[str, Any]]:
+def preview(spec: SweepSpec) -> list[Trial]:
     """The trials a sweep would run (random dimensions sampled with the sweep's seed)."""
-    from ray.tune.search.variant_generator import generate_variants
-    import random
-
-    import numpy as np
-
     random.seed(spec.search.seed)
     np.random.seed(spec.search.seed)
-    rows = []
-    for _ in range(spec.search.num_samples):
-        for _, cfg in generate_variants(param_space(spec)):
-            rows.append(cfg["model"])
-    return rows
+    return [spec.trial(cfg["model"], f"preview_{i:05d}")
+            for i, (_, cfg) in enumerate(v for _ in range(spec.search.num_samples)
+                                         for v in generate_variants(param_space(spec)))]
 
 
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "sweep"
 
 
-def storage_fs(uri: str):
-    """(pyarrow filesystem, path) for the storage path: a local folder or any URI Ray's storage
-    accepts (s3://, gs://, ...), so the sweep's state file lives beside Tune's own state."""
-    import pyarrow.fs
-
-    if "://" in uri:
-        return pyarrow.fs.FileSystem.from_uri(uri)
-    return pyarrow.fs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def write_state(spec: SweepSpec, run_name: str, meta: dict[str, Any]) -> None:
-    fs, root = storage_fs(spec.storage_path)
-    fs.create_dir(f"{root}/{run_name}", recursive=True)
-    with fs.open_output_stream(f"{root}/{run_name}/{STATE_FILE}") as f:
-        f.write(json.dumps(meta).encode())
-
-
-def read_state(spec: SweepSpec, run_name: str) -> dict[str, Any] | None:
-    import pyarrow
-
-    fs, root = storage_fs(spec.storage_path)
-    try:
-        with fs.open_input_stream(f"{root}/{run_name}/{STATE_FILE}") as f:
-            return json.loads(f.read().decode())
-    except (FileNotFoundError, OSError, pyarrow.ArrowException):
-        return None
-
-
-def find_resumable(spec: SweepSpec) -> str | None:
-    """The newest experiment folder (its name) of this sweep under the storage path."""
-    import pyarrow.fs
-
-    fs, root = storage_fs(spec.storage_path)
-    try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    except OSError:
-        return None
-    found = []
-    for entry in entries:
-        if entry.type != pyarrow.fs.FileType.Directory:
-            continue
-        meta = read_state(spec, entry.base_name)
-        if meta and meta.get("experiment") == spec.name:
-            found.append((meta.get("created", 0), entry.base_name))
-    return max(found)[1] if found else None
-
-
 def cluster_fits(spec: SweepSpec, resources: dict[str, float]) -> str | None:
     """None if one trial fits the cluster's total resources, else why not."""
     r = spec.resources
-    need_cpu = r.driver_cpus + r.num_workers * r.cpus_per_worker
+    need_cpu = r.per_trial()["CPU"]
     have_cpu = resources.get("CPU", 0)
     if need_cpu > have_cpu + 1e-9:
-        return (f"{r.num_workers} workers x {r.cpus_per_worker} CPU + {r.driver_cpus} driver CPU = {need_cpu:g} CPUs, "
+        driver = "" if r.in_process else f" + {r.driver_cpus} driver CPU"
+        return (f"{r.num_workers} workers x {r.cpus_per_worker} CPU{driver} = {need_cpu:g} CPUs, "
                 f"but the cluster has {have_cpu:g}")
     if r.use_gpu:
-        need_gpu, have_gpu = r.num_workers * r.gpus_per_worker, resources.get("GPU", 0)
+        need_gpu, have_gpu = r.per_trial()["GPU"], resources.get("GPU", 0)
         if need_gpu > have_gpu + 1e-9:
             return f"{r.num_workers} workers x {r.gpus_per_worker} GPU = {need_gpu:g} GPUs, but the cluster has {have_gpu:g}"
     if r.placement_strategy == "STRICT_SPREAD":
-        import ray
-
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if len(nodes) < r.num_workers:
             return f"STRICT_SPREAD needs {r.num_workers} nodes, the cluster has {len(nodes)}"
     return None
 
 
+def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
+    """How many trials fit at once, counting everything a trial holds (its workers, and the
+    driver of a DDP trial) against the cluster's CPUs and GPUs, and the line that says so."""
+    need = resources.per_trial()
+    fits = min(int(cluster.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0)
+    have = ", ".join(f"{cluster.get(k, 0):g} {k}s" for k in need)
+    each = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    return fits, f"{fits} trial(s) at a time on {have} (each trial holds {each})"
+
+
 def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, out=sys.stdout) -> int:
-    import ray
-
-    from orchestrator import tracking
-
     reason = tracking.check_reachable(spec.tracking_uri)
     if reason:
         raise ConfigError(spec.file, "tracking.uri", reason)
-    restore_path = find_resumable(spec) if resume else None
-    if resume and restore_path is None:
+    restore_name = storage.find_resumable(spec.storage_path, spec.name) if resume else None
+    if resume and restore_name is None:
         raise ConfigError(spec.file, "name", f"--resume: no earlier run of {spec.name!r} under {spec.storage_path}")
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -160,8 +104,6 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ou
     if started_here:
         # Token auth stays on (Ray's default for local clusters); only its notice about that is
         # silenced, so a user error stays the one line on stderr it should be.
-        import logging
-
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # Worker logs stay in Ray's log files: the terminal shows the trial table, not every rank's prints.
     # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
@@ -169,67 +111,69 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ou
     # resources are never released.
     ray.init(address=address, log_to_driver=False, configure_logging=True, logging_level="WARNING")
     try:
+        cluster = ray.cluster_resources()
         if started_here:  # a cluster we started cannot grow: refuse what it can never hold
-            why = cluster_fits(spec, ray.cluster_resources())
+            why = cluster_fits(spec, cluster)
             if why:
                 raise ConfigError(spec.file, "resources.num_workers", why)
-        return _run_tuner(spec, restore_path, out)
+        fits, line = packing(spec.resources, cluster)
+        print(line, file=out, flush=True)
+        asked = spec.search.max_concurrent_trials
+        if asked > fits and started_here:
+            print(f"search.max_concurrent_trials {asked} is more than fits: {fits} train at once, the rest wait "
+                  f"for resources", file=out, flush=True)
+        # On a cluster we started, never start more trials than fit: a DDP trial's driver would
+        # otherwise hold a slot while its workers wait for a placement group. A cluster we joined
+        # may autoscale, so there only the user's cap applies.
+        concurrent = (min(asked, fits) if asked else fits) if started_here else asked
+        return _run_tuner(spec, restore_name, concurrent, out)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run_tuner(spec: SweepSpec, restore_path: str | None, out) -> int:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
-
-    from orchestrator import ray_train, tracking
-
-    if restore_path:
-        run_name = restore_path
-        meta = read_state(spec, run_name)
+def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out) -> int:
+    run_name = restore_name or f"{slug(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name),
+                                    ray_train.trial_resources(spec.resources))
+    if restore_name:
+        meta = storage.read_state(spec.storage_path, run_name)
         restore_path = spec.storage_path.rstrip("/") + "/" + run_name
         tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, meta["parent_run_id"])
         tracker.client.update_run(meta["parent_run_id"], status="RUNNING")
-        setup = setup_dict(spec, run_name)
-        trainable = tune.with_resources(tune.with_parameters(ray_train.trial_driver, setup=setup),
-                                        {"CPU": spec.resources.driver_cpus})
         tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
         print(f"resuming {restore_path} (MLflow parent run {meta['parent_run_id']})", file=out, flush=True)
     else:
-        run_name = f"{slug(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        setup = setup_dict(spec, run_name)
         tracker = tracking.SweepTracker(spec.tracking_uri, spec.name)
         parent = tracker.start_parent(spec.file, {"search": dataclasses.asdict(spec.search),
                                                   "resources": dataclasses.asdict(spec.resources),
-                                                  "train": spec.train, "dataset": spec.dataset,
+                                                  "train": dataclasses.asdict(spec.train),
+                                                  "dataset": dataclasses.asdict(spec.dataset),
                                                   "failure": dataclasses.asdict(spec.failure),
                                                   "trials": spec.trial_count()})
-        write_state(spec, run_name, {"experiment": spec.name, "parent_run_id": parent,
-                                     "tracking_uri": spec.tracking_uri, "created": time.time(),
-                                     "sweep_file": os.path.abspath(spec.file)})
-        max_epochs = max([spec.train.get("epochs", 10)] + [
-            v for m in spec.models for v in _values(m.space.get("epochs"))])
+        storage.write_state(spec.storage_path, run_name, {
+            "experiment": spec.name, "parent_run_id": parent, "tracking_uri": spec.tracking_uri,
+            "created": time.time(), "sweep_file": os.path.abspath(spec.file)})
         s = spec.search
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=s.grace_period,
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(), grace_period=s.grace_period,
                                    reduction_factor=s.reduction_factor)
                      if s.scheduler == "asha" else FIFOScheduler())
-        trainable = tune.with_resources(tune.with_parameters(ray_train.trial_driver, setup=setup),
-                                        {"CPU": spec.resources.driver_cpus})
-        callback = ray_train.MlflowCallback(spec.tracking_uri, spec.name, parent, setup)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(spec),
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, scheduler=scheduler, num_samples=s.num_samples,
-                search_alg=BasicVariantGenerator(random_state=s.seed,
-                                                 max_concurrent=s.max_concurrent_trials),
+                search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=max_concurrent),
                 trial_name_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}",
                 trial_dirname_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}"),
             run_config=tune.RunConfig(
-                name=run_name, storage_path=spec.storage_path, callbacks=[callback],
-                failure_config=tune.FailureConfig(max_failures=0),
+                name=run_name, storage_path=spec.storage_path,
+                callbacks=[ray_train.MlflowCallback(spec, parent)],
+                checkpoint_config=ray_train.checkpoint_config(tune.CheckpointConfig, spec),
+                # Single-worker trials are retried by Tune from their last checkpoint; a DDP
+                # trial's worker group is restarted by Ray Train's own FailureConfig instead.
+                failure_config=tune.FailureConfig(
+                    max_failures=spec.failure.max_failures if spec.resources.in_process else 0),
                 verbose=1),  # Ray's trial table, refreshed as results arrive
         )
         print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in {spec.tracking_uri} "
@@ -237,24 +181,19 @@ def _run_tuner(spec: SweepSpec, restore_path: str | None, out) -> int:
     tuner.fit()
     rows = tracker.finish_parent()
     print_summary(rows, spec, out)
-    return 0
-
-
-def _values(leaf: Any) -> list[int]:
-    if leaf is None:
-        return []
-    if isinstance(leaf, dict):
-        kind, args = next(iter(leaf.items()))
-        return list(args) if kind in ("grid", "choice") else [max(args)]
-    return [leaf]
+    # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
+    # trial trained to a model (ASHA's early stops included).
+    return 0 if any(r["status"] in ("completed", "early-stopped") for r in rows) else 1
 
 
 def print_summary(rows: list[dict], spec: SweepSpec, out) -> None:
-    from orchestrator.cli import print_table
-    from orchestrator.tracking import COMPARE_COLUMNS, format_rows
-
-    cols = COMPARE_COLUMNS[:-1]
     print("", file=out)
-    print_table([cols] + [r[:-1] for r in format_rows(rows)], stream=out)
-    uri = spec.tracking_uri
-    print(f"\nOpen the MLflow UI:  orchestrate ui --tracking-uri '{uri}'", file=out, flush=True)
+    print_table([COMPARE_COLUMNS] + format_rows(rows), stream=out)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        print(f"\n{len(failed)} of {len(rows)} trial(s) failed:", file=out)
+        for r in failed:
+            print(f"  {r['name']} ({r['run_id']}): {r['error'] or 'see its run'}", file=out)
+    if not any(r["status"] in ("completed", "early-stopped") for r in rows):
+        print("\nNo trial completed (exit code 1).", file=out)
+    print(f"\nOpen the MLflow UI:  orchestrate ui --tracking-uri '{spec.tracking_uri}'", file=out, flush=True)

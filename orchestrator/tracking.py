@@ -1,14 +1,17 @@
-"""Everything MLflow. One process writes: the sweep driver, through a Ray Tune callback that sees
-every trial's per-epoch results (and checkpoint paths) as Tune receives them. Workers never talk to
-MLflow, so a run on a many-node cluster needs only the driver to reach the tracking server.
+"""Everything MLflow, and nothing else. One process writes: the sweep driver, through a Ray Tune
+callback that sees every trial's per-epoch results (and checkpoint paths) as Tune receives them.
+Workers never talk to MLflow, so a run on a many-node cluster needs only the driver to reach the
+tracking server. Slow work (model export, plots, artefact uploads) runs on a background writer
+thread, so Tune's event loop never waits on it.
 
 Layout (what a user sees in the UI):
 - experiment = the sweep file's `name`;
 - parent run `sweep-<timestamp>`: the sweep file, comparison table (CSV + markdown), plots of
   accuracy vs params and vs img/s;
 - one nested child run per trial, `<arch>-<knobs>-lr<lr>`: params, per-epoch metrics (step =
-  epoch, each logged once), tags (arch, trial_id, status), learning curves, confusion matrix, the
-  final model (mlflow.pytorch) and the best checkpoint.
+  epoch, each logged once), tags (arch, trial_id, status, best_epoch), learning curves, confusion
+  matrix, the best checkpoint by the sweep's metric and mode, and that checkpoint's model
+  (mlflow.pytorch), so ranking, model and `orchestrate evaluate` agree.
 """
 
 from __future__ import annotations
@@ -16,26 +19,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 import time
-from typing import Any
+import warnings
+from typing import Any, Callable
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "imgs_per_s", "epoch_s")
+from orchestrator import reports, storage
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "imgs_per_s", "train_s", "epoch_s")
 STATUS_TAG = "status"  # completed | early-stopped | failed | running
-
-
-def run_name(arch: str, knobs: dict[str, Any], lr: float) -> str:
-    parts = [arch] + [f"{k}{_short(v)}" for k, v in sorted(knobs.items())] + [f"lr{_short(lr)}"]
-    return "-".join(parts)
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+FINISHED_STATUSES = ("completed", "early-stopped", "failed")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,10 +55,7 @@ def log_torch_model(model, pip_requirements: list[str], metadata: dict[str, Any]
     MLflow's "pt2" (torch.export): no pickle, loads with torch alone (no `archs` import), and the
     batch dimension stays dynamic because the example holds two images. A model torch.export cannot
     trace falls back to the pickled module, with a warning. Returns the format used."""
-    import warnings
-
-    import mlflow.pytorch
-    import numpy as np
+    import mlflow.pytorch  # imports torch: only the sweep driver pays for it
 
     example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
     try:
@@ -73,7 +71,7 @@ def log_torch_model(model, pip_requirements: list[str], metadata: dict[str, Any]
 
 
 def library_versions() -> dict[str, str]:
-    import ray
+    import ray  # here, like torch: `orchestrate compare` loads neither
     import torch
     import torchvision
 
@@ -127,88 +125,18 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg: no display anywhere we run)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(history: list[dict[str, Any]], path: str, title: str) -> None:
-    plt = _pyplot()
-    epochs = [m["epoch"] for m in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("train_loss", "val_loss"):
-        ax_loss.plot(epochs, [m[key] for m in history], marker="o", label=key)
-    for key in ("train_acc", "val_acc"):
-        ax_acc.plot(epochs, [m[key] for m in history], marker="o", label=key)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(info: dict[str, Any], path: str, title: str) -> None:
-    import numpy as np
-
-    plt = _pyplot()
-    cm = np.array(info["confusion_matrix"], dtype=float)
-    classes = info["classes"]
-    norm = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
-    size = max(4, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if len(classes) <= 20:
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                        color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_scatter(rows: list[dict[str, Any]], x: str, path: str, xlabel: str, log_x: bool) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        if r.get(x) and r.get("best_val_acc") is not None:
-            ax.scatter(r[x], r["best_val_acc"], s=30)
-            ax.annotate(r["name"], (r[x], r["best_val_acc"]), fontsize=7, alpha=0.8)
-    if log_x:
-        ax.set_xscale("log")
-    ax.set(xlabel=xlabel, ylabel="best val accuracy", title=f"best val accuracy vs {xlabel}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparison table (shared by the parent run's artefacts and `orchestrate compare`)
-
-COMPARE_COLUMNS = ("name", "arch", "knobs", "lr", "params", "flops", "best_val_acc", "imgs_per_s",
-                   "device_hours", "status", "run_id")
+# The comparison table's rows (formatted and drawn by reports.py)
 
 
 def comparison_rows(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> list[dict]:
-    """One row per trial run (child runs; of `parent_run_id` when given), best val accuracy first."""
+    """One row per trial run (child runs; of `parent_run_id` when given), best first: by the
+    sweep's own metric (val_loss ascending when the sweep selected on it, else val accuracy
+    descending), both read at the logged model's epoch."""
     query = "tags.`orchestrate.role` = 'trial'"
+    lower_is_better = False
     if parent_run_id:
         query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        lower_is_better = client.get_run(parent_run_id).data.params.get("search.metric") in ("val_loss", "train_loss")
     runs = client.search_runs([experiment_id], filter_string=query, max_results=5000)
     rows = []
     for r in runs:
@@ -222,60 +150,70 @@ def comparison_rows(client: MlflowClient, experiment_id: str, parent_run_id: str
             "lr": float(p["lr"]) if "lr" in p else None,
             "params": int(p["param_count"]) if "param_count" in p else None,
             "flops": int(p["flops"]) if "flops" in p else None,
-            "best_val_acc": m.get("best_val_acc"), "imgs_per_s": m.get("imgs_per_s"),
+            "val_acc": m.get("model_val_acc", m.get("best_val_acc")), "val_loss": m.get("model_val_loss"),
+            "epoch": int(t["best_epoch"]) if t.get("best_epoch") else None,
+            "imgs_per_s": m.get("imgs_per_s"),
             "device_hours": seconds * world / 3600.0, "status": t.get(STATUS_TAG, ""),
-            "run_id": r.info.run_id,
+            "run_id": r.info.run_id, "error": t.get("error"),
         })
-    rows.sort(key=lambda row: -(row["best_val_acc"] or -1.0))
+    if lower_is_better:
+        rows.sort(key=lambda row: row["val_loss"] if row["val_loss"] is not None else float("inf"))
+    else:
+        rows.sort(key=lambda row: -(row["val_acc"] if row["val_acc"] is not None else -1.0))
     return rows
 
 
-def format_rows(rows: list[dict]) -> list[list[str]]:
-    def fmt(key, v):
-        if v is None:
-            return "-"
-        if key == "params":
-            return f"{v / 1e6:.2f}M"
-        if key == "flops":
-            return f"{v / 1e6:.0f}M"
-        if key == "best_val_acc":
-            return f"{v:.4f}"
-        if key == "imgs_per_s":
-            return f"{v:.0f}"
-        if key == "device_hours":
-            return f"{v:.4f}"
-        if key == "lr":
-            return f"{v:.4g}"
-        return str(v)
-
-    return [[fmt(k, r[k]) for k in COMPARE_COLUMNS] for r in rows]
+# ---------------------------------------------------------------------------------------------
+# The background writer
 
 
-def write_comparison(rows: list[dict], folder: str) -> list[str]:
-    import csv
+class BackgroundWriter:
+    """One thread that runs slow MLflow work in submission order. The queue is bounded, so a
+    sweep that finishes trials faster than their models export waits here rather than piling up
+    work; `flush()` returns when everything submitted has run. An error in one job is kept (and
+    re-raised by `flush`) without stopping the jobs after it."""
 
-    csv_path = os.path.join(folder, "comparison.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COMPARE_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    md_path = os.path.join(folder, "comparison.md")
-    table = format_rows(rows)
-    with open(md_path, "w") as f:
-        f.write("| " + " | ".join(COMPARE_COLUMNS) + " |\n")
-        f.write("|" + "---|" * len(COMPARE_COLUMNS) + "\n")
-        for row in table:
-            f.write("| " + " | ".join(row) + " |\n")
-    paths = [csv_path, md_path]
-    if rows:
-        p1, p2 = os.path.join(folder, "accuracy_vs_params.png"), os.path.join(folder, "accuracy_vs_imgs_per_s.png")
-        plot_scatter(rows, "params", p1, "parameters", log_x=True)
-        plot_scatter(rows, "imgs_per_s", p2, "training img/s", log_x=True)
-        paths += [p1, p2]
-    return paths
+    def __init__(self, max_queued: int = 8):
+        self._jobs: queue.Queue = queue.Queue(maxsize=max_queued)
+        self._errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, name="orchestrate-mlflow-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 - reported by flush()
+                self._errors.append(e)
+            finally:
+                self._jobs.task_done()
+
+    def flush(self) -> None:
+        self._jobs.join()
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise errors[0]
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ChildRun:
+    """What the tracker knows of one trial's child run while the trial is running."""
+
+    run_id: str
+    last_epoch: int  # epochs already logged: a restarted trial never logs a step twice
+    finished: bool  # already completed in MLflow (a restored sweep): left as it is
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_checkpoint: str | None = None  # by the sweep's metric and mode
+    best_value: float | None = None
+    best_epoch: int | None = None
+    sized: bool = False  # param_count and flops logged
 
 
 class SweepTracker:
@@ -286,6 +224,17 @@ class SweepTracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
         self.parent_run_id = parent_run_id
+        self._writer: BackgroundWriter | None = None
+
+    @property
+    def writer(self) -> BackgroundWriter:
+        if self._writer is None:
+            self._writer = BackgroundWriter()
+        return self._writer
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
 
     def start_parent(self, sweep_file: str, spec_params: dict[str, Any]) -> str:
         name = time.strftime("sweep-%Y%m%d-%H%M%S")
@@ -302,9 +251,10 @@ class SweepTracker:
         return self.parent_run_id
 
     def finish_parent(self, status: str = "FINISHED") -> list[dict]:
+        self.flush()  # every child's model and plots are in before the table is made
         rows = comparison_rows(self.client, self.experiment_id, self.parent_run_id)
         with tempfile.TemporaryDirectory() as tmp:
-            for path in write_comparison(rows, tmp):
+            for path in reports.write_comparison(rows, tmp):
                 self.client.log_artifact(self.parent_run_id, path)
         counts: dict[str, int] = {}
         for r in rows:
@@ -313,6 +263,11 @@ class SweepTracker:
         self.client.set_terminated(self.parent_run_id, status)
         return rows
 
+    def children(self) -> list:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=5000)
+
     def find_child(self, trial_id: str):
         runs = self.client.search_runs(
             [self.experiment_id],
@@ -320,81 +275,134 @@ class SweepTracker:
             max_results=1)
         return runs[0] if runs else None
 
-    def start_child(self, trial_id: str, model: dict[str, Any], train: dict[str, Any],
-                    dataset: dict[str, Any], resources: dict[str, Any]) -> tuple[str, int, bool]:
-        """The child run for `trial_id` (created, or found again after a restore), the last epoch
-        it already holds (so a resumed trial never logs a step twice), and whether it is already
-        finished (a completed trial that Tune's last snapshot had not yet seen end: leave it be)."""
-        existing = self.find_child(trial_id)
+    def start_child(self, trial) -> ChildRun:
+        """The child run of `trial` (a schema.Trial): created, or found again after a restore
+        with the epochs it already holds (so a resumed trial never logs a step twice)."""
+        existing = self.find_child(trial.trial_id)
         if existing is not None:
-            history = self.client.get_metric_history(existing.info.run_id, "val_acc")
-            last = max((m.step for m in history), default=0)
-            if existing.data.tags.get(STATUS_TAG) in ("completed", "early-stopped"):
-                return existing.info.run_id, last, True
-            if existing.info.status != "RUNNING":
-                self.client.update_run(existing.info.run_id, status="RUNNING")
-            self.client.set_tag(existing.info.run_id, STATUS_TAG, "running")
-            return existing.info.run_id, last, False
-        import archs
+            return self._reopen(existing)
+        import archs  # torch: only the sweep driver pays for it, `orchestrate compare` does not
 
-        from orchestrator.engine_config import TrainConfig
-
-        train = dataclasses.asdict(TrainConfig(**train))  # log the resolved config, defaults included
-        knobs = archs.validate(model["arch"], model.get("knobs") or {})
-        built = archs.create(model["arch"], num_classes=10, **knobs)
-        name = run_name(model["arch"], model.get("knobs") or {}, train["lr"])
-        tags = {"mlflow.parentRunId": self.parent_run_id, "orchestrate.role": "trial", "arch": model["arch"],
-                "family": archs.get(model["arch"]).family, "trial_id": trial_id, STATUS_TAG: "running"}
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        params = {"arch": model["arch"], **{f"knobs.{k}": v for k, v in knobs.items()}, **train,
-                  **{f"dataset.{k}": v for k, v in dataset.items()},
-                  **{f"resources.{k}": v for k, v in resources.items()},
-                  "world_size": resources["num_workers"], "param_count": archs.count_params(built),
-                  "flops": archs.count_flops(built), **library_versions()}
+        knobs = archs.validate(trial.arch, dict(trial.knobs))  # the arch's defaults filled in
+        tags = {"mlflow.parentRunId": self.parent_run_id, "orchestrate.role": "trial", "arch": trial.arch,
+                "family": archs.get(trial.arch).family, "trial_id": trial.trial_id, STATUS_TAG: "running"}
+        run = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags)
+        params = {"arch": trial.arch, **{f"knobs.{k}": v for k, v in knobs.items()},
+                  **dataclasses.asdict(trial.train),
+                  **{f"dataset.{k}": v for k, v in dataclasses.asdict(trial.dataset).items()},
+                  **{f"resources.{k}": v for k, v in dataclasses.asdict(trial.resources).items()},
+                  "world_size": trial.resources.num_workers, **library_versions()}
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return run.info.run_id, 0, False
+        return ChildRun(run.info.run_id, 0, False)
 
-    def log_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
+    def _reopen(self, existing) -> ChildRun:
+        run_id, tags = existing.info.run_id, existing.data.tags
+        history = self.client.get_metric_history(run_id, "val_acc")
+        last = max((m.step for m in history), default=0)
+        child = ChildRun(run_id, last, tags.get(STATUS_TAG) in ("completed", "early-stopped"),
+                         best_checkpoint=tags.get("best_checkpoint"),
+                         best_epoch=int(tags["best_epoch"]) if tags.get("best_epoch") else None,
+                         best_value=float(tags["best_value"]) if tags.get("best_value") else None,
+                         sized="param_count" in existing.data.params)
+        if not child.finished:
+            if existing.info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, STATUS_TAG, "running")
+        return child
+
+    def log_epoch(self, child: ChildRun, metrics: dict[str, Any]) -> None:
+        """One epoch's metrics (step = epoch), and on the first, the model's true size as the
+        engine measured it for this data set's classes."""
         step = int(metrics["epoch"])
         now = int(time.time() * 1000)
         batch = [Metric(k, float(metrics[k]), now, step) for k in EPOCH_METRICS + ("best_val_acc",)
                  if k in metrics]
-        self.client.log_batch(run_id, metrics=batch)
+        params = []
+        if not child.sized and "param_count" in metrics:
+            params = [Param("param_count", str(int(metrics["param_count"]))), Param("flops", str(int(metrics["flops"])))]
+            child.sized = True
+        self.client.log_batch(child.run_id, metrics=batch, params=params)
 
-    def finish_child(self, run_id: str, status: str, history: list[dict[str, Any]],
-                     last_checkpoint: str | None, best_checkpoint: str | None, error: str | None = None) -> None:
-        tags = [RunTag(STATUS_TAG, status)]
+    def note_checkpoint(self, child: ChildRun, epoch: int, value: float, path: str, better: bool) -> None:
+        """Remember epoch `epoch`'s checkpoint if it is the best so far (`better`); kept as tags too,
+        so a resumed sweep still knows which checkpoint is the model."""
+        if not better:
+            return
+        child.best_checkpoint, child.best_value, child.best_epoch = path, value, epoch
+        self.client.log_batch(child.run_id, tags=[RunTag("best_checkpoint", path), RunTag("best_epoch", str(epoch)),
+                                                  RunTag("best_value", repr(float(value)))])
+
+    def finish_child(self, child: ChildRun, status: str, storage_path: str, error: str | None = None) -> None:
+        """Hand the child run's end to the background writer: plots, best checkpoint, model, then
+        the status tag and the run's end last, so a run whose finishing was cut short is still
+        `running` and a resumed sweep finishes it again (`finish_orphans`)."""
+        history = list(child.history)
+        self.writer.submit(lambda: self._finish_child(child.run_id, status, history, storage_path,
+                                                      child.best_checkpoint, child.best_epoch, error))
+
+    def finish_orphans(self, trial_statuses: dict[str, str], storage_path: str) -> None:
+        """After a restore: child runs whose trial Tune already holds as ended ({trial_id:
+        status}) but whose MLflow run was never finished (the sweep died with their finishing
+        queued) are finished now, from what MLflow and the storage still hold."""
+        for run in self.children():
+            tags = run.data.tags
+            status = trial_statuses.get(tags.get("trial_id", ""))
+            if status is None or tags.get(STATUS_TAG) in FINISHED_STATUSES:
+                continue
+            history = self.history(run.info.run_id)
+            best_epoch = int(tags["best_epoch"]) if tags.get("best_epoch") else None
+            self.writer.submit(lambda r=run.info.run_id, s=status, h=history, t=tags, e=best_epoch:
+                               self._finish_child(r, s, h, storage_path, t.get("best_checkpoint"), e, None))
+
+    def history(self, run_id: str) -> list[dict[str, Any]]:
+        """Per-epoch metrics of a run, rebuilt from MLflow."""
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for key in EPOCH_METRICS:
+            for m in self.client.get_metric_history(run_id, key):
+                by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+        return [by_epoch[e] for e in sorted(by_epoch)]
+
+    def _finish_child(self, run_id: str, status: str, history: list[dict[str, Any]], storage_path: str,
+                      best_checkpoint: str | None, best_epoch: int | None, error: str | None) -> None:
+        tags = []
         if history:
             tags.append(RunTag("train_seconds", f"{sum(m.get('train_s', 0.0) for m in history):.3f}"))
             tags.append(RunTag("epochs_completed", str(int(history[-1]["epoch"]))))
         if error:
             tags.append(RunTag("error", error[:4000]))
-        self.client.log_batch(run_id, tags=tags)
-        with tempfile.TemporaryDirectory() as tmp:
+        if tags:
+            self.client.log_batch(run_id, tags=tags)
+        with tempfile.TemporaryDirectory() as tmp, storage.local_checkpoint(storage_path, best_checkpoint) as best:
             title = self.client.get_run(run_id).info.run_name
             if history:
                 path = os.path.join(tmp, "curves.png")
-                plot_curves(history, path, title)
+                reports.plot_curves(history, path, title)
                 self.client.log_artifact(run_id, path)
-            if best_checkpoint and os.path.isdir(best_checkpoint):
-                eval_file = os.path.join(best_checkpoint, "eval.json")
+            if best and os.path.isdir(best):
+                eval_file = os.path.join(best, "eval.json")
                 if os.path.exists(eval_file):
                     with open(eval_file) as f:
                         info = json.load(f)
                     path = os.path.join(tmp, "confusion_matrix.png")
-                    plot_confusion(info, path, f"{title} (best epoch, val)")
+                    reports.plot_confusion(info, path, f"{title} (epoch {best_epoch}, val)")
                     self.client.log_artifact(run_id, path)
                     self.client.log_dict(run_id, info, "per_class_accuracy.json")
-                self.client.log_artifacts(run_id, best_checkpoint, "best_checkpoint")
-            if last_checkpoint and os.path.isdir(last_checkpoint) and status != "failed":
-                self.log_model(run_id, last_checkpoint)
+                self.client.log_artifacts(run_id, best, "best_checkpoint")
+                if status != "failed":
+                    self.log_model(run_id, best)
+            at_best = next((m for m in history if m["epoch"] == best_epoch), None)
+            if at_best is not None:
+                self.client.log_batch(run_id, metrics=[
+                    Metric(f"model_{k}", float(at_best[k]), int(time.time() * 1000), best_epoch)
+                    for k in ("val_acc", "val_loss") if k in at_best])
+        self.client.set_tag(run_id, STATUS_TAG, status)  # last: the run is finished only when all is in
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
     def log_model(self, run_id: str, checkpoint_dir: str) -> None:
         import torch
         import torchvision
 
-        from orchestrator import engine
+        from orchestrator import engine  # torch: only the sweep driver pays for it
 
         model, meta = engine.load_model(checkpoint_dir)
         # Explicit requirements: MLflow's inference imports the model in a subprocess (slow).

@@ -128,7 +128,7 @@ CASES = [
          "train.optimizer", ("'adam' is not one of sgd, adamw",)),
     Case("warmup_not_below_epochs_is_rejected",
          sweep_yaml(train="{epochs: 2, warmup_epochs: 2}"),
-         "train.warmup_epochs", ("2.0 must be < train.epochs (2)",)),
+         "train.warmup_epochs", ("warmup_epochs 2.0 must be < epochs 2",)),
     # --- search
     Case("unknown_scheduler_is_rejected",
          sweep_yaml(search="{scheduler: hyperband}"),
@@ -162,7 +162,8 @@ CASES = [
          "dataset.root", ("no-such-folder does not exist",)),
     Case("cifar10_root_without_batches_is_rejected",
          sweep_yaml(dataset="{name: cifar10, root: .}"),
-         "dataset.root", ("has no cifar-10-batches-py/", "dataset.download: true"), subprocess=True),
+         "dataset.root", ("no CIFAR-10 python batches under", "cifar-10-batches-py", "dataset.download: true"),
+         subprocess=True),
     Case("cifar10_without_root_is_rejected",
          sweep_yaml(dataset="{name: cifar10}"),
          "dataset.root", ("required for cifar10",)),
@@ -326,12 +327,12 @@ def parse(text: str) -> config.SweepSpec:
 def test_parse_fills_defaults_for_a_minimal_file():
     spec = parse("name: ' minimal '\nmodels: [{arch: resnet18}]\n")
     assert spec.name == "minimal"
-    assert spec.dataset == {"name": "digits"}
-    assert spec.train == {}
+    assert spec.dataset == config.DataSpec()
+    assert spec.train == config.TrainConfig()
     assert spec.resources == config.Resources()
     assert spec.search == config.Search()
     assert spec.failure == config.Failure()
-    assert [(m.arch, m.index, m.space) for m in spec.models] == [("resnet18", 0, {"knobs": {}})]
+    assert [(m.arch, m.index, m.knobs, m.overrides) for m in spec.models] == [("resnet18", 0, {}, {})]
     assert spec.storage_path == os.path.join(os.getcwd(), "ray_results")
     assert spec.trial_count() == 1
 
@@ -346,8 +347,10 @@ def test_trial_count_is_grid_points_times_samples_and_random_dimensions_do_not_m
 
 def test_parse_makes_dataset_roots_absolute(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (tmp_path / "cifar-10-batches-py" / name).touch()  # only their presence is checked up front
     spec = parse(sweep_yaml(dataset=f"{{name: cifar10, root: '{tmp_path}/./'}}"))
-    assert spec.dataset["root"] == str(tmp_path)
+    assert spec.dataset.root == str(tmp_path)
 
 
 def test_cli_overrides_win_over_the_file():
@@ -379,4 +382,110 @@ def test_parse_accepts_a_shufflenet_width_grid_that_every_groups_value_divides()
 
 def test_parse_accepts_warmup_at_epochs_with_a_constant_schedule():
     spec = parse(sweep_yaml(models="[{arch: resnet18, epochs: 1, schedule: constant}]"))
-    assert spec.models[0].space["epochs"] == 1
+    assert spec.models[0].overrides["epochs"] == 1
+    assert spec.trial({"arch": "resnet18", "epochs": 1, "schedule": "constant"}, "t").train.epochs == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema: every key accepted or rejected exactly as its dataclass field says
+
+
+def _good_and_bad(cls, field):
+    """(a value the field accepts that is not its default, a value of the wrong type) for a field."""
+    from orchestrator import schema
+
+    typ, optional = schema.field_types(cls)[field.name]
+    choices = field.metadata.get("choices")
+    if choices:
+        good = next(c for c in choices if c != field.default)
+    elif typ is bool:
+        good = not field.default
+    elif typ is str:
+        good = "some/where"
+    else:
+        base = field.default if field.default not in (None, 0, 0.0) else 1
+        good = typ(base * 2) if field.name not in ("val_fraction", "label_smoothing", "gpus_per_worker") else typ(0.25)
+    return good, ("text" if typ is not str else 3)
+
+
+SECTION_FIELDS = [(section, cls, f) for section, cls in
+                  [("dataset", config.DataSpec), ("train", config.TrainConfig), ("resources", config.Resources),
+                   ("search", config.Search), ("failure", config.Failure)]
+                  for f in dataclasses.fields(cls)]
+
+
+@pytest.mark.parametrize("section, cls, field", SECTION_FIELDS, ids=[f"{s}.{f.name}" for s, _, f in SECTION_FIELDS])
+def test_every_schema_field_is_a_sweep_file_key_with_its_type_and_default(section, cls, field):
+    from orchestrator import schema
+
+    assert field.default is not dataclasses.MISSING  # every setting has its default in the field
+    good, bad = _good_and_bad(cls, field)
+    base = {"name": "schema", "models": [{"arch": "resnet18"}],
+            "train": {"epochs": 10}, "search": {"scheduler": "fifo"}}
+    ok = dict(base, **{section: {**base.get(section, {}), field.name: good}})
+    if (section, field.name) == ("dataset", "name") and good in ("cifar10", "cifar100", "imagefolder"):
+        good = "synthetic"
+        ok = dict(base, dataset={"name": good})
+    if section == "dataset" and field.name == "root":
+        ok = dict(base, dataset={"name": "digits", "root": "/tmp"})
+        good = "/tmp"
+    if section == "resources" and field.name == "use_gpu":
+        ok = dict(base, resources={"use_gpu": True, "gpus_per_worker": 1})
+    try:
+        spec = config.parse(ok, "x.yaml")
+    except config.ConfigError as e:  # only cross-field rules may refuse a single good value
+        pytest.fail(f"{section}.{field.name}: {good!r} refused: {e}")
+    assert getattr(getattr(spec, section), field.name) == good
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(dict(base, **{section: {field.name: bad}}), "x.yaml")
+    assert info.value.key == f"{section}.{field.name}"
+    assert schema.check_field(cls, field.name, bad) == info.value.message
+    # ... and a train field is also a model entry override and an `orchestrate train` option
+    if cls is config.TrainConfig:
+        spec = config.parse(dict(base, models=[{"arch": "resnet18", field.name: good}]), "x.yaml")
+        assert getattr(spec.trial(spec.models[0].point_space(), "t").train, field.name) == good
+
+
+def test_every_train_and_dataset_field_is_an_orchestrate_train_option():
+    parser = cli.build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "train")[1]
+    options = {o for a in train._actions for o in a.option_strings}
+    for cls in (config.TrainConfig, config.DataSpec):
+        for f in dataclasses.fields(cls):
+            assert cli._option(cls, f.name) in options, f.name
+
+
+def test_the_train_command_applies_the_schema_rules(capsys):
+    assert cli.main(["train", "--arch", "resnet18", "--epochs", "2", "--warmup-epochs", "3"]) == 2
+    assert "--warmup-epochs: warmup_epochs 3.0 must be < epochs 2" in capsys.readouterr().err
+    assert cli.main(["train", "--arch", "resnet18", "--subset", "1"]) == 2
+    assert "--subset: 1 must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, ok", [(0.25, True), (1, True), (2, True), (0.5, True), (0, False),
+                                       (-1, False), (1.5, False)])
+def test_gpus_per_worker_is_a_share_of_one_gpu_or_whole_gpus(value, ok):
+    raw = {"name": "g", "models": [{"arch": "resnet18"}], "resources": {"use_gpu": True, "gpus_per_worker": value}}
+    if ok:
+        assert config.parse(raw, "x.yaml").resources.gpus_per_worker == value
+    else:
+        with pytest.raises(config.ConfigError, match="resources.gpus_per_worker: .* must be in \\(0, 1\\]"):
+            config.parse(raw, "x.yaml")
+
+
+@pytest.mark.parametrize("make_root, says", [
+    (lambda p: (p / "x.zip").write_text("not a zip") and p / "x.zip", "is neither a directory nor a .zip file"),
+    (lambda p: (p / "imgs" / "cat").mkdir(parents=True) or p / "imgs", "has no train/<class>/ folders"),
+    (lambda p: (p / "imgs" / "train" / "cat").mkdir(parents=True) or p / "imgs", "train/cat/ holds no .jpg/.png"),
+], ids=["text_file_named_zip", "folder_without_train", "class_folder_without_images"])
+def test_a_wrong_image_folder_root_is_one_line_and_exit_2_before_ray_starts(make_root, says, tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.chdir(tmp_path)
+    root = make_root(tmp_path)
+    (tmp_path / "bad.yaml").write_text(sweep_yaml(dataset=f"{{name: imagefolder, root: '{root}'}}"))
+    assert cli.main(_cli_args(Case("x", None, None, ()), tmp_path)) == 2
+    captured = capsys.readouterr()
+    _assert_one_clean_line(Case("x", None, "dataset.root", (says, str(root))), captured.err, captured.out)
+    _assert_nothing_written(tmp_path)
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()

@@ -250,14 +250,13 @@ def test_sweep_on_an_autoscaling_cluster_trains_on_the_worker_nodes_it_launches(
     assert workers and all(n["cpu"] == 2 for n in after["nodes"] if n["node_id"] in workers), after["nodes"]
     assert fake_cluster.active_node_types().get(WORKER_TYPE, 0) == len(workers)
 
-    # Each trial's DDP worker (one per trial, in its own placement group) ran on a launched worker
-    # node, as did each Tune trial driver; none on the head.
-    train_workers = new_actors(before, after, "RayTrainWorker")
-    assert len(train_workers) == 2 and len({a["placement_group_id"] for a in train_workers}) == 2, train_workers
-    drivers = new_actors(before, after, "ImplicitFunc")  # Tune's wrapper around trial_driver
-    assert len(drivers) == 2, drivers
+    # Each single-worker trial trained in its own Tune trial process (one per trial, in its own
+    # placement group), on a launched worker node, never on the head; no Ray Train worker group.
+    assert not new_actors(before, after, "RayTrainWorker")
+    drivers = new_actors(before, after, "ImplicitFunc")  # Tune's wrapper around run_trial
+    assert len(drivers) == 2 and len({a["placement_group_id"] for a in drivers}) == 2, drivers
     head_id = head[0]["node_id"]
-    for actor in train_workers + drivers:
+    for actor in drivers:
         assert actor["node_id"] in workers and actor["node_id"] != head_id, (actor, workers)
 
     client, runs = trial_runs(uri, "multinode-autoscale")

@@ -93,8 +93,7 @@ def test_parent_run_holds_the_sweep_file_comparison_table_and_plots(ddp_sweep):
 
 def test_evaluate_scores_the_logged_model_at_its_logged_val_accuracy(ddp_sweep):
     for child in ddp_sweep.trials():
-        logged = ddp_sweep.client().get_metric_history(child.info.run_id, "val_acc")
-        final = max(logged, key=lambda m: m.step).value
+        final = child.data.metrics["model_val_acc"]  # the logged model's: its best epoch
         out = run_cli(["evaluate", child.info.run_id, "--split", "val", "--tracking-uri", ddp_sweep.uri],
                       cwd=ddp_sweep.folder)
         assert out.returncode == 0, out.stderr[-2000:]
@@ -159,3 +158,100 @@ def test_a_trial_whose_loss_goes_nan_is_tagged_failed_and_the_sweep_finishes(ash
     assert "train_loss is nan" in nan.data.tags.get("error", "") or "Diverged" in nan.data.tags.get("error", "")
     assert asha_sweep.result.returncode == 0
     assert "failed" in asha_sweep.result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Single-worker trials: trained in the Tune trial's own process, packed side by side
+
+
+PAIR_SWEEP = textwrap.dedent("""\
+    name: e2e-pair
+    dataset: {name: digits}
+    train: {epochs: 3, batch_size: 32, lr: 0.1, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 1, cpus_per_worker: 1}
+    search: {scheduler: fifo}
+    models:
+      - arch: resnet18
+        knobs: {width: 0.125}
+        lr: {grid: [0.05, 0.1]}
+    """)
+
+
+@pytest.fixture(scope="module")
+def pair_sweep(tmp_path_factory):
+    return _sweep(tmp_path_factory, "pair", PAIR_SWEEP)
+
+
+def epoch_intervals(client, run_id):
+    """[(start, end)] in seconds of each epoch, from the epochs' own times: the metric's log time
+    is the epoch's end, `epoch_s` its length (a run may start long before its trial trains)."""
+    return [(m.timestamp / 1000 - m.value, m.timestamp / 1000) for m in client.get_metric_history(run_id, "epoch_s")]
+
+
+def test_two_single_worker_trials_train_side_by_side_on_two_cpus_as_the_sweep_said(pair_sweep):
+    assert "2 trial(s) at a time on 2 CPUs (each trial holds 1 CPU)" in pair_sweep.result.stdout
+    client = pair_sweep.client()
+    a, b = [epoch_intervals(client, c.info.run_id) for c in pair_sweep.trials()]
+    overlap = sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in a for s2, e2 in b)
+    assert overlap > 0.5 * min(sum(e - s for s, e in a), sum(e - s for s, e in b)), (a, b)
+
+
+def layout(sweep, child):
+    client = sweep.client()
+    return ({a.path for a in client.list_artifacts(child.info.run_id)},
+            set(child.data.params), set(child.data.metrics),
+            {t for t in child.data.tags if not t.startswith("mlflow.")} | {"mlflow.parentRunId"} & set(child.data.tags))
+
+
+def test_single_worker_and_ddp_trials_leave_the_same_mlflow_layout(pair_sweep, ddp_sweep):
+    single, ddp = layout(pair_sweep, pair_sweep.trials()[0]), layout(ddp_sweep, ddp_sweep.trials()[0])
+    assert single == ddp
+    for sweep in (pair_sweep, ddp_sweep):
+        for child in sweep.trials():
+            steps = [m.step for m in sweep.client().get_metric_history(child.info.run_id, "val_acc")]
+            assert sorted(steps) == [1, 2, 3]
+
+
+def test_a_single_worker_trial_asks_ray_for_its_worker_and_a_ddp_trial_for_its_driver():
+    from ray import tune
+
+    from orchestrator import ray_train, sweep
+    from orchestrator.schema import Resources
+
+    quarter = Resources(use_gpu=True, gpus_per_worker=0.25, cpus_per_worker=2)
+    trainable = tune.with_resources(lambda config: None, ray_train.trial_resources(quarter))
+    assert trainable._resources.bundles == [{"CPU": 2.0, "GPU": 0.25}]
+    assert sweep.packing(quarter, {"CPU": 16, "GPU": 1})[0] == 4  # four trials share the GPU
+    ddp = Resources(num_workers=2, cpus_per_worker=1, driver_cpus=0.1)
+    assert ray_train.trial_resources(ddp) == {"cpu": 0.1}
+    fits, line = sweep.packing(ddp, {"CPU": 2})
+    assert fits == 0 and "each trial holds 2.1 CPU" in line  # workers + driver: 2.2 would not fit twice
+    assert sweep.packing(ddp, {"CPU": 16})[0] == 7
+
+
+def test_a_child_run_whose_finishing_was_lost_is_finished_by_resume(tmp_path):
+    """What a sweep killed with the MLflow writer's work still queued leaves: Tune holds the trial
+    as ended, MLflow holds a `running` child run without its plots, checkpoint and model."""
+    import shutil
+
+    text = PAIR_SWEEP.replace("e2e-pair", "e2e-lost").replace("epochs: 3", "epochs: 2").replace(
+        "lr: {grid: [0.05, 0.1]}", "lr: 0.1")
+    (tmp_path / "sweep.yaml").write_text(text)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri], cwd=tmp_path).returncode == 0
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("e2e-lost")
+    (child,) = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'")
+    client.set_tag(child.info.run_id, "status", "running")
+    client.update_run(child.info.run_id, status="RUNNING")
+    shutil.rmtree(child.info.artifact_uri.removeprefix("file://"))
+
+    out = run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri, "--resume"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (again,) = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'")
+    assert again.info.run_id == child.info.run_id
+    assert again.data.tags["status"] == "completed" and again.info.status == "FINISHED"
+    assert {"curves.png", "best_checkpoint", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(again.info.run_id)}
+    assert sorted(m.step for m in client.get_metric_history(again.info.run_id, "val_acc")) == [1, 2]

@@ -204,6 +204,9 @@ def test_ui_shows_experiment_child_runs_and_val_acc_chart(ddp_sweep, tmp_path):
                 child_links[trial.info.run_name].click()
                 expect(page.get_by_role("heading", name=trial.info.run_name, exact=True).first).to_be_visible(**wait)
                 page.get_by_role("tab", name="Model metrics").first.click()
+                # A dozen metrics: find the chart as a user would, by its name (charts further down
+                # are only drawn when scrolled to).
+                page.get_by_placeholder("Search metric charts").fill("val_acc")
                 card = page.locator('[data-testid="experiment-view-compare-runs-card"]').filter(
                     has=page.locator('h4[title="val_acc"]'))
                 expect(card).to_have_count(1, **wait)

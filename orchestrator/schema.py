@@ -1,0 +1,291 @@
+"""The sweep file's schema: one typed dataclass per section, and the `Trial` record. Torch-free.
+
+Each field is a setting: its name is the YAML key (and the `orchestrate train` option), its type
+annotation the allowed type, its default the default, and its metadata the one rule it obeys
+(`choices`, or a `check` returning what is wrong). Nothing else in the code restates a key, a
+default or a rule: `config.py` validates YAML against these fields, `cli.py` builds options from
+them, the engine and the data loader take the dataclasses as they are.
+
+Rules that tie two fields together live in the dataclass's `problems()` (e.g. warm-up shorter
+than training), so every place that builds one — a YAML section, a model entry's override, a CLI
+run — applies the same rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from typing import Any, Callable, Iterator, Mapping
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+METRICS = ("val_acc", "val_loss", "val_top5", "train_loss", "train_acc", "best_val_acc")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules, each a function value -> None (fine) or what is wrong with it
+
+
+def positive(v) -> str | None:
+    return None if v > 0 else f"{v!r} must be > 0"
+
+
+def non_negative(v) -> str | None:
+    return None if v >= 0 else f"{v!r} must be >= 0"
+
+
+def at_least(low) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"{v!r} must be >= {low}"
+
+
+def above(low) -> Callable[[Any], str | None]:
+    return lambda v: None if v > low else f"{v!r} must be > {low}"
+
+
+def in_interval(low, high, *, low_open: bool, high_open: bool) -> Callable[[Any], str | None]:
+    def check(v):
+        ok = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+        return None if ok else f"{v!r} is not in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return check
+
+
+def gpu_share(v) -> str | None:
+    """A fraction of one GPU (several trials share it) or whole GPUs: 0 < g <= 1, or an integer."""
+    if v <= 0 or (v > 1 and v != int(v)):
+        return f"{v!r} must be in (0, 1] (a share of one GPU) or a whole number of GPUs"
+    return None
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,
+            check: Callable[[Any], str | None] | None = None, default_factory: Any = dataclasses.MISSING):
+    """A dataclass field that is also a documented, validated setting."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help, "choices": choices, "check": check})
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """`dataset:` — what to train on. The validation split is carved from the training data."""
+
+    name: str = setting("digits", "dataset", choices=DATASETS)
+    # cifar: the folder holding cifar-10-batches-py/ (or cifar-100-python/), or that folder itself;
+    # imagefolder: a directory holding train/<class>/*.jpg|png (optionally test/), or such a .zip.
+    root: str | None = setting(None, "dataset folder (or .zip for imagefolder)")
+    val_fraction: float = setting(0.1, "share of the training data held out for validation",
+                                  check=in_interval(0, 0.5, low_open=True, high_open=False))
+    subset: int | None = setting(None, "keep only this many training images (seeded, before the split)",
+                                 check=at_least(2))
+    split_seed: int = setting(0, "seed of the subset and the train/val split")
+    download: bool = setting(False, "cifar: let torchvision fetch the batches into root")
+    synthetic_size: int = setting(512, "synthetic: training images (the test split is a quarter)",
+                                  check=at_least(4))
+    num_classes: int = setting(10, "synthetic: number of classes", check=at_least(2))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:
+            yield "root", f"required for {self.name}"
+        if self.name == "synthetic" and self.synthetic_size < 2 * self.num_classes:
+            yield "synthetic_size", f"{self.synthetic_size} must be at least twice num_classes ({self.num_classes})"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """`train:` (and any model entry's overrides) — how one trial trains."""
+
+    epochs: int = setting(10, "epochs", check=positive)
+    batch_size: int = setting(128, "images per step per worker", check=positive)
+    optimizer: str = setting("sgd", "sgd (Nesterov momentum) or adamw", choices=("sgd", "adamw"))
+    lr: float = setting(0.1, "peak learning rate", check=positive)
+    momentum: float = setting(0.9, "SGD momentum", check=non_negative)
+    nesterov: bool = setting(True, "Nesterov momentum (sgd)")
+    weight_decay: float = setting(5e-4, "not applied to norm weights and biases", check=non_negative)
+    schedule: str = setting("onecycle", "per-step lr schedule", choices=("onecycle", "cosine", "constant"))
+    warmup_epochs: float = setting(1.0, "epochs of lr warm-up", check=non_negative)
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing",
+                                     check=in_interval(0, 1, low_open=False, high_open=True))
+    precision: str = setting("auto", "auto: bf16 on GPUs that support it, else fp32",
+                             choices=("auto", "bf16", "fp32"))
+    channels_last: bool = setting(True, "NHWC memory format")
+    compile: bool = setting(False, "torch.compile the model")
+    grad_clip: float = setting(0.0, "max global grad norm; 0 disables", check=non_negative)
+    seed: int = setting(0, "seed of init, order and augmentation")
+    deterministic: bool = setting(False, "torch.use_deterministic_algorithms (slower on GPU)")
+    data_path: str = setting("auto", "device: whole dataset on the device (GPU fast path); loader: DataLoader; "
+                                     "auto: device on CUDA, loader on CPU", choices=("auto", "device", "loader"))
+    loader_workers: int = setting(0, "DataLoader worker processes (loader path)", check=non_negative)
+    steps_per_epoch: int = setting(0, "cap on train steps per epoch; 0 = the whole split", check=non_negative)
+    checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch always checkpoints",
+                                    check=positive)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.schedule != "constant" and self.warmup_epochs >= self.epochs:
+            yield "warmup_epochs", (f"warmup_epochs {self.warmup_epochs} must be < epochs {self.epochs} "
+                                    f"(schedule {self.schedule})")
+
+    def check(self) -> None:
+        """Raise ValueError('key: what is wrong') for the first bad setting."""
+        for key, message in problems(self):
+            raise ValueError(f"{key}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """`resources:` — what one trial asks Ray for."""
+
+    num_workers: int = setting(1, "DDP workers per trial (1: the trial trains in its own process)",
+                               check=at_least(1))
+    use_gpu: bool = setting(False, "train on GPUs")
+    cpus_per_worker: float = setting(1.0, "CPUs per worker", check=positive)
+    gpus_per_worker: float = setting(1.0, "GPUs per worker with use_gpu: a share in (0, 1] lets trials share a GPU",
+                                     check=gpu_share)
+    driver_cpus: float = setting(0.1, "CPUs of a multi-worker trial's driver (it only waits on its workers)",
+                                 check=positive)
+    placement_strategy: str = setting("PACK", "SPREAD / STRICT_SPREAD put a trial's workers on different nodes",
+                                      choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+
+    @property
+    def in_process(self) -> bool:
+        """A single-worker trial trains inside its Tune trial process: no worker actors to start."""
+        return self.num_workers == 1
+
+    def per_worker(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
+
+    def per_trial(self) -> dict[str, float]:
+        """Everything one trial holds while it runs: its workers, plus the driver of a DDP trial."""
+        total = {k: v * self.num_workers for k, v in self.per_worker().items()}
+        if not self.in_process:
+            total["CPU"] += self.driver_cpus
+        return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """`search:` — Ray Tune's scheduler and what it optimises."""
+
+    scheduler: str = setting("asha", "asha stops poor trials early; fifo runs every trial to the end",
+                             choices=("fifo", "asha"))
+    grace_period: int = setting(1, "epochs before ASHA may stop a trial", check=at_least(1))
+    reduction_factor: float = setting(2.0, "ASHA keeps 1/reduction_factor of trials at each rung", check=above(1))
+    num_samples: int = setting(1, "repeats of the grid (random dimensions sampled anew)", check=at_least(1))
+    max_concurrent_trials: int = setting(0, "0: as many as the cluster fits", check=non_negative)
+    metric: str = setting("val_acc", "what selects trials, checkpoints and the logged model", choices=METRICS)
+    mode: str = setting("max", "max or min", choices=("max", "min"))
+    seed: int = setting(0, "seed of the random search dimensions")
+
+    def better(self, a: float, b: float | None) -> bool:
+        """Whether metric value `a` beats `b` (None: nothing yet)."""
+        return b is None or (a > b if self.mode == "max" else a < b)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """`failure:` — retries and checkpoint retention."""
+
+    max_failures: int = setting(0, "restarts per trial from its last checkpoint", check=non_negative)
+    num_to_keep: int = setting(2, "checkpoints kept per trial (the best by search.metric are kept)",
+                               check=at_least(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracking:
+    """`tracking:` — the MLflow store."""
+
+    uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+
+
+SECTIONS: dict[str, type] = {"dataset": DataSpec, "train": TrainConfig, "resources": Resources,
+                             "search": Search, "failure": Failure, "tracking": Tracking}
+
+
+# ---------------------------------------------------------------------------------------------
+# Field-driven checks
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """{field: (type, None allowed)} from the annotations (`int | None` -> (int, True))."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            (base,) = [a for a in args if a is not type(None)]
+            out[name] = (base, True)
+        else:
+            out[name] = (hint, False)
+    return {f.name: out[f.name] for f in dataclasses.fields(cls)}
+
+
+def choices(cls: type, name: str) -> tuple | None:
+    """The allowed values of a field with a fixed list (e.g. choices(TrainConfig, "precision"))."""
+    return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def type_ok(value: Any, typ: type) -> bool:
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ)
+
+
+def check_field(cls: type, name: str, value: Any) -> str | None:
+    """None if `value` is allowed for field `name` of `cls`, else what is wrong with it."""
+    typ, optional = field_types(cls)[name]
+    if value is None:
+        return None if optional else f"None is not a {typ.__name__}"
+    if not type_ok(value, typ):
+        return f"{value!r} is not a {typ.__name__}"
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    if meta["choices"] is not None and value not in meta["choices"]:
+        return f"{value!r} is not one of {', '.join(map(str, meta['choices']))}"
+    return meta["check"](value) if meta["check"] is not None else None
+
+
+def problems(obj: Any) -> Iterator[tuple[str, str]]:
+    """(field, what is wrong) for every bad field of a built dataclass, then its cross-field rules."""
+    for f in dataclasses.fields(obj):
+        err = check_field(type(obj), f.name, getattr(obj, f.name))
+        if err:
+            yield f.name, err
+    yield from getattr(obj, "problems", lambda: iter(()))()
+
+
+def coerce(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Ints given for float fields become floats (YAML writes `1` for 1.0)."""
+    types_ = field_types(cls)
+    return {k: float(v) if types_[k][0] is float and type_ok(v, float) else v for k, v in values.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial record
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One sampled point of a sweep, fully resolved: what its driver, its workers and the MLflow
+    callback all read as-is. Built by `SweepSpec.trial` (config.py) and nowhere else."""
+
+    trial_id: str
+    arch: str
+    knobs: Mapping[str, Any]  # as sampled; archs.validate fills the arch's defaults
+    train: TrainConfig
+    dataset: DataSpec
+    resources: Resources
+    failure: Failure
+    search: Search
+
+    @property
+    def name(self) -> str:
+        """The MLflow child run's name: `<arch>-<knob><value>...-lr<lr>`."""
+        parts = [self.arch] + [f"{k}{_short(v)}" for k, v in sorted(self.knobs.items())] + [f"lr{_short(self.train.lr)}"]
+        return "-".join(parts)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

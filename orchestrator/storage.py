@@ -1,0 +1,76 @@
+"""Where a sweep keeps its state: the storage path (a local folder, or any URI Ray's storage
+accepts: s3://, gs://, ...) holds Tune's experiment folders and, beside Tune's own state, our
+`orchestrate_sweep.json` (the MLflow parent run and experiment), so `--resume` can find both.
+Checkpoints reported from remote storage are fetched here for the tracker. No MLflow here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import pyarrow
+import pyarrow.fs
+
+STATE_FILE = "orchestrate_sweep.json"
+
+
+def storage_fs(uri: str):
+    """(pyarrow filesystem, path) for a storage path."""
+    if "://" in uri:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    return pyarrow.fs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def write_state(storage_path: str, run_name: str, meta: dict[str, Any]) -> None:
+    fs, root = storage_fs(storage_path)
+    fs.create_dir(f"{root}/{run_name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{run_name}/{STATE_FILE}") as f:
+        f.write(json.dumps(meta).encode())
+
+
+def read_state(storage_path: str, run_name: str) -> dict[str, Any] | None:
+    fs, root = storage_fs(storage_path)
+    try:
+        with fs.open_input_stream(f"{root}/{run_name}/{STATE_FILE}") as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError, pyarrow.ArrowException):
+        return None
+
+
+def find_resumable(storage_path: str, experiment: str) -> str | None:
+    """The newest experiment folder (its name) of sweep `experiment` under the storage path."""
+    fs, root = storage_fs(storage_path)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None
+    found = []
+    for entry in entries:
+        if entry.type != pyarrow.fs.FileType.Directory:
+            continue
+        meta = read_state(storage_path, entry.base_name)
+        if meta and meta.get("experiment") == experiment:
+            found.append((meta.get("created", 0), entry.base_name))
+    return max(found)[1] if found else None
+
+
+@contextlib.contextmanager
+def local_checkpoint(storage_path: str, path: str | None):
+    """A local folder for a reported checkpoint path: as it is on a local or shared filesystem,
+    downloaded to a temporary folder from remote storage (s3://...: Ray reports `bucket/key`).
+    None when there is none or it cannot be fetched (that must not fail the sweep)."""
+    if path is None or os.path.isdir(path):
+        yield path
+        return
+    import ray.train  # only for remote storage: `orchestrate compare` never loads Ray Train
+
+    with tempfile.TemporaryDirectory(prefix="orchestrate-ckpt-") as tmp:
+        try:
+            fs, _ = storage_fs(storage_path)
+            local = ray.train.Checkpoint(path=path, filesystem=fs).to_directory(os.path.join(tmp, "ckpt"))
+        except Exception:  # noqa: BLE001 - an unreachable checkpoint must not fail the sweep
+            local = None
+        yield local
