@@ -17,6 +17,7 @@ one (its trial actor), a TorchTrainer trial about seven (trial actor, controller
 from __future__ import annotations
 
 import os
+import threading
 import traceback
 from typing import Any
 
@@ -27,6 +28,11 @@ import torch
 from orchestrator import data, engine
 from orchestrator.config import SweepSpec
 from orchestrator.schema import Resources, Trial
+
+
+# Set by the sweep (in this, the driver's, process) when SIGINT/SIGTERM stops it: trials that Tune
+# ends from then on were stopped, not completed.
+INTERRUPTED = threading.Event()
 
 
 class TuneReporter:
@@ -181,6 +187,10 @@ class MlflowCallback(ray.tune.Callback):
         self._children.pop(trial.trial_id, None)
         if child.finished:  # already complete in MLflow (restored sweep): untouched
             return
+        if INTERRUPTED.is_set():
+            # Ended while the sweep is being interrupted: left running for the sweep to mark
+            # interrupted; --resume continues it (or, had it truly finished, finishes its run).
+            return
         done = child.history[-1]["epoch"] if child.history else 0
         self.tracker.finish_child(child, self._end_status(record, done), self.spec.storage_path)
 
@@ -197,6 +207,8 @@ class MlflowCallback(ray.tune.Callback):
         queued, then any run whose trial ended while its finishing was lost (a sweep killed with
         work queued, then resumed: Tune holds the trial as ended and will not report it again)."""
         self.tracker.flush()
+        if INTERRUPTED.is_set():  # Tune's clean-up marks stopped trials TERMINATED: they did not end
+            return
         ended = {t.trial_id: "failed" if t.status == "ERROR" else
                  self._end_status(self.spec.trial(t.config["model"], t.trial_id), (t.last_result or {}).get("epoch", 0))
                  for t in trials if t.status in ("TERMINATED", "ERROR")}

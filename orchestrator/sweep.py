@@ -8,13 +8,16 @@ shut down on every exit path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import random
 import re
+import signal
 import sys
 import time
+import types
 from typing import Any
 
 import numpy as np
@@ -178,12 +181,48 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         )
         print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in {spec.tracking_uri} "
               f"(parent run {parent})", file=out, flush=True)
-    tuner.fit()
+    with stop_on_signals() as stopped:
+        tuner.fit()
+    if stopped.signum is not None:
+        tracker.interrupt()
+        uri = spec.tracking_uri
+        print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
+              f"marked interrupted. Continue it with:\n  orchestrate sweep {spec.file} --resume "
+              f"--tracking-uri '{uri}' --storage '{spec.storage_path}'", file=out, flush=True)
+        return 128 + stopped.signum
     rows = tracker.finish_parent()
     print_summary(rows, spec, out)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     return 0 if any(r["status"] in ("completed", "early-stopped") for r in rows) else 1
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT (Ctrl-C) and SIGTERM stop the sweep the way Tune stops itself: its own interrupt
+    handler (on SIGUSR1; its SIGINT one is turned off so SIGTERM gets the same treatment) ends the
+    trials and saves the experiment state for --resume. The signal is recorded, so the sweep can
+    exit 130 / 143; a second one exits at once."""
+    state = types.SimpleNamespace(signum=None)
+
+    def handler(signum, frame):
+        if state.signum is not None or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            raise KeyboardInterrupt  # the second signal, or Tune's loop not running yet
+        state.signum = signum
+        ray_train.INTERRUPTED.set()
+        print(f"{signal.Signals(signum).name}: stopping the trials and saving the sweep's state "
+              f"(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    ray_train.INTERRUPTED.clear()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    try:
+        yield state
+    finally:
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def print_summary(rows: list[dict], spec: SweepSpec, out) -> None:

@@ -35,7 +35,7 @@ from mlflow.entities import Metric, Param, RunTag
 from orchestrator import reports, storage
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "imgs_per_s", "train_s", "epoch_s")
-STATUS_TAG = "status"  # completed | early-stopped | failed | running
+STATUS_TAG = "status"  # completed | early-stopped | failed | running | interrupted
 FINISHED_STATUSES = ("completed", "early-stopped", "failed")
 
 
@@ -262,6 +262,16 @@ class SweepTracker:
         self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
         self.client.set_terminated(self.parent_run_id, status)
         return rows
+
+    def interrupt(self) -> None:
+        """A sweep stopped by SIGINT/SIGTERM: child runs still running end KILLED with status
+        `interrupted` (a resumed sweep continues them), and so does the parent."""
+        self.flush()
+        for run in self.children():
+            if run.data.tags.get(STATUS_TAG) not in FINISHED_STATUSES:
+                self.client.set_tag(run.info.run_id, STATUS_TAG, "interrupted")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.set_terminated(self.parent_run_id, "KILLED")
 
     def children(self) -> list:
         return self.client.search_runs(

@@ -8,6 +8,7 @@ import contextlib
 import glob
 import math
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -188,3 +189,59 @@ def test_resume_after_the_driver_was_killed_reruns_nothing_finished_and_continue
     parents = [r for r in client.search_runs([first.info.experiment_id])
                if r.data.tags.get("orchestrate.role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
+
+INTERRUPT_SWEEP = textwrap.dedent("""\
+    name: e2e-interrupt
+    dataset: {name: digits}
+    train: {epochs: 4, batch_size: 32, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 1, cpus_per_worker: 1}
+    search: {scheduler: fifo}
+    models:
+      - arch: resnet18
+        knobs: {width: 0.125}
+        lr: {grid: [0.05, 0.1]}
+    """)
+
+
+def logged_epochs(db) -> int:
+    """val_acc rows in the store, read-only (see the resume test for why not an MlflowClient)."""
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return con.execute("SELECT count(*) FROM metrics WHERE key = 'val_acc'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_sweep_exits_with_the_signals_code_marks_its_runs_and_resumes_to_the_end(
+        signum, code, tmp_path, ray_tmpdir):
+    (tmp_path / "sweep.yaml").write_text(INTERRUPT_SWEEP)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = start_sweep(tmp_path, ray_tmpdir)
+    try:
+        wait_for(lambda: logged_epochs(tmp_path / "mlflow.db") >= 1, 600, proc, "a logged epoch")
+        proc.send_signal(signum)  # what Ctrl-C or `kill` does: not SIGKILL
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out[-3000:]
+    client, runs = trials(uri, "e2e-interrupt")
+    parent = [r for r in client.search_runs([next(iter(runs.values())).info.experiment_id])
+              if r.data.tags.get("orchestrate.role") == "sweep"]
+    assert len(parent) == 1 and parent[0].info.status == "KILLED"
+    stopped = [r for r in runs.values() if r.data.tags["status"] == "interrupted"]
+    assert stopped and all(r.info.status == "KILLED" for r in stopped)
+    assert all(r.data.tags["status"] in ("interrupted", "completed") for r in runs.values())
+    # The command it printed finishes the sweep: every trial's own run continued, no step twice.
+    (command,) = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("orchestrate sweep ")]
+    resumed = run_cli(shlex.split(command)[1:], cwd=tmp_path, env={"RAY_TMPDIR": ray_tmpdir})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, after = trials(uri, "e2e-interrupt")
+    assert {n: r.info.run_id for n, r in after.items()} == {n: r.info.run_id for n, r in runs.items()}
+    for run in after.values():
+        assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
+        assert metric_steps(client, run.info.run_id) == [1, 2, 3, 4]
