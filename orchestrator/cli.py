@@ -204,6 +204,11 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f"evaluate: {e}") from None
     print(f"run {args.run_id} ({result['arch']}) on {result['dataset']} {args.split}: "
           f"loss {result['loss']:.4f}  acc {result['acc']:.4f}  top5 {result['top5']:.4f}  n {result['n']}")
+    if args.log:
+        from orchestrator import tracking
+
+        tracking.record_evaluation(_tracking_uri(args.tracking_uri), args.run_id, args.split, result)
+        print(f"logged {args.split}_loss, {args.split}_acc, {args.split}_top5 on run {args.run_id}")
     return 0
 
 
@@ -300,6 +305,7 @@ def build_parser() -> Parser:
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--tracking-uri")
     e.add_argument("--device")
+    e.add_argument("--log", action="store_true", help="record <split>_loss/_acc/_top5 on the run")
     e.set_defaults(func=cmd_evaluate)
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")

@@ -64,6 +64,7 @@ class SweepSpec:
     tracking_uri: str
     storage_path: str
     models: tuple[ModelEntry, ...]
+    registered_model: str  # the Model Registry name of the sweep's best model
 
     def trial_count(self) -> int:
         """Grid points x num_samples (random dimensions do not multiply)."""
@@ -313,7 +314,7 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
 
     return SweepSpec(file=path, name=name.strip(), dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
-                     models=models)
+                     models=models, registered_model=tracking.registered_model or name.strip())
 
 
 def default_tracking_uri() -> str:

@@ -370,8 +370,9 @@ class Engine:
             self.best_val_acc = max(self.best_val_acc, val["val_acc"])
             metrics.update(val, epoch=self.epoch, epoch_s=time.perf_counter() - start,
                            best_val_acc=self.best_val_acc)
-            if self.rank == 0:  # the model's true size for this data set's classes, for the tracker
-                metrics.update(param_count=self.param_count, flops=self.flops)
+            if self.rank == 0:  # the model's true size for this data set's classes, and the split sizes
+                metrics.update(param_count=self.param_count, flops=self.flops,
+                               train_size=len(self.splits.train), val_size=len(self.splits.val))
             last = metrics
             if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs:
                 with tempfile.TemporaryDirectory(prefix="orchestrate-ckpt-") as tmp:

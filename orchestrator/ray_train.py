@@ -140,7 +140,7 @@ class MlflowCallback(ray.tune.Callback):
         if self._tracker is None:
             from orchestrator.tracking import SweepTracker  # here: trial processes never import MLflow
 
-            self._tracker = SweepTracker(self.spec.tracking_uri, self.spec.name, self.parent_run_id)
+            self._tracker = SweepTracker(self.spec.tracking_uri, self.spec.name, self.parent_run_id, self.spec.file)
         return self._tracker
 
     def _child(self, trial) -> tuple[Trial, Any]:
@@ -162,7 +162,7 @@ class MlflowCallback(ray.tune.Callback):
         epoch = int(result["epoch"])
         child.history = [m for m in child.history if m["epoch"] < epoch] + [dict(result)]
         if epoch > child.last_epoch:  # a restarted trial re-reports nothing it already did
-            self.tracker.log_epoch(child, result)
+            self.tracker.log_epoch(child, result, record.dataset)
             child.last_epoch = epoch
         if result.get("checkpoint_path"):  # a TorchTrainer trial: Ray Train already stored it
             self._checkpoint(record, child, result, result["checkpoint_path"])

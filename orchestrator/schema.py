@@ -197,6 +197,8 @@ class Tracking:
     """`tracking:` — the MLflow store."""
 
     uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    registered_model: str | None = setting(None, "Model Registry name of the sweep's best model, alias `best` "
+                                                 "(default: the sweep's name)")
 
 
 SECTIONS: dict[str, type] = {"dataset": DataSpec, "train": TrainConfig, "resources": Resources,

@@ -142,12 +142,12 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
     if restore_name:
         meta = storage.read_state(spec.storage_path, run_name)
         restore_path = spec.storage_path.rstrip("/") + "/" + run_name
-        tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, meta["parent_run_id"])
+        tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, meta["parent_run_id"], spec.file)
         tracker.client.update_run(meta["parent_run_id"], status="RUNNING")
         tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
         print(f"resuming {restore_path} (MLflow parent run {meta['parent_run_id']})", file=out, flush=True)
     else:
-        tracker = tracking.SweepTracker(spec.tracking_uri, spec.name)
+        tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, sweep_file=spec.file)
         parent = tracker.start_parent(spec.file, {"search": dataclasses.asdict(spec.search),
                                                   "resources": dataclasses.asdict(spec.resources),
                                                   "train": dataclasses.asdict(spec.train),
@@ -190,8 +190,11 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
               f"marked interrupted. Continue it with:\n  orchestrate sweep {spec.file} --resume "
               f"--tracking-uri '{uri}' --storage '{spec.storage_path}'", file=out, flush=True)
         return 128 + stopped.signum
-    rows = tracker.finish_parent()
+    rows, version = tracker.finish_parent(register_as=spec.registered_model)
     print_summary(rows, spec, out)
+    if version is not None:
+        print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
+              f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     return 0 if any(r["status"] in ("completed", "early-stopped") for r in rows) else 1

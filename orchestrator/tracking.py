@@ -30,7 +30,7 @@ from typing import Any, Callable
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 
 from orchestrator import reports, storage
 
@@ -50,7 +50,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_torch_model(model, pip_requirements: list[str], metadata: dict[str, Any]) -> str:
+def log_torch_model(model, pip_requirements: list[str], metadata: dict[str, Any], model_id: str | None = None) -> str:
     """Log `model` (eval mode, CPU, 32x32 RGB input) as the active run's `model`. Preferred format:
     MLflow's "pt2" (torch.export): no pickle, loads with torch alone (no `archs` import), and the
     batch dimension stays dynamic because the example holds two images. A model torch.export cannot
@@ -60,13 +60,13 @@ def log_torch_model(model, pip_requirements: list[str], metadata: dict[str, Any]
     example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
     try:
         mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=pip_requirements,
-                                 serialization_format="pt2", metadata=metadata)
+                                 serialization_format="pt2", metadata=metadata, model_id=model_id)
         return "pt2"
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
         warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead", stacklevel=2)
     mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=pip_requirements,
-                             serialization_format="pickle", metadata=metadata)
+                             serialization_format="pickle", metadata=metadata, model_id=model_id)
     return "pickle"
 
 
@@ -86,6 +86,50 @@ def git_commit(path: str) -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
+
+
+def context_tags(sweep_file: str) -> dict[str, str]:
+    """MLflow's standard context tags (mlflow.user, mlflow.source.name/type), with the source and
+    its git commit being the sweep file's, not the `orchestrate` script's."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {**resolve_tags(), "mlflow.source.name": os.path.abspath(sweep_file)}
+    commit = git_commit(sweep_file)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def dataset_digest(spec) -> str:
+    """A short digest of what a trial trained on: the data spec, and a file source's size and
+    modification time (so a changed zip is a different dataset)."""
+    import hashlib
+
+    identity = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    if spec.root and os.path.exists(spec.root):
+        stat = os.stat(spec.root)
+        identity += f"{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
+def dataset_input(spec, sizes: dict[str, int]):
+    """The trial's dataset as an MLflow input (`mlflow.log_input`'s entity): name, source, digest,
+    and the split sizes as input tags."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    if spec.root:
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local path is
+            warnings.simplefilter("ignore")
+            source = resolve_dataset_source(spec.root)
+    else:
+        source = CodeDatasetSource({"mlflow.source.name": {"digits": "sklearn.datasets.load_digits"}.get(
+            spec.name, "orchestrator.data (seeded synthetic)")})
+    dataset = MetaDataset(source, name=spec.name, digest=dataset_digest(spec))
+    tags = [InputTag("mlflow.data.context", "training")] + [InputTag(k, str(v)) for k, v in sizes.items()]
+    return DatasetInput(dataset._to_mlflow_entity(), tags)
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> str | None:
@@ -154,7 +198,7 @@ def comparison_rows(client: MlflowClient, experiment_id: str, parent_run_id: str
             "epoch": int(t["best_epoch"]) if t.get("best_epoch") else None,
             "imgs_per_s": m.get("imgs_per_s"),
             "device_hours": seconds * world / 3600.0, "status": t.get(STATUS_TAG, ""),
-            "run_id": r.info.run_id, "error": t.get("error"),
+            "run_id": r.info.run_id, "error": t.get("error"), "model_id": t.get("logged_model_id"),
         })
     if lower_is_better:
         rows.sort(key=lambda row: row["val_loss"] if row["val_loss"] is not None else float("inf"))
@@ -213,14 +257,16 @@ class ChildRun:
     best_checkpoint: str | None = None  # by the sweep's metric and mode
     best_value: float | None = None
     best_epoch: int | None = None
-    sized: bool = False  # param_count and flops logged
+    sized: bool = False  # param_count, flops and the dataset input logged
+    model_id: str | None = None  # the run's LoggedModel: epoch metrics are linked to it
+    dataset_digest: str | None = None
 
 
 class SweepTracker:
     """The parent run of one sweep and the bookkeeping for its child runs."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None):
-        self.uri = uri
+    def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None, sweep_file: str = ""):
+        self.uri, self.experiment, self.sweep_file = uri, experiment, sweep_file
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
         self.parent_run_id = parent_run_id
@@ -238,10 +284,8 @@ class SweepTracker:
 
     def start_parent(self, sweep_file: str, spec_params: dict[str, Any]) -> str:
         name = time.strftime("sweep-%Y%m%d-%H%M%S")
-        tags = {"orchestrate.role": "sweep", "sweep_file": os.path.abspath(sweep_file)}
-        commit = git_commit(sweep_file)
-        if commit:
-            tags["git_commit"] = commit
+        tags = {**context_tags(sweep_file), "orchestrate.role": "sweep", "sweep_file": os.path.abspath(sweep_file)}
+        self.sweep_file = sweep_file
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         self.parent_run_id = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in flatten(spec_params).items()]
@@ -250,9 +294,12 @@ class SweepTracker:
         self.client.log_artifact(self.parent_run_id, sweep_file)
         return self.parent_run_id
 
-    def finish_parent(self, status: str = "FINISHED") -> list[dict]:
+    def finish_parent(self, register_as: str | None = None) -> tuple[list[dict], Any]:
+        """Comparison table and plots on the parent run, the best trial's model registered as
+        `register_as` with the alias `best`, the parent finished. Returns (rows, model version)."""
         self.flush()  # every child's model and plots are in before the table is made
         rows = comparison_rows(self.client, self.experiment_id, self.parent_run_id)
+        version = self.register_best(rows, register_as) if register_as else None
         with tempfile.TemporaryDirectory() as tmp:
             for path in reports.write_comparison(rows, tmp):
                 self.client.log_artifact(self.parent_run_id, path)
@@ -260,8 +307,22 @@ class SweepTracker:
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
-        self.client.set_terminated(self.parent_run_id, status)
-        return rows
+        self.client.set_terminated(self.parent_run_id, "FINISHED")
+        return rows, version
+
+    def register_best(self, rows: list[dict], name: str):
+        """The first row (rows come best first, by the sweep's metric) that holds a model, in the
+        Model Registry as `name`, alias `best`. None if no trial has a model."""
+        best = next((r for r in rows if r["status"] in ("completed", "early-stopped")), None)
+        if best is None:
+            return None
+        mlflow.set_tracking_uri(self.uri)
+        uri = f"models:/{best['model_id']}" if best["model_id"] else f"runs:/{best['run_id']}/model"
+        version = mlflow.register_model(uri, name,
+                                        tags={"sweep_run_id": self.parent_run_id, "trial": best["name"]})
+        self.client.set_registered_model_alias(name, "best", version.version)
+        self.client.set_tag(self.parent_run_id, "registered_model", f"{name}/{version.version}")
+        return version
 
     def interrupt(self) -> None:
         """A sweep stopped by SIGINT/SIGTERM: child runs still running end KILLED with status
@@ -290,22 +351,27 @@ class SweepTracker:
         with the epochs it already holds (so a resumed trial never logs a step twice)."""
         existing = self.find_child(trial.trial_id)
         if existing is not None:
-            return self._reopen(existing)
+            return self._reopen(existing, trial)
         import archs  # torch: only the sweep driver pays for it, `orchestrate compare` does not
 
         knobs = archs.validate(trial.arch, dict(trial.knobs))  # the arch's defaults filled in
-        tags = {"mlflow.parentRunId": self.parent_run_id, "orchestrate.role": "trial", "arch": trial.arch,
-                "family": archs.get(trial.arch).family, "trial_id": trial.trial_id, STATUS_TAG: "running"}
+        tags = {**context_tags(self.sweep_file), "mlflow.parentRunId": self.parent_run_id, "orchestrate.role": "trial",
+                "arch": trial.arch, "family": archs.get(trial.arch).family, "trial_id": trial.trial_id,
+                STATUS_TAG: "running"}
         run = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags)
+        # The model exists from the start (MLflow 3's LoggedModel, pending until its files are
+        # logged), so every epoch's metrics are linked to it and it shows with its accuracy.
+        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=run.info.run_id)
+        self.client.set_tag(run.info.run_id, "logged_model_id", model.model_id)
         params = {"arch": trial.arch, **{f"knobs.{k}": v for k, v in knobs.items()},
                   **dataclasses.asdict(trial.train),
                   **{f"dataset.{k}": v for k, v in dataclasses.asdict(trial.dataset).items()},
                   **{f"resources.{k}": v for k, v in dataclasses.asdict(trial.resources).items()},
                   "world_size": trial.resources.num_workers, **library_versions()}
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return ChildRun(run.info.run_id, 0, False)
+        return ChildRun(run.info.run_id, 0, False, model_id=model.model_id, dataset_digest=dataset_digest(trial.dataset))
 
-    def _reopen(self, existing) -> ChildRun:
+    def _reopen(self, existing, trial) -> ChildRun:
         run_id, tags = existing.info.run_id, existing.data.tags
         history = self.client.get_metric_history(run_id, "val_acc")
         last = max((m.step for m in history), default=0)
@@ -313,23 +379,28 @@ class SweepTracker:
                          best_checkpoint=tags.get("best_checkpoint"),
                          best_epoch=int(tags["best_epoch"]) if tags.get("best_epoch") else None,
                          best_value=float(tags["best_value"]) if tags.get("best_value") else None,
-                         sized="param_count" in existing.data.params)
+                         sized="param_count" in existing.data.params, model_id=tags.get("logged_model_id"),
+                         dataset_digest=dataset_digest(trial.dataset))
         if not child.finished:
             if existing.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, STATUS_TAG, "running")
         return child
 
-    def log_epoch(self, child: ChildRun, metrics: dict[str, Any]) -> None:
-        """One epoch's metrics (step = epoch), and on the first, the model's true size as the
-        engine measured it for this data set's classes."""
+    def log_epoch(self, child: ChildRun, metrics: dict[str, Any], dataset) -> None:
+        """One epoch's metrics (step = epoch; linked to the run's model and dataset), and on the
+        first, the model's true size as the engine measured it for this data set's classes and
+        the dataset input with its split sizes."""
         step = int(metrics["epoch"])
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(metrics[k]), now, step) for k in EPOCH_METRICS + ("best_val_acc",)
-                 if k in metrics]
+        batch = [Metric(k, float(metrics[k]), now, step, model_id=child.model_id, dataset_name=dataset.name,
+                        dataset_digest=child.dataset_digest)
+                 for k in EPOCH_METRICS + ("best_val_acc",) if k in metrics]
         params = []
         if not child.sized and "param_count" in metrics:
             params = [Param("param_count", str(int(metrics["param_count"]))), Param("flops", str(int(metrics["flops"])))]
+            self.client.log_inputs(child.run_id, datasets=[dataset_input(
+                dataset, {k: int(metrics[k]) for k in ("train_size", "val_size") if k in metrics})])
             child.sized = True
         self.client.log_batch(child.run_id, metrics=batch, params=params)
 
@@ -348,7 +419,7 @@ class SweepTracker:
         `running` and a resumed sweep finishes it again (`finish_orphans`)."""
         history = list(child.history)
         self.writer.submit(lambda: self._finish_child(child.run_id, status, history, storage_path,
-                                                      child.best_checkpoint, child.best_epoch, error))
+                                                      child.best_checkpoint, child.best_epoch, error, child.model_id))
 
     def finish_orphans(self, trial_statuses: dict[str, str], storage_path: str) -> None:
         """After a restore: child runs whose trial Tune already holds as ended ({trial_id:
@@ -362,7 +433,8 @@ class SweepTracker:
             history = self.history(run.info.run_id)
             best_epoch = int(tags["best_epoch"]) if tags.get("best_epoch") else None
             self.writer.submit(lambda r=run.info.run_id, s=status, h=history, t=tags, e=best_epoch:
-                               self._finish_child(r, s, h, storage_path, t.get("best_checkpoint"), e, None))
+                               self._finish_child(r, s, h, storage_path, t.get("best_checkpoint"), e, None,
+                                                  t.get("logged_model_id")))
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
         """Per-epoch metrics of a run, rebuilt from MLflow."""
@@ -373,7 +445,8 @@ class SweepTracker:
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def _finish_child(self, run_id: str, status: str, history: list[dict[str, Any]], storage_path: str,
-                      best_checkpoint: str | None, best_epoch: int | None, error: str | None) -> None:
+                      best_checkpoint: str | None, best_epoch: int | None, error: str | None,
+                      model_id: str | None) -> None:
         tags = []
         if history:
             tags.append(RunTag("train_seconds", f"{sum(m.get('train_s', 0.0) for m in history):.3f}"))
@@ -398,17 +471,21 @@ class SweepTracker:
                     self.client.log_artifact(run_id, path)
                     self.client.log_dict(run_id, info, "per_class_accuracy.json")
                 self.client.log_artifacts(run_id, best, "best_checkpoint")
-                if status != "failed":
-                    self.log_model(run_id, best)
+            if model_id and self.client.get_logged_model(model_id).status != LoggedModelStatus.PENDING:
+                model_id = None  # finished by an earlier, interrupted attempt: log a fresh one
+            if best and os.path.isdir(best) and status != "failed":
+                self.log_model(run_id, best, model_id)
+            elif model_id:
+                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
             at_best = next((m for m in history if m["epoch"] == best_epoch), None)
             if at_best is not None:
                 self.client.log_batch(run_id, metrics=[
-                    Metric(f"model_{k}", float(at_best[k]), int(time.time() * 1000), best_epoch)
+                    Metric(f"model_{k}", float(at_best[k]), int(time.time() * 1000), best_epoch, model_id=model_id)
                     for k in ("val_acc", "val_loss") if k in at_best])
         self.client.set_tag(run_id, STATUS_TAG, status)  # last: the run is finished only when all is in
         self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
 
-    def log_model(self, run_id: str, checkpoint_dir: str) -> None:
+    def log_model(self, run_id: str, checkpoint_dir: str, model_id: str | None = None) -> None:
         import torch
         import torchvision
 
@@ -419,6 +496,17 @@ class SweepTracker:
         reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
         mlflow.set_tracking_uri(self.uri)
         with mlflow.start_run(run_id=run_id):
-            fmt = log_torch_model(model, reqs, {k: meta[k] for k in ("arch", "knobs", "classes", "mean", "std", "epoch")})
+            fmt = log_torch_model(model, reqs, {k: meta[k] for k in ("arch", "knobs", "classes", "mean", "std", "epoch")},
+                                  model_id)
             mlflow.set_tag("model_format", fmt)
             mlflow.log_dict(meta, "model_meta.json")
+
+
+def record_evaluation(uri: str, run_id: str, split: str, result: dict[str, Any]) -> None:
+    """`orchestrate evaluate --log`: the scores as `<split>_loss`, `<split>_acc`, `<split>_top5`
+    on the run, linked to its model."""
+    client = MlflowClient(tracking_uri=uri)
+    model_id = client.get_run(run_id).data.tags.get("logged_model_id")
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"{split}_{k}", float(result[k]), now, 0, model_id=model_id)
+                                      for k in ("loss", "acc", "top5")])

@@ -255,3 +255,82 @@ def test_a_child_run_whose_finishing_was_lost_is_finished_by_resume(tmp_path):
     assert again.data.tags["status"] == "completed" and again.info.status == "FINISHED"
     assert {"curves.png", "best_checkpoint", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(again.info.run_id)}
     assert sorted(m.step for m in client.get_metric_history(again.info.run_id, "val_acc")) == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# What an MLflow user expects of the runs
+
+
+def test_the_best_trials_model_is_registered_with_the_alias_best_and_loads_by_it(ddp_sweep):
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    assert "Best model registered: e2e-ddp version 1, alias 'best'" in ddp_sweep.result.stdout
+    client = ddp_sweep.client()
+    version = client.get_model_version_by_alias("e2e-ddp", "best")
+    best = max(ddp_sweep.trials(), key=lambda r: r.data.metrics["model_val_acc"])
+    assert version.run_id == best.info.run_id or version.source.endswith(best.data.tags["logged_model_id"])
+    mlflow.set_tracking_uri(ddp_sweep.uri)
+    model = mlflow.pytorch.load_model("models:/e2e-ddp@best")
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_runs_carry_the_dataset_input_context_tags_and_metrics_linked_to_the_model(ddp_sweep):
+    from mlflow.entities import LoggedModelStatus
+
+    client = ddp_sweep.client()
+    for child in ddp_sweep.trials():
+        run = client.get_run(child.info.run_id)
+        (data_input,) = run.inputs.dataset_inputs
+        assert data_input.dataset.name == "digits" and data_input.dataset.digest
+        tags = {t.key: t.value for t in data_input.tags}
+        assert tags["mlflow.data.context"] == "training" and (tags["train_size"], tags["val_size"]) == ("1294", "144")
+        assert run.data.tags["mlflow.source.name"] == str(ddp_sweep.folder / "sweep.yaml")
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+        model = client.get_logged_model(run.data.tags["logged_model_id"])
+        assert model.status == LoggedModelStatus.READY
+        linked = {m.key for m in model.metrics}
+        assert {"val_acc", "val_loss", "model_val_acc"} <= linked
+
+
+def test_evaluate_log_records_the_test_scores_on_the_run(ddp_sweep):
+    child = ddp_sweep.trials()[0]
+    out = run_cli(["evaluate", child.info.run_id, "--split", "test", "--log", "--tracking-uri", ddp_sweep.uri],
+                  cwd=ddp_sweep.folder)
+    assert out.returncode == 0, out.stderr[-2000:]
+    acc = float(out.stdout.split(" acc ")[1].split()[0])
+    metrics = ddp_sweep.client().get_run(child.info.run_id).data.metrics
+    assert abs(metrics["test_acc"] - acc) < 6e-5 and "test_loss" in metrics and "test_top5" in metrics
+
+
+def test_compare_prints_json_csv_and_markdown(ddp_sweep):
+    import csv
+    import io
+    import json
+
+    out = run_cli(["compare", "e2e-ddp", "--format", "json", "--tracking-uri", ddp_sweep.uri], cwd=ddp_sweep.folder)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert {r["run_id"] for r in rows} == {c.info.run_id for c in ddp_sweep.trials()}
+    assert rows[0]["val_acc"] >= rows[1]["val_acc"] and isinstance(rows[0]["params"], int)
+    out = run_cli(["compare", "e2e-ddp", "--format", "csv", "--tracking-uri", ddp_sweep.uri], cwd=ddp_sweep.folder)
+    assert len(list(csv.DictReader(io.StringIO(out.stdout)))) == 2
+    out = run_cli(["compare", "e2e-ddp", "--format", "markdown", "--tracking-uri", ddp_sweep.uri], cwd=ddp_sweep.folder)
+    assert out.stdout.startswith("| name | arch |") and out.stdout.count("\n") == 4
+
+
+def test_the_summary_lists_each_trials_run_id(ddp_sweep):
+    for child in ddp_sweep.trials():
+        assert child.info.run_id in ddp_sweep.result.stdout
+
+
+def test_a_sweep_whose_every_trial_fails_exits_1(tmp_path):
+    text = PAIR_SWEEP.replace("e2e-pair", "e2e-diverge").replace("epochs: 3", "epochs: 1").replace(
+        "warmup_epochs: 0.5", "warmup_epochs: 0.5, schedule: constant").replace(
+        "lr: {grid: [0.05, 0.1]}", "lr: 1000000.0")
+    (tmp_path / "sweep.yaml").write_text(text)
+    out = run_cli(["sweep", "sweep.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "1 of 1 trial(s) failed" in out.stdout and "No trial completed (exit code 1)" in out.stdout
+    assert "Best model registered" not in out.stdout
