@@ -143,7 +143,7 @@ def cmd_sweep(args) -> int:
         if args.dry_run:
             _print_preview(args.file, spec, sweep.preview(spec))
             return 0
-        return sweep.run(spec, address=args.address, resume=args.resume)
+        return sweep.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet)
     except config.ConfigError as e:
         raise UsageError(str(e)) from None
 
@@ -288,6 +288,9 @@ def build_parser() -> Parser:
     s.add_argument("--storage", help="Ray storage path for checkpoints and Tune state (default ./ray_results)")
     s.add_argument("--dry-run", action="store_true", help="validate and list the trials; run nothing")
     s.add_argument("--resume", action="store_true", help="continue this sweep's latest interrupted run")
+    s.add_argument("-v", "--verbose", action="count", default=0,
+                   help="Ray's own trial reporter and every worker's log lines instead of the live view")
+    s.add_argument("-q", "--quiet", action="count", default=0, help="print only the summary")
     s.set_defaults(func=cmd_sweep)
 
     c = sub.add_parser("compare", help="table of an experiment's trials, best val accuracy first")

@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
-from orchestrator import config, ray_train, storage, tracking
+from orchestrator import config, live, ray_train, storage, tracking
 from orchestrator.config import ConfigError, SweepSpec
 from orchestrator.reports import COMPARE_COLUMNS, format_rows, print_table
 from orchestrator.schema import Resources, Trial
@@ -94,7 +94,10 @@ def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
     return fits, f"{fits} trial(s) at a time on {have} (each trial holds {each})"
 
 
-def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, out=sys.stdout) -> int:
+def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, verbosity: int = 0,
+        out=sys.stdout) -> int:
+    """verbosity -1: only the summary; 0: our live trial view; 1: Ray's own trial reporter and
+    every worker's log lines instead."""
     reason = tracking.check_reachable(spec.tracking_uri)
     if reason:
         raise ConfigError(spec.file, "tracking.uri", reason)
@@ -112,7 +115,7 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ou
     # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
     # state API whether a trial's controller died, and without it an ASHA-stopped trial's workers'
     # resources are never released.
-    ray.init(address=address, log_to_driver=False, configure_logging=True, logging_level="WARNING")
+    ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
     try:
         cluster = ray.cluster_resources()
         if started_here:  # a cluster we started cannot grow: refuse what it can never hold
@@ -120,22 +123,23 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ou
             if why:
                 raise ConfigError(spec.file, "resources.num_workers", why)
         fits, line = packing(spec.resources, cluster)
-        print(line, file=out, flush=True)
+        if verbosity >= 0:
+            print(line, file=out, flush=True)
         asked = spec.search.max_concurrent_trials
-        if asked > fits and started_here:
+        if asked > fits and started_here and verbosity >= 0:
             print(f"search.max_concurrent_trials {asked} is more than fits: {fits} train at once, the rest wait "
                   f"for resources", file=out, flush=True)
         # On a cluster we started, never start more trials than fit: a DDP trial's driver would
         # otherwise hold a slot while its workers wait for a placement group. A cluster we joined
         # may autoscale, so there only the user's cap applies.
         concurrent = (min(asked, fits) if asked else fits) if started_here else asked
-        return _run_tuner(spec, restore_name, concurrent, out)
+        return _run_tuner(spec, restore_name, concurrent, out, verbosity)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out) -> int:
+def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
     run_name = restore_name or f"{slug(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name),
                                     ray_train.trial_resources(spec.resources))
@@ -145,7 +149,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, meta["parent_run_id"], spec.file)
         tracker.client.update_run(meta["parent_run_id"], status="RUNNING")
         tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
-        print(f"resuming {restore_path} (MLflow parent run {meta['parent_run_id']})", file=out, flush=True)
+        if verbosity >= 0:
+            print(f"resuming {restore_path} (MLflow parent run {meta['parent_run_id']})", file=out, flush=True)
     else:
         tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, sweep_file=spec.file)
         parent = tracker.start_parent(spec.file, {"search": dataclasses.asdict(spec.search),
@@ -171,16 +176,23 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 trial_dirname_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=spec.storage_path,
-                callbacks=[ray_train.MlflowCallback(spec, parent)],
+                callbacks=[ray_train.MlflowCallback(spec, parent)] + (
+                    [live.LiveView(lambda t: _describe(spec, t), spec.trial_count(), max(1, max_concurrent), out)] if verbosity == 0 else []),
                 checkpoint_config=ray_train.checkpoint_config(tune.CheckpointConfig, spec),
                 # Single-worker trials are retried by Tune from their last checkpoint; a DDP
                 # trial's worker group is restarted by Ray Train's own FailureConfig instead.
                 failure_config=tune.FailureConfig(
                     max_failures=spec.failure.max_failures if spec.resources.in_process else 0),
-                verbose=1),  # Ray's trial table, refreshed as results arrive
+                verbose=1 if verbosity > 0 else 0),  # Ray's own reporter only with -v
         )
-        print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in {spec.tracking_uri} "
-              f"(parent run {parent})", file=out, flush=True)
+        if verbosity >= 0:
+            print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in {spec.tracking_uri} "
+                  f"(parent run {parent})", file=out, flush=True)
+    if verbosity <= 0:
+        # Ray's own console output off: its experiment box and snapshot warnings would break up
+        # the live view (`-v` brings them back, with the worker logs).
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     with stop_on_signals() as stopped:
         tuner.fit()
     if stopped.signum is not None:
@@ -198,6 +210,11 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     return 0 if any(r["status"] in ("completed", "early-stopped") for r in rows) else 1
+
+
+def _describe(spec: SweepSpec, tune_trial) -> tuple[str, int]:
+    trial = spec.trial(tune_trial.config["model"], tune_trial.trial_id)
+    return trial.name, trial.train.epochs
 
 
 @contextlib.contextmanager

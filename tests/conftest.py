@@ -62,6 +62,20 @@ DDP_SWEEP = textwrap.dedent("""\
     """)
 
 
+# Two single-worker trials (trained in their Tune trial processes), side by side on 2 CPUs.
+PAIR_SWEEP = textwrap.dedent("""\
+    name: e2e-pair
+    dataset: {name: digits}
+    train: {epochs: 3, batch_size: 32, lr: 0.1, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 1, cpus_per_worker: 1}
+    search: {scheduler: fifo}
+    models:
+      - arch: resnet18
+        knobs: {width: 0.125}
+        lr: {grid: [0.05, 0.1]}
+    """)
+
+
 class Sweep:
     def __init__(self, folder: Path, result: subprocess.CompletedProcess, uri: str, experiment: str):
         self.folder, self.result, self.uri, self.experiment = folder, result, uri, experiment

@@ -217,3 +217,18 @@ def test_aws_has_two_gpu_worker_groups_of_different_sizes_that_scale_from_zero()
     for name in gpus:
         assert node_types[name]["min_workers"] == 0 < node_types[name]["max_workers"], name
     assert node_types["cpu_head"]["max_workers"] == 0  # the head is never a worker
+
+
+@pytest.mark.parametrize("name", [AWS, ONPREM])
+def test_every_node_installs_the_tested_versions_from_the_constraints_file(name):
+    config = rendered(name)
+    installs = [cmd for cmd in all_commands(config) if "pip install" in cmd and "-e ~/orchestrate" in cmd]
+    assert installs and all("-c ~/orchestrate/constraints.txt" in cmd for cmd in installs), installs
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    import mlflow
+    import ray
+    import torch
+
+    assert pins["ray"] == ray.__version__ and pins["mlflow"] == mlflow.__version__
+    assert pins["torch"] == torch.__version__.split("+")[0]

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import DDP_SWEEP, ORCHESTRATE, REPO, processes_mentioning, run_cli
+from conftest import DDP_SWEEP, ORCHESTRATE, PAIR_SWEEP, REPO, processes_mentioning, run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -191,17 +191,7 @@ def test_resume_after_the_driver_was_killed_reruns_nothing_finished_and_continue
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
-INTERRUPT_SWEEP = textwrap.dedent("""\
-    name: e2e-interrupt
-    dataset: {name: digits}
-    train: {epochs: 4, batch_size: 32, warmup_epochs: 0.5, seed: 0}
-    resources: {num_workers: 1, cpus_per_worker: 1}
-    search: {scheduler: fifo}
-    models:
-      - arch: resnet18
-        knobs: {width: 0.125}
-        lr: {grid: [0.05, 0.1]}
-    """)
+INTERRUPT_SWEEP = PAIR_SWEEP.replace("e2e-pair", "e2e-interrupt").replace("epochs: 3", "epochs: 4")
 
 
 def logged_epochs(db) -> int:

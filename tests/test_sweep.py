@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import _sweep, run_cli
+from conftest import PAIR_SWEEP, _sweep, run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -114,10 +114,20 @@ def test_compare_lists_the_trials_best_val_accuracy_first(ddp_sweep):
     assert "completed" in lines[0] and "width=0.125" in lines[0]
 
 
-def test_terminal_shows_the_trial_table_and_summary_not_worker_logs(ddp_sweep):
+def test_terminal_shows_the_live_view_and_summary_not_worker_logs_nor_rays_reporter(ddp_sweep):
     out = ddp_sweep.result.stdout
-    assert "Trial status:" in out and "orchestrate ui --tracking-uri" in out
+    assert "orchestrate ui --tracking-uri" in out
+    assert "Trial status:" not in out  # Ray's own reporter: only with -v
     assert "epoch   1  train_loss" not in out  # the engine's own per-epoch prints stay in worker logs
+
+
+def test_without_a_terminal_the_live_view_names_each_trials_knobs_and_lr_per_epoch(pair_sweep):
+    out = pair_sweep.result.stdout
+    for name in ("resnet18-width0.125-lr0.05", "resnet18-width0.125-lr0.1"):
+        for epoch in (1, 2, 3):
+            assert any(f"] {name}  epoch {epoch}/3  val_acc" in ln for ln in out.splitlines()), (name, epoch)
+        assert any(f"] {name}  done  epoch 3/3" in ln for ln in out.splitlines())
+    assert "\x1b[" not in out  # plain lines, no cursor movement
 
 
 ASHA_SWEEP = textwrap.dedent("""\
@@ -164,17 +174,6 @@ def test_a_trial_whose_loss_goes_nan_is_tagged_failed_and_the_sweep_finishes(ash
 # Single-worker trials: trained in the Tune trial's own process, packed side by side
 
 
-PAIR_SWEEP = textwrap.dedent("""\
-    name: e2e-pair
-    dataset: {name: digits}
-    train: {epochs: 3, batch_size: 32, lr: 0.1, warmup_epochs: 0.5, seed: 0}
-    resources: {num_workers: 1, cpus_per_worker: 1}
-    search: {scheduler: fifo}
-    models:
-      - arch: resnet18
-        knobs: {width: 0.125}
-        lr: {grid: [0.05, 0.1]}
-    """)
 
 
 @pytest.fixture(scope="module")

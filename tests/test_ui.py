@@ -1,7 +1,7 @@
 """`orchestrate ui` end to end: the MLflow UI served on 127.0.0.1 for the real e2e sweep's store,
 opened in headless Chromium (Debian's /usr/bin/chromium driven by Playwright; Playwright's own
-browsers are never downloaded), shows the experiment, both child runs of the sweep and a val_acc
-chart. Screenshots of each view are saved (see `_shot_dir`) as evidence."""
+browsers are never downloaded), shows the experiment, both child runs of the sweep, a val_acc
+chart and the registered best model with its alias. Screenshots of each view are saved (see `_shot_dir`) as evidence."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
 @pytest.mark.browser
 @pytest.mark.ray  # the ddp_sweep fixture runs a real Ray sweep
 @pytest.mark.timeout(300, func_only=True)  # the test body only; the sweep fixture takes minutes on its own
-def test_ui_shows_experiment_child_runs_and_val_acc_chart(ddp_sweep, tmp_path):
+def test_ui_shows_experiment_child_runs_val_acc_chart_and_the_registered_best_model(ddp_sweep, tmp_path):
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} not found: install Debian's `chromium` (or set ORCHESTRATE_CHROMIUM), "
                     "or deselect with -m 'not browser'")
@@ -219,6 +219,16 @@ def test_ui_shows_experiment_child_runs_and_val_acc_chart(ddp_sweep, tmp_path):
                 mark("val_acc chart")
                 card.screenshot(path=shots / "3-val_acc-chart.png")
                 page.screenshot(path=shots / "3-run-model-metrics.png")
+
+                # 4. The Model Registry: the sweep's best model, version 1, carrying the alias `best`.
+                version = client.get_model_version_by_alias(ddp_sweep.experiment, "best")
+                page.goto(f"{url}/#/models/{ddp_sweep.experiment}")
+                expect(page.get_by_role("heading", name=ddp_sweep.experiment).first).to_be_visible(**wait)
+                row = page.get_by_role("row").filter(has_text=f"Version {version.version}")
+                expect(row.first).to_be_visible(**wait)
+                expect(row.first.get_by_text("best", exact=True).first).to_be_visible(**wait)
+                mark("registered model with alias")
+                page.screenshot(path=shots / "4-registered-model.png")
                 assert not errors, f"uncaught errors in the page: {errors}"
             except BaseException:
                 try:
