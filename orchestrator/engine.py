@@ -74,13 +74,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     torch.manual_seed(seed)  # seeds CUDA too
     np.random.seed(seed % 2**32)
+    # Set both ways: a reused process (Tune reuses trial actors) must not inherit the last run's.
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        # Fixed input shapes: let cuDNN pick the fastest kernels once.
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    # Fixed input shapes: let cuDNN pick the fastest kernels once (not when determinism is asked).
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

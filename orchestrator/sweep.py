@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import types
+import warnings
 from typing import Any
 
 import numpy as np
@@ -46,9 +47,26 @@ def to_tune(value: Any):
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """An arch dimension: a grid over the model entries, each carrying its own knob/train space.
-    A sampled point becomes a Trial through `spec.trial` (defaults come from there, not here)."""
-    return {"model": tune.grid_search([to_tune(m.point_space()) for m in spec.models])}
+    """One grid over every model entry's grid points (its `grid` leaves expanded here, in order),
+    each point carrying its random dimensions as Tune samplers. One flat grid, not grids nested in
+    a grid: Tune before 2.60 cannot resolve those. A sampled point becomes a Trial through
+    `spec.trial` (defaults come from there, not here)."""
+    return {"model": tune.grid_search([to_tune(p) for m in spec.models for p in grid_points(m.point_space())])}
+
+
+def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """`space` once per combination of its `grid` leaves (nested mappings included), other
+    leaves as they are."""
+    points: list[dict[str, Any]] = [{}]
+    for key, value in space.items():
+        if isinstance(value, dict) and not config.is_space(value):
+            options = grid_points(value)
+        elif config.is_space(value) and next(iter(value)) == "grid":
+            options = value["grid"]
+        else:
+            options = [value]
+        points = [{**p, key: o} for p in points for o in options]
+    return points
 
 
 def preview(spec: SweepSpec) -> list[Trial]:
@@ -115,7 +133,9 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
     # state API whether a trial's controller died, and without it an ASHA-stopped trial's workers'
     # resources are never released.
-    ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
+    with warnings.catch_warnings():  # Ray <2.60's notice about GPU env vars, printed at every init
+        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+        ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
     try:
         cluster = ray.cluster_resources()
         if started_here:  # a cluster we started cannot grow: refuse what it can never hold
@@ -171,6 +191,9 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             param_space=param_space(spec),
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, scheduler=scheduler, num_samples=s.num_samples,
+                # A finished trial's process (torch, Ray Train and the data set's modules already
+                # imported) runs the next trial: every trial of a sweep asks for the same resources.
+                reuse_actors=True,
                 search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=max_concurrent),
                 trial_name_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}",
                 trial_dirname_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}"),

@@ -385,7 +385,21 @@ class SweepTracker:
             if existing.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, STATUS_TAG, "running")
+            child.model_id = self._fresh_model(run_id, child.model_id)
         return child
+
+    def _fresh_model(self, run_id: str, model_id: str | None) -> str:
+        """The LoggedModel a continued run goes on with: a new one, since an interrupted attempt
+        may have half-logged the old (its files, or its link to the run); the old is marked FAILED."""
+        if model_id:
+            try:
+                if self.client.get_logged_model(model_id).status != LoggedModelStatus.READY:
+                    self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            except Exception:  # noqa: BLE001 - a model that cannot be read is simply replaced
+                pass
+        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=run_id)
+        self.client.set_tag(run_id, "logged_model_id", model.model_id)
+        return model.model_id
 
     def log_epoch(self, child: ChildRun, metrics: dict[str, Any], dataset) -> None:
         """One epoch's metrics (step = epoch; linked to the run's model and dataset), and on the
@@ -432,9 +446,9 @@ class SweepTracker:
                 continue
             history = self.history(run.info.run_id)
             best_epoch = int(tags["best_epoch"]) if tags.get("best_epoch") else None
-            self.writer.submit(lambda r=run.info.run_id, s=status, h=history, t=tags, e=best_epoch:
-                               self._finish_child(r, s, h, storage_path, t.get("best_checkpoint"), e, None,
-                                                  t.get("logged_model_id")))
+            model_id = self._fresh_model(run.info.run_id, tags.get("logged_model_id"))
+            self.writer.submit(lambda r=run.info.run_id, s=status, h=history, t=tags, e=best_epoch, m=model_id:
+                               self._finish_child(r, s, h, storage_path, t.get("best_checkpoint"), e, None, m))
 
     def history(self, run_id: str) -> list[dict[str, Any]]:
         """Per-epoch metrics of a run, rebuilt from MLflow."""
@@ -471,8 +485,6 @@ class SweepTracker:
                     self.client.log_artifact(run_id, path)
                     self.client.log_dict(run_id, info, "per_class_accuracy.json")
                 self.client.log_artifacts(run_id, best, "best_checkpoint")
-            if model_id and self.client.get_logged_model(model_id).status != LoggedModelStatus.PENDING:
-                model_id = None  # finished by an earlier, interrupted attempt: log a fresh one
             if best and os.path.isdir(best) and status != "failed":
                 self.log_model(run_id, best, model_id)
             elif model_id:
