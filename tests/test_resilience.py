@@ -55,8 +55,9 @@ def wait_for(predicate, timeout_s, proc=None, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def worker_pids(ray_tmpdir) -> set[int]:
-    # Ray names worker processes after the actor class: ray::RayTrainWorker...
+def worker_pids(ray_tmpdir, actor: str = "RayTrainWorker") -> set[int]:
+    # Ray names worker processes after the actor class: ray::RayTrainWorker..., ray::ImplicitFunc
+    # (a Tune function trial's own process).
     pids = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -66,7 +67,7 @@ def worker_pids(ray_tmpdir) -> set[int]:
             env = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
         except OSError:
             continue
-        if cmd.startswith("ray::RayTrainWorker") and ray_tmpdir in env:
+        if cmd.startswith(f"ray::{actor}") and ray_tmpdir in env:
             pids.add(int(pid))
     return pids
 
@@ -119,6 +120,36 @@ def test_a_killed_training_worker_restarts_from_its_checkpoint_and_logs_every_ep
     assert killed_at > 0
 
 
+def test_a_killed_single_worker_trial_process_is_retried_from_its_checkpoint_and_logs_every_epoch_once(
+        tmp_path, ray_tmpdir):
+    # A single-worker trial trains in its Tune trial process: Tune's FailureConfig retries it there.
+    text = PAIR_SWEEP.replace("e2e-pair", "e2e-killed-trial").replace("epochs: 3", "epochs: 6").replace(
+        "lr: {grid: [0.05, 0.1]}", "lr: 0.1") + "failure: {max_failures: 1}\n"
+    (tmp_path / "sweep.yaml").write_text(text)
+    proc = start_sweep(tmp_path, ray_tmpdir)
+    try:
+        wait_for(lambda: glob.glob(str(tmp_path / "ray_results" / "*" / "resnet18_*" / "checkpoint_000001")), 600,
+                 proc, "the second epoch's checkpoint")
+        (victim,) = wait_for(lambda: worker_pids(ray_tmpdir, "ImplicitFunc"), 60, proc, "the trial process")
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    client, runs = trials(f"sqlite:///{tmp_path}/mlflow.db", "e2e-killed-trial")
+    (run,) = runs.values()
+    assert run.data.tags["status"] == "completed"
+    for key in ("val_acc", "train_loss", "lr", "epoch_s"):
+        assert metric_steps(client, run.info.run_id, key) == [1, 2, 3, 4, 5, 6], key  # no gap, no duplicate
+    # Tune's own record of the trial: the retry went on from a checkpoint, not from epoch 1.
+    (results,) = glob.glob(str(tmp_path / "ray_results" / "*" / "resnet18_*" / "result.json"))
+    import json
+
+    epochs = [json.loads(line)["epoch"] for line in open(results) if line.strip()]
+    assert epochs.count(1) == 1 and epochs[-1] == 6, epochs
+
+
 RESUME_SWEEP = textwrap.dedent("""\
     name: e2e-resume
     dataset: {name: digits}
@@ -132,8 +163,13 @@ RESUME_SWEEP = textwrap.dedent("""\
     """)
 
 
-def test_resume_after_the_driver_was_killed_reruns_nothing_finished_and_continues_the_runs(tmp_path, ray_tmpdir):
-    (tmp_path / "sweep.yaml").write_text(RESUME_SWEEP)
+@pytest.mark.parametrize("resources", ["{num_workers: 1, cpus_per_worker: 1}",
+                                       "{num_workers: 2, cpus_per_worker: 0.5, driver_cpus: 0.1}"],
+                         ids=["in_process_trials", "ddp_trials"])
+def test_resume_after_the_driver_was_killed_reruns_nothing_finished_and_continues_the_runs(
+        resources, tmp_path, ray_tmpdir):
+    (tmp_path / "sweep.yaml").write_text(RESUME_SWEEP.replace("{num_workers: 1, cpus_per_worker: 1, driver_cpus: 0.1}",
+                                                              resources))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = start_sweep(tmp_path, ray_tmpdir)
     try:
