@@ -38,6 +38,7 @@ from orchestrator.schema import TrainConfig
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.json"  # how to rebuild the model: arch, knobs, classes, normalisation
 EVAL_FILE = "eval.json"  # per-class accuracy and confusion matrix on the val split
+HISTORY_FILE = "history.json"  # every epoch's reported metrics up to this checkpoint
 
 
 class Reporter(Protocol):
@@ -272,6 +273,7 @@ class Engine:
         self.scheduler = make_schedule(self.optimizer, cfg, self.steps_per_epoch)
         self.epoch = 0  # epochs completed
         self.best_val_acc = 0.0
+        self.history: list[dict[str, Any]] = []  # every epoch's metrics, carried in each checkpoint
 
     @functools.cached_property
     def flops(self) -> int:
@@ -297,6 +299,9 @@ class Engine:
         if eval_info is not None:
             with open(os.path.join(directory, EVAL_FILE), "w") as f:
                 json.dump(eval_info, f)
+        # A tracker that missed epochs (its driver died after they were checkpointed) reads them here.
+        with open(os.path.join(directory, HISTORY_FILE), "w") as f:
+            json.dump(self.history, f)
         return directory
 
     def restore(self, directory: str) -> None:
@@ -306,6 +311,10 @@ class Engine:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_val_acc = state["epoch"], state["best_val_acc"]
         set_rng_state(state["rng"])
+        history = os.path.join(directory, HISTORY_FILE)
+        if os.path.exists(history):
+            with open(history) as f:
+                self.history = json.load(f)
 
     # -- one epoch ---------------------------------------------------------------------------
 
@@ -373,6 +382,7 @@ class Engine:
                 metrics.update(param_count=self.param_count, flops=self.flops,
                                train_size=len(self.splits.train), val_size=len(self.splits.val))
             last = metrics
+            self.history.append(dict(metrics))
             if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs:
                 with tempfile.TemporaryDirectory(prefix="orchestrate-ckpt-") as tmp:
                     ckpt = None

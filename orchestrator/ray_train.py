@@ -170,6 +170,14 @@ class MlflowCallback(ray.tune.Callback):
         if "epoch" not in result:
             return
         epoch = int(result["epoch"])
+        if epoch > child.last_epoch + 1 and result.get("checkpoint_path"):
+            # A DDP trial resumed from a checkpoint its workers wrote after the driver last logged
+            # (the driver died in between): the epochs in between come from the checkpoint.
+            for missed in self.tracker.checkpoint_history(self.spec.storage_path, result["checkpoint_path"]):
+                if child.last_epoch < int(missed["epoch"]) < epoch:
+                    child.history.append(missed)
+                    self.tracker.log_epoch(child, missed, record.dataset)
+                    child.last_epoch = int(missed["epoch"])
         child.history = [m for m in child.history if m["epoch"] < epoch] + [dict(result)]
         if epoch > child.last_epoch:  # a restarted trial re-reports nothing it already did
             self.tracker.log_epoch(child, result, record.dataset)

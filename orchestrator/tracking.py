@@ -418,6 +418,15 @@ class SweepTracker:
             child.sized = True
         self.client.log_batch(child.run_id, metrics=batch, params=params)
 
+    def checkpoint_history(self, storage_path: str, path: str) -> list[dict[str, Any]]:
+        """The per-epoch metrics a checkpoint carries (the engine's history.json), or []."""
+        with storage.local_checkpoint(storage_path, path) as local:
+            file = os.path.join(local, "history.json") if local else None
+            if not file or not os.path.exists(file):
+                return []
+            with open(file) as f:
+                return json.load(f)
+
     def note_checkpoint(self, child: ChildRun, epoch: int, value: float, path: str, better: bool) -> None:
         """Remember epoch `epoch`'s checkpoint if it is the best so far (`better`); kept as tags too,
         so a resumed sweep still knows which checkpoint is the model."""
