@@ -157,8 +157,6 @@ class MlflowCallback(ray.tune.Callback):
         if trial.trial_id not in self._children:
             record = self.spec.trial(trial.config["model"], trial.trial_id)
             child = self.tracker.start_child(record)
-            if child.last_epoch:  # resumed: its curves go on from what MLflow holds
-                child.history = self.tracker.history(child.run_id)
             self._children[trial.trial_id] = (record, child)
         return self._children[trial.trial_id]
 

@@ -226,13 +226,14 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
               f"--tracking-uri '{uri}' --storage '{spec.storage_path}'", file=out, flush=True)
         return 128 + stopped.signum
     rows, version = tracker.finish_parent(register_as=spec.registered_model)
-    print_summary(rows, spec, out)
+    # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
+    # trial trained to a model (ASHA's early stops included).
+    trained = any(r["status"] in tracking.MODEL_STATUSES for r in rows)
+    print_summary(rows, spec, trained, out)
     if version is not None:
         print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
               f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
-    # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
-    # trial trained to a model (ASHA's early stops included).
-    return 0 if any(r["status"] in ("completed", "early-stopped") for r in rows) else 1
+    return 0 if trained else 1
 
 
 def _describe(spec: SweepSpec, tune_trial) -> tuple[str, int]:
@@ -268,7 +269,7 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def print_summary(rows: list[dict], spec: SweepSpec, out) -> None:
+def print_summary(rows: list[dict], spec: SweepSpec, trained: bool, out) -> None:
     print("", file=out)
     print_table([COMPARE_COLUMNS] + format_rows(rows), stream=out)
     failed = [r for r in rows if r["status"] == "failed"]
@@ -276,6 +277,6 @@ def print_summary(rows: list[dict], spec: SweepSpec, out) -> None:
         print(f"\n{len(failed)} of {len(rows)} trial(s) failed:", file=out)
         for r in failed:
             print(f"  {r['name']} ({r['run_id']}): {r['error'] or 'see its run'}", file=out)
-    if not any(r["status"] in ("completed", "early-stopped") for r in rows):
+    if not trained:
         print("\nNo trial completed (exit code 1).", file=out)
     print(f"\nOpen the MLflow UI:  orchestrate ui --tracking-uri '{spec.tracking_uri}'", file=out, flush=True)

@@ -36,7 +36,8 @@ from orchestrator import reports, storage
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "imgs_per_s", "train_s", "epoch_s")
 STATUS_TAG = "status"  # completed | early-stopped | failed | running | interrupted
-FINISHED_STATUSES = ("completed", "early-stopped", "failed")
+MODEL_STATUSES = ("completed", "early-stopped")  # the trial trained to a model
+FINISHED_STATUSES = MODEL_STATUSES + ("failed",)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -313,7 +314,7 @@ class SweepTracker:
     def register_best(self, rows: list[dict], name: str):
         """The first row (rows come best first, by the sweep's metric) that holds a model, in the
         Model Registry as `name`, alias `best`. None if no trial has a model."""
-        best = next((r for r in rows if r["status"] in ("completed", "early-stopped")), None)
+        best = next((r for r in rows if r["status"] in MODEL_STATUSES), None)
         if best is None:
             return None
         mlflow.set_tracking_uri(self.uri)
@@ -373,9 +374,9 @@ class SweepTracker:
 
     def _reopen(self, existing, trial) -> ChildRun:
         run_id, tags = existing.info.run_id, existing.data.tags
-        history = self.client.get_metric_history(run_id, "val_acc")
-        last = max((m.step for m in history), default=0)
-        child = ChildRun(run_id, last, tags.get(STATUS_TAG) in ("completed", "early-stopped"),
+        history = self.history(run_id)  # its curves go on from what MLflow holds
+        child = ChildRun(run_id, history[-1]["epoch"] if history else 0, tags.get(STATUS_TAG) in MODEL_STATUSES,
+                         history=history,
                          best_checkpoint=tags.get("best_checkpoint"),
                          best_epoch=int(tags["best_epoch"]) if tags.get("best_epoch") else None,
                          best_value=float(tags["best_value"]) if tags.get("best_value") else None,

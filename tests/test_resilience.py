@@ -43,6 +43,19 @@ def start_sweep(folder, ray_tmpdir, *extra):
                             cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def sweep_through(tmp_path, ray_tmpdir, during, timeout_s=900) -> tuple[int, str]:
+    """Run tmp_path's sweep as a user does, call `during(proc)` while it runs (to kill or signal
+    something), let it finish; (exit code, output). Never leaves the sweep running."""
+    proc = start_sweep(tmp_path, ray_tmpdir)
+    try:
+        during(proc)
+        out, _ = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out
+
+
 def wait_for(predicate, timeout_s, proc=None, what=""):
     deadline = time.time() + timeout_s
     while time.time() < deadline:
@@ -91,21 +104,20 @@ def test_a_killed_training_worker_restarts_from_its_checkpoint_and_logs_every_ep
     text = DDP_SWEEP.replace("name: e2e-ddp", "name: e2e-killed-worker").replace(
         "lr: {grid: [0.05, 0.1]}", "lr: 0.05") + "failure: {max_failures: 2}\n"
     (tmp_path / "sweep.yaml").write_text(text)
-    proc = start_sweep(tmp_path, ray_tmpdir)
-    try:
+    killed_at = 0.0
+
+    def kill_a_worker(proc):
+        nonlocal killed_at
         wait_for(lambda: glob.glob(str(tmp_path / "ray_results" / "*" / "checkpoint_*")), 600, proc,
                  "the first checkpoint")
         before = wait_for(lambda: worker_pids(ray_tmpdir), 60, proc, "training workers")
-        victim = sorted(before)[-1]
-        os.kill(victim, signal.SIGKILL)
+        os.kill(sorted(before)[-1], signal.SIGKILL)
         killed_at = time.time()
         # Ray Train replaces the whole worker group; the new workers resume from the checkpoint.
         wait_for(lambda: worker_pids(ray_tmpdir) - before, 300, proc, "a restarted worker group")
-        out, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-3000:]
+
+    code, out = sweep_through(tmp_path, ray_tmpdir, kill_a_worker)
+    assert code == 0, out[-3000:]
     client, runs = trials(f"sqlite:///{tmp_path}/mlflow.db", "e2e-killed-worker")
     run = runs["resnet18-width0.125-lr0.05"]
     assert run.data.tags["status"] == "completed"
@@ -126,17 +138,15 @@ def test_a_killed_single_worker_trial_process_is_retried_from_its_checkpoint_and
     text = PAIR_SWEEP.replace("e2e-pair", "e2e-killed-trial").replace("epochs: 3", "epochs: 6").replace(
         "lr: {grid: [0.05, 0.1]}", "lr: 0.1") + "failure: {max_failures: 1}\n"
     (tmp_path / "sweep.yaml").write_text(text)
-    proc = start_sweep(tmp_path, ray_tmpdir)
-    try:
+
+    def kill_the_trial_process(proc):
         wait_for(lambda: glob.glob(str(tmp_path / "ray_results" / "*" / "resnet18_*" / "checkpoint_000001")), 600,
                  proc, "the second epoch's checkpoint")
         (victim,) = wait_for(lambda: worker_pids(ray_tmpdir, "ImplicitFunc"), 60, proc, "the trial process")
         os.kill(victim, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-3000:]
+
+    code, out = sweep_through(tmp_path, ray_tmpdir, kill_the_trial_process)
+    assert code == 0, out[-3000:]
     client, runs = trials(f"sqlite:///{tmp_path}/mlflow.db", "e2e-killed-trial")
     (run,) = runs.values()
     assert run.data.tags["status"] == "completed"
@@ -253,15 +263,13 @@ def test_an_interrupted_sweep_exits_with_the_signals_code_marks_its_runs_and_res
         signum, code, tmp_path, ray_tmpdir):
     (tmp_path / "sweep.yaml").write_text(INTERRUPT_SWEEP)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = start_sweep(tmp_path, ray_tmpdir)
-    try:
+
+    def interrupt(proc):
         wait_for(lambda: logged_epochs(tmp_path / "mlflow.db") >= 1, 600, proc, "a logged epoch")
         proc.send_signal(signum)  # what Ctrl-C or `kill` does: not SIGKILL
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == code, out[-3000:]
+
+    exit_code, out = sweep_through(tmp_path, ray_tmpdir, interrupt, timeout_s=120)
+    assert exit_code == code, out[-3000:]
     client, runs = trials(uri, "e2e-interrupt")
     parent = [r for r in client.search_runs([next(iter(runs.values())).info.experiment_id])
               if r.data.tags.get("orchestrate.role") == "sweep"]
