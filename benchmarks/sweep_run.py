@@ -13,20 +13,17 @@ def run_sweep(folder: str, raw: dict):
     import mlflow
     import yaml
 
-    from orchestrator import config, sweep
+    from orchestrator import config, runs, sweep
 
     path = os.path.join(folder, f"{raw['name']}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)
     spec = config.load(path, {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "storage_path": f"{folder}/ray_results"})
-    import ray
-
     start = time.perf_counter()
     with open(os.devnull, "w") as devnull:
-        sweep._run_tuner(spec, None, sweep.packing(spec.resources, ray.cluster_resources())[0], devnull)
+        sweep.run(spec, out=devnull, verbosity=-1)  # joins the Ray this process already runs
     wall = time.perf_counter() - start
     client = mlflow.MlflowClient(tracking_uri=spec.tracking_uri)
     exp = client.get_experiment_by_name(raw["name"])
-    trials = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'",
-                                order_by=["attributes.start_time DESC"])
+    trials = sorted(runs.trial_runs(client, exp.experiment_id), key=lambda r: -r.info.start_time)
     return wall, client, trials

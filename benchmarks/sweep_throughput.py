@@ -154,16 +154,19 @@ def trial_runs(folder: str, experiment: str) -> list:
     """The child (trial) runs of `experiment` in `folder`'s MLflow store, oldest first."""
     import mlflow
 
+    from orchestrator import runs
+
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    return client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'", max_results=5000,
-                              order_by=["attributes.start_time ASC"])
+    return sorted(runs.trial_runs(client, exp.experiment_id), key=lambda r: r.info.start_time)
 
 
 def train_seconds(run) -> float:
-    return float(run.data.tags.get("train_seconds", 0) or 0)
+    from orchestrator.runs import Tag
+
+    return float(run.data.tags.get(Tag.TRAIN_SECONDS, 0) or 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,13 +162,15 @@ def _print_preview(file: str, spec, trials) -> None:
 
 
 def cmd_compare(args) -> int:
-    from orchestrator import reports, tracking
+    from mlflow import MlflowClient
+
+    from orchestrator import reports, runs, tracking
 
     uri = _tracking_uri(args.tracking_uri)
     reason = tracking.check_reachable(uri)
     if reason:
         raise UsageError(f"compare: --tracking-uri: {reason}")
-    client = tracking.MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
     if args.experiment:
         exp = client.get_experiment_by_name(args.experiment)
         if exp is None:
@@ -182,14 +184,14 @@ def cmd_compare(args) -> int:
         exp = exps[0]
     parent = None
     if not args.all_sweeps:
-        sweeps = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'sweep'",
-                                    order_by=["attributes.start_time DESC"], max_results=1)
+        sweeps = runs.sweep_runs(client, exp.experiment_id)
         parent = sweeps[0].info.run_id if sweeps else None
-    rows = tracking.comparison_rows(client, exp.experiment_id, parent)
+    results = runs.results(client, exp.experiment_id, parent)
     if args.format == "table":  # the other formats are data for other programs: nothing but the data
+        ranked = f", ranked by {results[0].metric}" if results else ""
         print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
-              + f" ({len(rows)} trials; {uri})")
-    print(reports.render(rows, args.format), end="" if args.format != "json" else "\n")
+              + f" ({len(results)} trials{ranked}; {uri})")
+    print(reports.render(results, args.format), end="" if args.format != "json" else "\n")
     return 0
 
 
@@ -199,7 +201,7 @@ def cmd_evaluate(args) -> int:
     try:
         result = evaluate.evaluate_run(args.run_id, _tracking_uri(args.tracking_uri), dataset=args.dataset,
                                        root=args.root, split=args.split, batch_size=args.batch_size,
-                                       device=args.device)
+                                       device=args.device, allow_pickle=args.allow_pickle)
     except evaluate.EvaluateError as e:
         raise UsageError(f"evaluate: {e}") from None
     print(f"run {args.run_id} ({result['arch']}) on {result['dataset']} {args.split}: "
@@ -309,6 +311,8 @@ def build_parser() -> Parser:
     e.add_argument("--tracking-uri")
     e.add_argument("--device")
     e.add_argument("--log", action="store_true", help="record <split>_loss/_acc/_top5 on the run")
+    e.add_argument("--allow-pickle", action="store_true",
+                   help="load a pickled model (one torch.export could not trace): runs code from the store")
     e.set_defaults(func=cmd_evaluate)
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")

@@ -130,106 +130,59 @@ def checkpoint_config(cls, trial_or_spec):
 
 
 class MlflowCallback(ray.tune.Callback):
-    """Writes each trial's child run from the Tuner's own process: params at start, one metric
-    batch per reported epoch (never a step twice), the best checkpoint by the sweep's metric as
-    it is reported, and at the end (on the tracker's background writer) artefacts and status."""
+    """Forwards Tune's events to the sweep's run record (tracking.Recorder), which writes MLflow on
+    its own thread: nothing here waits on the store. The driver process alone writes MLflow."""
 
     def __init__(self, spec: SweepSpec, parent_run_id: str):
         self.spec, self.parent_run_id = spec, parent_run_id
-        self._tracker = None
-        self._children: dict[str, tuple[Trial, Any]] = {}
+        self._recorder = None
 
-    # The callback is pickled into Tune's experiment state; the MLflow client is not.
+    # The callback is pickled into Tune's experiment state (a restored sweep gets it back from
+    # there); the recorder's thread and MLflow client are not.
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_tracker"], state["_children"] = None, {}
-        return state
+        return {**self.__dict__, "_recorder": None}
 
     @property
-    def tracker(self):
-        if self._tracker is None:
-            from orchestrator.tracking import SweepTracker  # here: trial processes never import MLflow
+    def recorder(self):
+        if self._recorder is None:
+            from orchestrator import tracking  # here: trial processes never import MLflow
 
-            self._tracker = SweepTracker(self.spec.tracking_uri, self.spec.name, self.parent_run_id, self.spec.file)
-        return self._tracker
-
-    def _child(self, trial) -> tuple[Trial, Any]:
-        if trial.trial_id not in self._children:
-            record = self.spec.trial(trial.config["model"], trial.trial_id)
-            child = self.tracker.start_child(record)
-            self._children[trial.trial_id] = (record, child)
-        return self._children[trial.trial_id]
+            spec = self.spec
+            self._recorder = tracking.Recorder(lambda: tracking.SweepRecord(
+                spec.tracking_uri, spec.name, self.parent_run_id, spec.file, spec.storage_path))
+        return self._recorder
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._child(trial)
+        self.recorder.started(self.spec.trial(trial.config["model"], trial.trial_id))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        record, child = self._child(trial)
-        if "epoch" not in result:
-            return
-        epoch = int(result["epoch"])
-        if epoch > child.last_epoch + 1 and result.get("checkpoint_path"):
-            # A DDP trial resumed from a checkpoint its workers wrote after the driver last logged
-            # (the driver died in between): the epochs in between come from the checkpoint.
-            for missed in self.tracker.checkpoint_history(self.spec.storage_path, result["checkpoint_path"]):
-                if child.last_epoch < int(missed["epoch"]) < epoch:
-                    child.history.append(missed)
-                    self.tracker.log_epoch(child, missed, record.dataset)
-                    child.last_epoch = int(missed["epoch"])
-        child.history = [m for m in child.history if m["epoch"] < epoch] + [dict(result)]
-        if epoch > child.last_epoch:  # a restarted trial re-reports nothing it already did
-            self.tracker.log_epoch(child, result, record.dataset)
-            child.last_epoch = epoch
-        if result.get("checkpoint_path"):  # a TorchTrainer trial: Ray Train already stored it
-            self._checkpoint(record, child, result, result["checkpoint_path"])
+        if "epoch" in result:
+            self.recorder.result(trial.trial_id, result)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # A single-worker trial's checkpoint, stored by Tune right after its result.
-        record, child = self._child(trial)
         if trial.last_result and "epoch" in trial.last_result:
-            self._checkpoint(record, child, trial.last_result, checkpoint.path)
-
-    def _checkpoint(self, record: Trial, child, result: dict[str, Any], path: str) -> None:
-        value = float(result[record.search.metric])
-        self.tracker.note_checkpoint(child, int(result["epoch"]), value, path,
-                                     better=record.search.better(value, child.best_value))
-
-    @staticmethod
-    def _end_status(record: Trial, epochs_done: int) -> str:
-        return "completed" if epochs_done >= record.train.epochs else "early-stopped"
+            self.recorder.checkpoint(trial.trial_id, int(trial.last_result["epoch"]), checkpoint.path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        record, child = self._child(trial)
-        self._children.pop(trial.trial_id, None)
-        if child.finished:  # already complete in MLflow (restored sweep): untouched
-            return
         if INTERRUPTED.is_set():
-            # Ended while the sweep is being interrupted: left running for the sweep to mark
-            # interrupted; --resume continues it (or, had it truly finished, finishes its run).
-            return
-        done = child.history[-1]["epoch"] if child.history else 0
-        self.tracker.finish_child(child, self._end_status(record, done), self.spec.storage_path)
+            # Ended by the sweep's interrupt: left running for the sweep to mark interrupted;
+            # --resume continues it (or, had it truly finished, finishes its run).
+            self.recorder.left_running(trial.trial_id)
+        else:
+            self.recorder.ended(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        record, child = self._child(trial)
-        self._children.pop(trial.trial_id, None)
-        if child.finished:
-            return
-        self.tracker.finish_child(child, "failed", self.spec.storage_path, error=_trial_error(trial))
-
+        self.recorder.ended(trial.trial_id, failed=True, error=_trial_error(trial))
 
     def on_experiment_end(self, trials, **info):
-        """Every child run finished before the sweep's summary is made: first what the writer has
-        queued, then any run whose trial ended while its finishing was lost (a sweep killed with
-        work queued, then resumed: Tune holds the trial as ended and will not report it again)."""
-        self.tracker.flush()
-        if INTERRUPTED.is_set():  # Tune's clean-up marks stopped trials TERMINATED: they did not end
-            return
-        ended = {t.trial_id: "failed" if t.status == "ERROR" else
-                 self._end_status(self.spec.trial(t.config["model"], t.trial_id), (t.last_result or {}).get("epoch", 0))
-                 for t in trials if t.status in ("TERMINATED", "ERROR")}
-        self.tracker.finish_orphans(ended, self.spec.storage_path)
-        self.tracker.flush()
+        """Every child run finished before the sweep's summary: what the recorder has queued,
+        then any run whose trial Tune holds as ended but whose finishing was lost (a sweep killed
+        with work queued, then resumed: Tune will not report that trial again)."""
+        if not INTERRUPTED.is_set():  # Tune's clean-up marks stopped trials TERMINATED: they did not end
+            self.recorder.finish_orphans({t.trial_id: t.status == "ERROR" for t in trials
+                                          if t.status in ("TERMINATED", "ERROR")})
+        self.recorder.flush()
 
 
 def _trial_error(trial) -> str:

@@ -1,7 +1,7 @@
 """What a sweep shows a person: the comparison table (terminal, CSV, markdown) and the plots
-(learning curves, confusion matrix, accuracy vs size and speed). Pure formatting and drawing:
-the rows come from tracking.py (MLflow), the histories from the trials. matplotlib draws with Agg
-(no display anywhere we run)."""
+(learning curves, confusion matrix, accuracy vs size and speed). Pure formatting and drawing: the
+rows are `runs.Result` records (read from MLflow by runs.py), the histories the trials' epochs.
+matplotlib draws with Agg (no display anywhere we run)."""
 
 from __future__ import annotations
 
@@ -78,13 +78,14 @@ def plot_confusion(info: dict[str, Any], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def plot_scatter(rows: list[dict[str, Any]], x: str, path: str, xlabel: str, log_x: bool) -> None:
+def plot_scatter(results: Sequence, x: str, path: str, xlabel: str, log_x: bool) -> None:
+    """Each trial's model val accuracy against its `x` attribute (params, imgs_per_s)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        if r.get(x) and r.get("val_acc") is not None:
-            ax.scatter(r[x], r["val_acc"], s=30)
-            ax.annotate(r["name"], (r[x], r["val_acc"]), fontsize=7, alpha=0.8)
+    for r in results:
+        if getattr(r, x) and r.val_acc is not None:
+            ax.scatter(getattr(r, x), r.val_acc, s=30)
+            ax.annotate(r.name, (getattr(r, x), r.val_acc), fontsize=7, alpha=0.8)
     if log_x:
         ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel="val accuracy (best epoch)", title=f"val accuracy vs {xlabel}")
@@ -97,56 +98,75 @@ def plot_scatter(rows: list[dict[str, Any]], x: str, path: str, xlabel: str, log
 # ---------------------------------------------------------------------------------------------
 # Comparison table (shared by the parent run's artefacts and `orchestrate compare`)
 
-# val_acc and epoch are the logged model's: the best epoch by the sweep's metric and mode.
-COMPARE_COLUMNS = ("name", "arch", "knobs", "lr", "params", "flops", "val_acc", "epoch", "imgs_per_s",
+# val_acc, the sweep's own metric (when it is another) and epoch are the logged model's: the best
+# epoch by the sweep's metric and mode. `epochs` is how many the trial trained, of how many planned.
+COMPARE_COLUMNS = ("name", "arch", "knobs", "lr", "params", "flops", "val_acc", "epoch", "epochs", "imgs_per_s",
                    "device_hours", "status", "run_id")
 
 
 FORMATS = {"params": lambda v: f"{v / 1e6:.2f}M", "flops": lambda v: f"{v / 1e6:.0f}M",
-           "val_acc": "{:.4f}".format, "imgs_per_s": "{:.0f}".format, "device_hours": "{:.4f}".format,
-           "lr": "{:.4g}".format}
+           "val_acc": "{:.4f}".format, "val_loss": "{:.4f}".format, "val_top5": "{:.4f}".format,
+           "imgs_per_s": "{:.0f}".format, "device_hours": "{:.4f}".format, "lr": "{:.4g}".format}
 
 
-def format_rows(rows: list[dict]) -> list[list[str]]:
-    return [["-" if r[k] is None else FORMATS.get(k, str)(r[k]) for k in COMPARE_COLUMNS] for r in rows]
+def columns(results: Sequence) -> tuple[str, ...]:
+    """COMPARE_COLUMNS, with the sweep's metric after val_acc when it ranks by another."""
+    metric = results[0].metric if results else "val_acc"
+    if metric in COMPARE_COLUMNS:
+        return COMPARE_COLUMNS
+    at = COMPARE_COLUMNS.index("val_acc") + 1
+    return COMPARE_COLUMNS[:at] + (metric,) + COMPARE_COLUMNS[at:]
 
 
-def render(rows: list[dict], fmt: str) -> str:
+def value(result, column: str) -> Any:
+    """A result's value for a table column (data, not text)."""
+    if column == result.metric:
+        return result.score
+    if column == "epochs":
+        return None if result.epochs is None else f"{result.epochs}/{result.epochs_planned}"
+    return getattr(result, column)
+
+
+def format_rows(results: Sequence, cols: Sequence[str] | None = None) -> list[list[str]]:
+    cols = cols or columns(results)
+    return [["-" if value(r, c) is None else FORMATS.get(c, str)(value(r, c)) for c in cols] for r in results]
+
+
+def render(results: Sequence, fmt: str) -> str:
     """The comparison table as text: `table` (aligned columns), `csv`, `json` (a list of row
-    objects, numbers as numbers) or `markdown`."""
+    objects, numbers as numbers, with the ranking `metric` and its `score`) or `markdown`."""
     import io
     import json
 
+    cols = columns(results)
     if fmt == "json":
-        return json.dumps([{k: r[k] for k in COMPARE_COLUMNS} for r in rows], indent=2)
+        return json.dumps([{**{c: value(r, c) for c in cols}, "metric": r.metric, "score": r.score}
+                           for r in results], indent=2)
     buffer = io.StringIO()
     if fmt == "csv":
-        writer = csv.DictWriter(buffer, fieldnames=COMPARE_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(cols)
+        writer.writerows([["" if value(r, c) is None else value(r, c) for c in cols] for r in results])
     elif fmt == "markdown":
-        buffer.write("| " + " | ".join(COMPARE_COLUMNS) + " |\n")
-        buffer.write("|" + "---|" * len(COMPARE_COLUMNS) + "\n")
-        for row in format_rows(rows):
+        buffer.write("| " + " | ".join(cols) + " |\n")
+        buffer.write("|" + "---|" * len(cols) + "\n")
+        for row in format_rows(results, cols):
             buffer.write("| " + " | ".join(row) + " |\n")
     else:
-        print_table([COMPARE_COLUMNS] + format_rows(rows), stream=buffer)
+        print_table([cols] + format_rows(results, cols), stream=buffer)
     return buffer.getvalue()
 
 
-FORMATS_OUT = ("table", "csv", "json", "markdown")
-
-
-def write_comparison(rows: list[dict], folder: str) -> list[str]:
+def write_comparison(results: Sequence, folder: str) -> list[str]:
     """The parent run's artefacts: the table as CSV and markdown, and the two scatter plots."""
     paths = []
     for fmt, name in (("csv", "comparison.csv"), ("markdown", "comparison.md")):
         paths.append(os.path.join(folder, name))
         with open(paths[-1], "w", newline="") as f:
-            f.write(render(rows, fmt))
-    if rows:
+            f.write(render(results, fmt))
+    if results:
         p1, p2 = os.path.join(folder, "accuracy_vs_params.png"), os.path.join(folder, "accuracy_vs_imgs_per_s.png")
-        plot_scatter(rows, "params", p1, "parameters", log_x=True)
-        plot_scatter(rows, "imgs_per_s", p2, "training img/s", log_x=True)
+        plot_scatter(results, "params", p1, "parameters", log_x=True)
+        plot_scatter(results, "imgs_per_s", p2, "training img/s", log_x=True)
         paths += [p1, p2]
     return paths

@@ -20,7 +20,11 @@ import typing
 from typing import Any, Callable, Iterator, Mapping
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
-METRICS = ("val_acc", "val_loss", "val_top5", "train_loss", "train_acc", "best_val_acc")
+# What the engine reports every epoch (the run record logs each as a metric, step = epoch); any of
+# them may select trials, checkpoints and the logged model (`search.metric`).
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "best_val_acc", "lr", "imgs_per_s",
+                 "train_s", "epoch_s")
+METRICS = EPOCH_METRICS
 
 
 # ---------------------------------------------------------------------------------------------

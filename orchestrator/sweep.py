@@ -30,7 +30,8 @@ from ray.tune.search.variant_generator import generate_variants
 
 from orchestrator import config, live, ray_train, storage, tracking
 from orchestrator.config import ConfigError, SweepSpec
-from orchestrator.reports import COMPARE_COLUMNS, format_rows, print_table
+from orchestrator.reports import render
+from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial
 
 
@@ -116,6 +117,8 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
         out=sys.stdout) -> int:
     """verbosity -1: only the summary; 0: our live trial view; 1: Ray's own trial reporter and
     every worker's log lines instead."""
+    if verbosity <= 0:
+        tracking.quiet_mlflow()
     reason = tracking.check_reachable(spec.tracking_uri)
     if reason:
         raise ConfigError(spec.file, "tracking.uri", reason)
@@ -124,7 +127,11 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
         raise ConfigError(spec.file, "name", f"--resume: no earlier run of {spec.name!r} under {spec.storage_path}")
 
     address = address or os.environ.get("RAY_ADDRESS")
-    started_here = not address
+    # A local cluster (started here, or already running in this process, e.g. a benchmark's)
+    # cannot grow: refuse what it can never hold and never start more trials than fit. A cluster
+    # joined by address may autoscale, so there only the user's cap applies.
+    local = not address
+    started_here = local and not ray.is_initialized()
     if started_here:
         # Token auth stays on (Ray's default for local clusters); only its notice about that is
         # silenced, so a user error stays the one line on stderr it should be.
@@ -133,12 +140,13 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
     # state API whether a trial's controller died, and without it an ASHA-stopped trial's workers'
     # resources are never released.
-    with warnings.catch_warnings():  # Ray <2.60's notice about GPU env vars, printed at every init
-        warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
-        ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
+    if not ray.is_initialized():
+        with warnings.catch_warnings():  # Ray <2.60's notice about GPU env vars, printed at every init
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
     try:
         cluster = ray.cluster_resources()
-        if started_here:  # a cluster we started cannot grow: refuse what it can never hold
+        if local:
             why = cluster_fits(spec, cluster)
             if why:
                 raise ConfigError(spec.file, "resources.num_workers", why)
@@ -146,13 +154,11 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
         if verbosity >= 0:
             print(line, file=out, flush=True)
         asked = spec.search.max_concurrent_trials
-        if asked > fits and started_here and verbosity >= 0:
+        if asked > fits and local and verbosity >= 0:
             print(f"search.max_concurrent_trials {asked} is more than fits: {fits} train at once, the rest wait "
                   f"for resources", file=out, flush=True)
-        # On a cluster we started, never start more trials than fit: a DDP trial's driver would
-        # otherwise hold a slot while its workers wait for a placement group. A cluster we joined
-        # may autoscale, so there only the user's cap applies.
-        concurrent = (min(asked, fits) if asked else fits) if started_here else asked
+        # A DDP trial's driver would otherwise hold a slot while its workers wait for a placement group.
+        concurrent = (min(asked, fits) if asked else fits) if local else asked
         return _run_tuner(spec, restore_name, concurrent, out, verbosity)
     finally:
         if started_here:
@@ -166,19 +172,17 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
     if restore_name:
         meta = storage.read_state(spec.storage_path, run_name)
         restore_path = spec.storage_path.rstrip("/") + "/" + run_name
-        tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, meta["parent_run_id"], spec.file)
-        tracker.client.update_run(meta["parent_run_id"], status="RUNNING")
+        record = tracking.SweepRecord(spec.tracking_uri, spec.name, meta["parent_run_id"], spec.file, spec.storage_path)
+        record.resume()
         tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
         if verbosity >= 0:
             print(f"resuming {restore_path} (MLflow parent run {meta['parent_run_id']})", file=out, flush=True)
     else:
-        tracker = tracking.SweepTracker(spec.tracking_uri, spec.name, sweep_file=spec.file)
-        parent = tracker.start_parent(spec.file, {"search": dataclasses.asdict(spec.search),
-                                                  "resources": dataclasses.asdict(spec.resources),
-                                                  "train": dataclasses.asdict(spec.train),
-                                                  "dataset": dataclasses.asdict(spec.dataset),
-                                                  "failure": dataclasses.asdict(spec.failure),
-                                                  "trials": spec.trial_count()})
+        record = tracking.SweepRecord.start(spec.tracking_uri, spec.name, spec.file, spec.storage_path, {
+            "search": dataclasses.asdict(spec.search), "resources": dataclasses.asdict(spec.resources),
+            "train": dataclasses.asdict(spec.train), "dataset": dataclasses.asdict(spec.dataset),
+            "failure": dataclasses.asdict(spec.failure), "trials": spec.trial_count()})
+        parent = record.parent_run_id
         storage.write_state(spec.storage_path, run_name, {
             "experiment": spec.name, "parent_run_id": parent, "tracking_uri": spec.tracking_uri,
             "created": time.time(), "sweep_file": os.path.abspath(spec.file)})
@@ -219,17 +223,17 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
     with stop_on_signals() as stopped:
         tuner.fit()
     if stopped.signum is not None:
-        tracker.interrupt()
+        record.interrupt()
         uri = spec.tracking_uri
         print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
               f"marked interrupted. Continue it with:\n  orchestrate sweep {spec.file} --resume "
               f"--tracking-uri '{uri}' --storage '{spec.storage_path}'", file=out, flush=True)
         return 128 + stopped.signum
-    rows, version = tracker.finish_parent(register_as=spec.registered_model)
+    results, version = record.finish(register_as=spec.registered_model)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
-    trained = any(r["status"] in tracking.MODEL_STATUSES for r in rows)
-    print_summary(rows, spec, trained, out)
+    trained = any(r.has_model for r in results)
+    print_summary(results, spec, trained, out)
     if version is not None:
         print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
               f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
@@ -269,14 +273,14 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def print_summary(rows: list[dict], spec: SweepSpec, trained: bool, out) -> None:
+def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
     print("", file=out)
-    print_table([COMPARE_COLUMNS] + format_rows(rows), stream=out)
-    failed = [r for r in rows if r["status"] == "failed"]
+    print(render(results, "table"), end="", file=out)
+    failed = [r for r in results if r.status == Status.FAILED]
     if failed:
-        print(f"\n{len(failed)} of {len(rows)} trial(s) failed:", file=out)
+        print(f"\n{len(failed)} of {len(results)} trial(s) failed:", file=out)
         for r in failed:
-            print(f"  {r['name']} ({r['run_id']}): {r['error'] or 'see its run'}", file=out)
+            print(f"  {r.name} ({r.run_id}): {r.error or 'see its run'}", file=out)
     if not trained:
         print("\nNo trial completed (exit code 1).", file=out)
     print(f"\nOpen the MLflow UI:  orchestrate ui --tracking-uri '{spec.tracking_uri}'", file=out, flush=True)

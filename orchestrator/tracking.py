@@ -1,22 +1,19 @@
-"""Everything MLflow, and nothing else. One process writes: the sweep driver, through a Ray Tune
-callback that sees every trial's per-epoch results (and checkpoint paths) as Tune receives them.
-Workers never talk to MLflow, so a run on a many-node cluster needs only the driver to reach the
-tracking server. Slow work (model export, plots, artefact uploads) runs on a background writer
-thread, so Tune's event loop never waits on it.
+"""A sweep's life in MLflow: the parent run (`SweepRecord`), one `TrialRecord` per trial that owns
+its run's state (epochs logged, best checkpoint, model, status), and the `Recorder` that feeds
+them from Tune's events on one background thread. No Ray here: the Tune callback in ray_train.py
+only forwards events, so every rule about restarted, resumed, interrupted or orphaned trials is
+tested by replaying events against a real store (tests/test_record_replay.py).
 
-Layout (what a user sees in the UI):
-- experiment = the sweep file's `name`;
-- parent run `sweep-<timestamp>`: the sweep file, comparison table (CSV + markdown), plots of
-  accuracy vs params and vs img/s;
-- one nested child run per trial, `<arch>-<knobs>-lr<lr>`: params, per-epoch metrics (step =
-  epoch, each logged once), tags (arch, trial_id, status, best_epoch), learning curves, confusion
-  matrix, the best checkpoint by the sweep's metric and mode, and that checkpoint's model
-  (mlflow.pytorch), so ranking, model and `orchestrate evaluate` agree.
+Names and shapes (tags, params, metrics, artefacts; Trial <-> run) are runs.py's. MLflow is
+reached through one explicit `MlflowClient(tracking_uri)`, never the process-global tracking URI,
+and only the sweep driver writes: workers never talk to MLflow, so on a cluster only the head
+needs to reach the tracking server.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import queue
@@ -27,17 +24,14 @@ import time
 import warnings
 from typing import Any, Callable
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
-from orchestrator import reports, storage
-
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "imgs_per_s", "train_s", "epoch_s")
-STATUS_TAG = "status"  # completed | early-stopped | failed | running | interrupted
-MODEL_STATUSES = ("completed", "early-stopped")  # the trial trained to a model
-FINISHED_STATUSES = MODEL_STATUSES + ("failed",)
+from orchestrator import reports, runs, storage
+from orchestrator.runs import Artifact, Status, Tag
+from orchestrator.schema import EPOCH_METRICS, DataSpec, Trial
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,27 +45,8 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_torch_model(model, pip_requirements: list[str], metadata: dict[str, Any], model_id: str | None = None) -> str:
-    """Log `model` (eval mode, CPU, 32x32 RGB input) as the active run's `model`. Preferred format:
-    MLflow's "pt2" (torch.export): no pickle, loads with torch alone (no `archs` import), and the
-    batch dimension stays dynamic because the example holds two images. A model torch.export cannot
-    trace falls back to the pickled module, with a warning. Returns the format used."""
-    import mlflow.pytorch  # imports torch: only the sweep driver pays for it
-
-    example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
-    try:
-        mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=pip_requirements,
-                                 serialization_format="pt2", metadata=metadata, model_id=model_id)
-        return "pt2"
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
-        warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead", stacklevel=2)
-    mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=pip_requirements,
-                             serialization_format="pickle", metadata=metadata, model_id=model_id)
-    return "pickle"
-
-
 def library_versions() -> dict[str, str]:
+    import mlflow
     import ray  # here, like torch: `orchestrate compare` loads neither
     import torch
     import torchvision
@@ -101,11 +76,9 @@ def context_tags(sweep_file: str) -> dict[str, str]:
     return tags
 
 
-def dataset_digest(spec) -> str:
+def dataset_digest(spec: DataSpec) -> str:
     """A short digest of what a trial trained on: the data spec, and a file source's size and
     modification time (so a changed zip is a different dataset)."""
-    import hashlib
-
     identity = json.dumps(dataclasses.asdict(spec), sort_keys=True)
     if spec.root and os.path.exists(spec.root):
         stat = os.stat(spec.root)
@@ -113,9 +86,9 @@ def dataset_digest(spec) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def dataset_input(spec, sizes: dict[str, int]):
-    """The trial's dataset as an MLflow input (`mlflow.log_input`'s entity): name, source, digest,
-    and the split sizes as input tags."""
+def dataset_input(spec: DataSpec, sizes: dict[str, int]):
+    """The trial's dataset as an MLflow input (`log_inputs`' entity): name, source, digest, and the
+    split sizes as input tags."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -151,7 +124,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> str | None:
     return None
 
 
-def artifact_location_for(uri: str, experiment: str) -> str | None:
+def artifact_location_for(uri: str) -> str | None:
     """For a local sqlite store, keep artefacts beside the database (not in whatever directory the
     process happened to start in)."""
     if uri.startswith("sqlite:///"):
@@ -166,60 +139,382 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location_for(uri, name))
+    return client.create_experiment(name, artifact_location=artifact_location_for(uri))
+
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines ("Creating initial MLflow database tables...") off the sweep's terminal:
+    the live view and the summary are the output. MLFLOW_LOGGING_LEVEL set by the user wins."""
+    import logging
+
+    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------------------
-# The comparison table's rows (formatted and drawn by reports.py)
+# The model
 
 
-def comparison_rows(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> list[dict]:
-    """One row per trial run (child runs; of `parent_run_id` when given), best first: by the
-    sweep's own metric (val_loss ascending when the sweep selected on it, else val accuracy
-    descending), both read at the logged model's epoch."""
-    query = "tags.`orchestrate.role` = 'trial'"
-    lower_is_better = False
-    if parent_run_id:
-        query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-        lower_is_better = client.get_run(parent_run_id).data.params.get("search.metric") in ("val_loss", "train_loss")
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=5000)
-    rows = []
-    for r in runs:
-        p, m, t = r.data.params, r.data.metrics, r.data.tags
-        knobs = {k[len("knobs."):]: v for k, v in p.items() if k.startswith("knobs.")}
-        seconds = float(t.get("train_seconds", 0) or 0)
-        world = float(p.get("world_size", 1) or 1)
-        rows.append({
-            "name": r.info.run_name, "arch": t.get("arch", ""),
-            "knobs": " ".join(f"{k}={v}" for k, v in sorted(knobs.items())),
-            "lr": float(p["lr"]) if "lr" in p else None,
-            "params": int(p["param_count"]) if "param_count" in p else None,
-            "flops": int(p["flops"]) if "flops" in p else None,
-            "val_acc": m.get("model_val_acc", m.get("best_val_acc")), "val_loss": m.get("model_val_loss"),
-            "epoch": int(t["best_epoch"]) if t.get("best_epoch") else None,
-            "imgs_per_s": m.get("imgs_per_s"),
-            "device_hours": seconds * world / 3600.0, "status": t.get(STATUS_TAG, ""),
-            "run_id": r.info.run_id, "error": t.get("error"), "model_id": t.get("logged_model_id"),
-        })
-    if lower_is_better:
-        rows.sort(key=lambda row: row["val_loss"] if row["val_loss"] is not None else float("inf"))
-    else:
-        rows.sort(key=lambda row: -(row["val_acc"] if row["val_acc"] is not None else -1.0))
-    return rows
+def save_model(model, path: str, pip_requirements: list[str], metadata: dict[str, Any],
+               mlflow_model=None) -> str:
+    """Save `model` (eval mode, CPU, 32x32 RGB input) as an MLflow model folder at `path`.
+    Preferred format: MLflow's "pt2" (torch.export): no pickle, loads with torch alone, and the
+    batch dimension stays dynamic because the example holds two images. A model torch.export
+    cannot trace falls back to the pickled module, with a warning. Returns the format used."""
+    import shutil
+
+    import mlflow.pytorch  # imports torch: only the sweep driver pays for it
+
+    example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
+    common = dict(input_example=example, pip_requirements=pip_requirements, metadata=metadata,
+                  mlflow_model=mlflow_model)
+    try:
+        mlflow.pytorch.save_model(model, path, serialization_format="pt2", **common)
+        return "pt2"
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
+        warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead", stacklevel=2)
+        shutil.rmtree(path, ignore_errors=True)
+    mlflow.pytorch.save_model(model, path, serialization_format="pickle", **common)
+    return "pickle"
+
+
+def log_model(client: MlflowClient, run_id: str, model_id: str, checkpoint_dir: str, step: int) -> str:
+    """The checkpoint's model as the run's LoggedModel `model_id` (runs:/<run_id>/model and
+    models:/<model_id> both load it), linked to the run at `step`. Returns the format."""
+    import torch
+    import torchvision
+    from mlflow.models import Model
+
+    from orchestrator import engine  # torch: only the sweep driver pays for it
+
+    model, meta = engine.load_model(checkpoint_dir)
+    logged = client.get_logged_model(model_id)
+    # Explicit requirements: MLflow's inference imports the model in a subprocess (slow).
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    with tempfile.TemporaryDirectory(prefix="orchestrate-model-") as tmp:
+        local = os.path.join(tmp, Artifact.MODEL)
+        description = Model(artifact_path=logged.artifact_location, model_uuid=model_id, run_id=run_id,
+                            model_id=model_id)
+        fmt = save_model(model, local, reqs, {k: meta[k] for k in ("arch", "knobs", "classes", "mean", "std", "epoch")},
+                         mlflow_model=description)
+        client.log_model_artifacts(model_id, local)
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
+    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    client.log_batch(run_id, tags=[RunTag(Tag.MODEL_FORMAT, fmt)])
+    client.log_dict(run_id, meta, Artifact.MODEL_META)
+    return fmt
 
 
 # ---------------------------------------------------------------------------------------------
-# The background writer
+# One trial's run
+
+
+@dataclasses.dataclass(frozen=True)
+class Best:
+    """The best checkpoint so far by the sweep's metric and mode: the run's model-to-be."""
+
+    epoch: int
+    value: float
+    path: str
+
+
+class TrialRecord:
+    """One trial's child run and everything known about it. Its methods are Tune's events:
+
+        open/reopen -> epoch(metrics, checkpoint_path?) ... -> checkpoint(epoch, path) ... -> finish()
+
+    Each epoch is logged once (a retried or resumed trial re-reports nothing it already logged;
+    a gap left by a driver that died is filled from the checkpoint's history); the best checkpoint
+    by the trial's `search.metric`/`mode` becomes the model; `finish` writes the status last, so a
+    run whose finishing was lost still says `running` and `SweepRecord.finish_orphans` ends it."""
+
+    def __init__(self, sweep: SweepRecord, trial: Trial, run_id: str, model_id: str, *,
+                 history: list[dict[str, Any]] | None = None, best: Best | None = None,
+                 status: str = Status.RUNNING, sized: bool = False):
+        self.sweep, self.trial, self.run_id, self.model_id = sweep, trial, run_id, model_id
+        self.history = list(history or [])
+        self.best, self.status, self.sized = best, status, sized
+        self.dataset_digest = dataset_digest(trial.dataset)
+
+    @property
+    def client(self) -> MlflowClient:
+        return self.sweep.client
+
+    @property
+    def last_epoch(self) -> int:
+        return int(self.history[-1]["epoch"]) if self.history else 0
+
+    @property
+    def trained(self) -> bool:
+        """Already ended with a model (a restored sweep): nothing more is written to it."""
+        return self.status in runs.MODEL_STATUSES
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, sweep: SweepRecord, trial: Trial) -> TrialRecord:
+        import archs  # torch: only the sweep driver pays for it, `orchestrate compare` does not
+
+        params, tags = runs.encode(trial, archs.validate(trial.arch, dict(trial.knobs)), archs.get(trial.arch).family)
+        client = sweep.client
+        run = client.create_run(sweep.experiment_id, run_name=trial.name, tags={
+            **sweep.context, **tags, Tag.PARENT: sweep.parent_run_id, Tag.STATUS: Status.RUNNING})
+        run_id = run.info.run_id
+        # The model exists from the start (MLflow 3's LoggedModel, pending until its files are
+        # logged), so every epoch's metrics are linked to it and it shows with its accuracy.
+        model_id = client.create_logged_model(sweep.experiment_id, name=Artifact.MODEL, source_run_id=run_id).model_id
+        params.update(library_versions())
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                         tags=[RunTag(Tag.LOGGED_MODEL_ID, model_id)])
+        client.log_dict(run_id, runs.trial_to_dict(trial), Artifact.TRIAL)
+        return cls(sweep, trial, run_id, model_id)
+
+    @classmethod
+    def reopen(cls, sweep: SweepRecord, run, trial: Trial | None = None) -> TrialRecord:
+        """The record of an existing run (a resumed sweep, an orphan), its curves and best
+        checkpoint read back from MLflow. A run that has not ended with a model goes on RUNNING
+        with a fresh LoggedModel: an interrupted attempt may have half-logged the old one."""
+        client, tags = sweep.client, run.data.tags
+        best = None
+        if tags.get(Tag.BEST_EPOCH):
+            best = Best(int(tags[Tag.BEST_EPOCH]), float(tags[Tag.BEST_VALUE]), tags[Tag.BEST_CHECKPOINT])
+        record = cls(sweep, trial or runs.decode(run), run.info.run_id, tags.get(Tag.LOGGED_MODEL_ID, ""),
+                     history=runs.history(client, run.info.run_id), best=best,
+                     status=tags.get(Tag.STATUS, Status.RUNNING), sized="param_count" in run.data.params)
+        if not record.trained:
+            if run.info.status != "RUNNING":
+                client.update_run(record.run_id, status="RUNNING")
+            record.status = Status.RUNNING
+            record.model_id = record._fresh_model()
+            client.log_batch(record.run_id, tags=[RunTag(Tag.STATUS, Status.RUNNING),
+                                                  RunTag(Tag.LOGGED_MODEL_ID, record.model_id)])
+        return record
+
+    def _fresh_model(self) -> str:
+        if self.model_id:
+            try:  # a model no one can load any more; `runs:/<run>/model` must find the new one
+                if self.client.get_logged_model(self.model_id).status != LoggedModelStatus.READY:
+                    self.client.delete_logged_model(self.model_id)
+            except MlflowException:
+                pass
+        return self.client.create_logged_model(self.sweep.experiment_id, name=Artifact.MODEL,
+                                               source_run_id=self.run_id).model_id
+
+    # -- events -------------------------------------------------------------------------------
+
+    def epoch(self, metrics: dict[str, Any], checkpoint_path: str | None = None) -> None:
+        """One reported epoch. Logged only if it is new; a DDP trial resumed from a checkpoint its
+        workers wrote after the driver last logged (the driver died in between) skips epochs,
+        and those come from the checkpoint's own history."""
+        epoch = int(metrics["epoch"])
+        if epoch <= self.last_epoch:
+            return  # a retried trial re-reports what it already did: the first report stands
+        if epoch > self.last_epoch + 1 and checkpoint_path:
+            for missed in self.sweep.checkpoint_history(checkpoint_path):
+                if self.last_epoch < int(missed["epoch"]) < epoch:
+                    self._log_epoch(missed)
+        self._log_epoch(dict(metrics))
+
+    def _log_epoch(self, metrics: dict[str, Any]) -> None:
+        step, now = int(metrics["epoch"]), int(time.time() * 1000)
+        dataset = self.trial.dataset
+        batch = [Metric(k, float(metrics[k]), now, step, model_id=self.model_id or None, dataset_name=dataset.name,
+                        dataset_digest=self.dataset_digest)
+                 for k in EPOCH_METRICS if k in metrics]
+        params = []
+        if not self.sized and all(k in metrics for k in runs.MODEL_FACTS):
+            # The model's true size for this data set's classes, as the engine built it.
+            params = [Param(k, str(int(metrics[k]))) for k in runs.MODEL_FACTS + runs.SPLIT_SIZES if k in metrics]
+            self.client.log_inputs(self.run_id, datasets=[dataset_input(
+                dataset, {k: int(metrics[k]) for k in runs.SPLIT_SIZES if k in metrics})])
+            self.sized = True
+        self.client.log_batch(self.run_id, metrics=batch, params=params)
+        self.history.append(metrics)
+
+    def checkpoint(self, epoch: int, path: str) -> None:
+        """Epoch `epoch`'s checkpoint, kept as the model-to-be if it is the best so far (tags
+        too, so a resumed sweep still knows which checkpoint is the model)."""
+        at = next((m for m in self.history if int(m["epoch"]) == epoch), None)
+        metric = self.trial.search.metric
+        if at is None or metric not in at:
+            return
+        value = float(at[metric])
+        if not self.trial.search.better(value, self.best.value if self.best else None):
+            return
+        self.best = Best(epoch, value, path)
+        self.client.log_batch(self.run_id, tags=[RunTag(Tag.BEST_CHECKPOINT, path), RunTag(Tag.BEST_EPOCH, str(epoch)),
+                                                 RunTag(Tag.BEST_VALUE, repr(value))])
+
+    def end_status(self, failed: bool = False) -> str:
+        if failed:
+            return Status.FAILED
+        return Status.COMPLETED if self.last_epoch >= self.trial.train.epochs else Status.EARLY_STOPPED
+
+    def finish(self, failed: bool = False, error: str | None = None) -> None:
+        """Curves, confusion matrix, best checkpoint and its model; then the status and the run's
+        end, last, so a run whose finishing was cut short is still `running`."""
+        status, client, history = self.end_status(failed), self.client, self.history
+        tags = []
+        if history:
+            tags.append(RunTag(Tag.TRAIN_SECONDS, f"{sum(m.get('train_s', 0.0) for m in history):.3f}"))
+            tags.append(RunTag(Tag.EPOCHS_COMPLETED, str(self.last_epoch)))
+        if error:
+            tags.append(RunTag(Tag.ERROR, error[:4000]))
+        if tags:
+            client.log_batch(self.run_id, tags=tags)
+        best = self.best
+        with tempfile.TemporaryDirectory() as tmp, \
+                storage.local_checkpoint(self.sweep.storage_path, best.path if best else None) as local:
+            if history:
+                path = os.path.join(tmp, Artifact.CURVES)
+                reports.plot_curves(history, path, self.trial.name)
+                client.log_artifact(self.run_id, path)
+            if local and os.path.isdir(local):
+                eval_file = os.path.join(local, "eval.json")
+                if os.path.exists(eval_file):
+                    with open(eval_file) as f:
+                        info = json.load(f)
+                    path = os.path.join(tmp, Artifact.CONFUSION)
+                    reports.plot_confusion(info, path, f"{self.trial.name} (epoch {best.epoch}, val)")
+                    client.log_artifact(self.run_id, path)
+                    client.log_dict(self.run_id, info, Artifact.PER_CLASS)
+                client.log_artifacts(self.run_id, local, Artifact.BEST_CHECKPOINT)
+            if local and os.path.isdir(local) and status != Status.FAILED:
+                log_model(client, self.run_id, self.model_id, local, best.epoch)
+            elif self.model_id:
+                client.finalize_logged_model(self.model_id, LoggedModelStatus.FAILED)
+        at_best = next((m for m in history if best and int(m["epoch"]) == best.epoch), None)
+        if at_best is not None:
+            now = int(time.time() * 1000)
+            keys = dict.fromkeys(("val_acc", "val_loss", "val_top5", self.trial.search.metric))
+            client.log_batch(self.run_id, metrics=[Metric(runs.model_metric(k), float(at_best[k]), now, best.epoch,
+                                                          model_id=self.model_id or None)
+                                                   for k in keys if k in at_best])
+        client.set_tag(self.run_id, Tag.STATUS, status)  # last: the run is finished only when all is in
+        client.set_terminated(self.run_id, "FAILED" if status == Status.FAILED else "FINISHED")
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep's run
+
+
+class SweepRecord:
+    """The parent run of one sweep: its child runs' records are opened here, and at the end the
+    comparison table, the plots and the best model's registration go on it."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep_file: str, storage_path: str):
+        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+        self.sweep_file, self.storage_path = sweep_file, storage_path
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
+        self.context = context_tags(sweep_file) if sweep_file else {}
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, sweep_file: str, storage_path: str,
+              params: dict[str, Any]) -> SweepRecord:
+        """A new parent run `sweep-<timestamp>` with the sweep's settings as params and its file."""
+        record = cls(uri, experiment, "", sweep_file, storage_path)
+        client = record.client
+        run = client.create_run(record.experiment_id, run_name=time.strftime("sweep-%Y%m%d-%H%M%S"), tags={
+            **record.context, Tag.ROLE: runs.ROLE_SWEEP, Tag.SWEEP_FILE: os.path.abspath(sweep_file)})
+        record.parent_run_id = run.info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(record.parent_run_id, params=params[i:i + 100])
+        client.log_artifact(record.parent_run_id, sweep_file)
+        return record
+
+    def resume(self) -> None:
+        self.client.update_run(self.parent_run_id, status="RUNNING")
+
+    def open_trial(self, trial: Trial) -> TrialRecord:
+        """The trial's record: its run created, or found again after a restore."""
+        existing = runs.trial_runs(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
+        if existing:
+            return TrialRecord.reopen(self, existing[0], trial)
+        return TrialRecord.create(self, trial)
+
+    def checkpoint_history(self, path: str) -> list[dict[str, Any]]:
+        """The per-epoch metrics a checkpoint carries (the engine's history.json), or []."""
+        with storage.local_checkpoint(self.storage_path, path) as local:
+            file = os.path.join(local, "history.json") if local else None
+            if not file or not os.path.exists(file):
+                return []
+            with open(file) as f:
+                return json.load(f)
+
+    def unfinished(self) -> list:
+        """Child runs that have not ended (no final status yet)."""
+        return [r for r in runs.trial_runs(self.client, self.experiment_id, self.parent_run_id)
+                if r.data.tags.get(Tag.STATUS) not in runs.FINISHED_STATUSES]
+
+    def finish_orphans(self, ended: dict[str, bool]) -> None:
+        """After a restore: child runs whose trial Tune already holds as ended ({trial_id:
+        failed}) but whose run was never finished (the sweep died with their finishing queued)
+        are finished now, from what MLflow and the storage still hold."""
+        for run in self.unfinished():
+            trial_id = run.data.tags.get(Tag.TRIAL_ID, "")
+            if trial_id in ended:
+                TrialRecord.reopen(self, run).finish(failed=ended[trial_id])
+
+    def interrupt(self) -> None:
+        """SIGINT/SIGTERM: every child run still running and the parent end KILLED, `interrupted`."""
+        for run in self.unfinished():
+            self.client.set_tag(run.info.run_id, Tag.STATUS, Status.INTERRUPTED)
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        self.client.set_terminated(self.parent_run_id, "KILLED")
+
+    def finish(self, register_as: str | None = None) -> tuple[list[runs.Result], Any]:
+        """Comparison table and plots on the parent run, the best trial's model registered as
+        `register_as` with the alias `best`, the parent finished. Returns (results, model version)."""
+        results = runs.results(self.client, self.experiment_id, self.parent_run_id)
+        version = self.register_best(results, register_as) if register_as else None
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in reports.write_comparison(results, tmp):
+                self.client.log_artifact(self.parent_run_id, path)
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
+        self.client.set_terminated(self.parent_run_id, "FINISHED")
+        return results, version
+
+    def register_best(self, results: list[runs.Result], name: str):
+        """The first result (best first, by the sweep's metric and mode) that holds a model, in the
+        Model Registry as `name`, alias `best`. None if no trial has a model."""
+        best = next((r for r in results if r.has_model and r.model_id), None)
+        if best is None:
+            return None
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        # The model's own artifact location as the source: a `models:/<id>` source is resolved
+        # by a sqlite registry through the process-global tracking URI, not this client's.
+        location = self.client.get_logged_model(best.model_id).artifact_location
+        version = self.client.create_model_version(
+            name, source=location, run_id=best.run_id, model_id=best.model_id,
+            tags={"sweep_run_id": self.parent_run_id, "trial": best.name})
+        self.client.set_registered_model_alias(name, "best", version.version)
+        self.client.set_tag(self.parent_run_id, Tag.REGISTERED_MODEL, f"{name}/{version.version}")
+        return version
+
+
+# ---------------------------------------------------------------------------------------------
+# Off Tune's loop
 
 
 class BackgroundWriter:
-    """One thread that runs slow MLflow work in submission order. The queue is bounded, so a
-    sweep that finishes trials faster than their models export waits here rather than piling up
-    work; `flush()` returns when everything submitted has run. An error in one job is kept (and
-    re-raised by `flush`) without stopping the jobs after it."""
+    """One thread that runs MLflow work in submission order, so the caller (Tune's event loop)
+    never waits on a store. `flush()` returns when everything submitted has run. An error in one
+    job is kept (and re-raised by `flush`) without stopping the jobs after it."""
 
-    def __init__(self, max_queued: int = 8):
-        self._jobs: queue.Queue = queue.Queue(maxsize=max_queued)
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
         self._errors: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="orchestrate-mlflow-writer", daemon=True)
         self._thread.start()
@@ -244,291 +539,63 @@ class BackgroundWriter:
             raise errors[0]
 
 
-# ---------------------------------------------------------------------------------------------
+class Recorder:
+    """Tune's events -> the sweep's TrialRecords, every MLflow call on one background writer, in
+    the order the events came. The caller only queues: no event waits on the store."""
 
-
-@dataclasses.dataclass
-class ChildRun:
-    """What the tracker knows of one trial's child run while the trial is running."""
-
-    run_id: str
-    last_epoch: int  # epochs already logged: a restarted trial never logs a step twice
-    finished: bool  # already completed in MLflow (a restored sweep): left as it is
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    best_checkpoint: str | None = None  # by the sweep's metric and mode
-    best_value: float | None = None
-    best_epoch: int | None = None
-    sized: bool = False  # param_count, flops and the dataset input logged
-    model_id: str | None = None  # the run's LoggedModel: epoch metrics are linked to it
-    dataset_digest: str | None = None
-
-
-class SweepTracker:
-    """The parent run of one sweep and the bookkeeping for its child runs."""
-
-    def __init__(self, uri: str, experiment: str, parent_run_id: str | None = None, sweep_file: str = ""):
-        self.uri, self.experiment, self.sweep_file = uri, experiment, sweep_file
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
-        self.parent_run_id = parent_run_id
-        self._writer: BackgroundWriter | None = None
+    def __init__(self, sweep: Callable[[], SweepRecord]):
+        self._sweep_factory, self._sweep = sweep, None
+        self._records: dict[str, TrialRecord] = {}
+        self._writer = BackgroundWriter()
 
     @property
-    def writer(self) -> BackgroundWriter:
-        if self._writer is None:
-            self._writer = BackgroundWriter()
-        return self._writer
+    def sweep(self) -> SweepRecord:  # made on the writer thread: even the first connection is off the loop
+        if self._sweep is None:
+            self._sweep = self._sweep_factory()
+        return self._sweep
+
+    def _on(self, trial_id: str, action: Callable[[TrialRecord], None]) -> None:
+        def job():
+            record = self._records.get(trial_id)
+            if record is not None and not record.trained:
+                action(record)
+        self._writer.submit(job)
+
+    def started(self, trial: Trial) -> None:
+        def job():
+            if trial.trial_id not in self._records:
+                self._records[trial.trial_id] = self.sweep.open_trial(trial)
+        self._writer.submit(job)
+
+    def result(self, trial_id: str, metrics: dict[str, Any]) -> None:
+        metrics = dict(metrics)
+        self._on(trial_id, lambda r: r.epoch(metrics, metrics.get("checkpoint_path")))
+        if metrics.get("checkpoint_path"):  # a TorchTrainer trial: Ray Train already stored it
+            self.checkpoint(trial_id, int(metrics["epoch"]), metrics["checkpoint_path"])
+
+    def checkpoint(self, trial_id: str, epoch: int, path: str) -> None:
+        self._on(trial_id, lambda r: r.checkpoint(epoch, path))
+
+    def ended(self, trial_id: str, failed: bool = False, error: str | None = None) -> None:
+        self._on(trial_id, lambda r: r.finish(failed, error))
+        self._writer.submit(lambda: self._records.pop(trial_id, None))
+
+    def left_running(self, trial_id: str) -> None:
+        """A trial Tune ended because the sweep is being interrupted: not finished here."""
+        self._writer.submit(lambda: self._records.pop(trial_id, None))
+
+    def finish_orphans(self, ended: dict[str, bool]) -> None:
+        self._writer.submit(lambda: self.sweep.finish_orphans(ended))
 
     def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-
-    def start_parent(self, sweep_file: str, spec_params: dict[str, Any]) -> str:
-        name = time.strftime("sweep-%Y%m%d-%H%M%S")
-        tags = {**context_tags(sweep_file), "orchestrate.role": "sweep", "sweep_file": os.path.abspath(sweep_file)}
-        self.sweep_file = sweep_file
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        self.parent_run_id = run.info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(spec_params).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.parent_run_id, params=params[i:i + 100])
-        self.client.log_artifact(self.parent_run_id, sweep_file)
-        return self.parent_run_id
-
-    def finish_parent(self, register_as: str | None = None) -> tuple[list[dict], Any]:
-        """Comparison table and plots on the parent run, the best trial's model registered as
-        `register_as` with the alias `best`, the parent finished. Returns (rows, model version)."""
-        self.flush()  # every child's model and plots are in before the table is made
-        rows = comparison_rows(self.client, self.experiment_id, self.parent_run_id)
-        version = self.register_best(rows, register_as) if register_as else None
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in reports.write_comparison(rows, tmp):
-                self.client.log_artifact(self.parent_run_id, path)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
-        self.client.set_terminated(self.parent_run_id, "FINISHED")
-        return rows, version
-
-    def register_best(self, rows: list[dict], name: str):
-        """The first row (rows come best first, by the sweep's metric) that holds a model, in the
-        Model Registry as `name`, alias `best`. None if no trial has a model."""
-        best = next((r for r in rows if r["status"] in MODEL_STATUSES), None)
-        if best is None:
-            return None
-        mlflow.set_tracking_uri(self.uri)
-        uri = f"models:/{best['model_id']}" if best["model_id"] else f"runs:/{best['run_id']}/model"
-        version = mlflow.register_model(uri, name,
-                                        tags={"sweep_run_id": self.parent_run_id, "trial": best["name"]})
-        self.client.set_registered_model_alias(name, "best", version.version)
-        self.client.set_tag(self.parent_run_id, "registered_model", f"{name}/{version.version}")
-        return version
-
-    def interrupt(self) -> None:
-        """A sweep stopped by SIGINT/SIGTERM: child runs still running end KILLED with status
-        `interrupted` (a resumed sweep continues them), and so does the parent."""
-        self.flush()
-        for run in self.children():
-            if run.data.tags.get(STATUS_TAG) not in FINISHED_STATUSES:
-                self.client.set_tag(run.info.run_id, STATUS_TAG, "interrupted")
-                self.client.set_terminated(run.info.run_id, "KILLED")
-        self.client.set_terminated(self.parent_run_id, "KILLED")
-
-    def children(self) -> list:
-        return self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
-            max_results=5000)
-
-    def find_child(self, trial_id: str):
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{trial_id}'",
-            max_results=1)
-        return runs[0] if runs else None
-
-    def start_child(self, trial) -> ChildRun:
-        """The child run of `trial` (a schema.Trial): created, or found again after a restore
-        with the epochs it already holds (so a resumed trial never logs a step twice)."""
-        existing = self.find_child(trial.trial_id)
-        if existing is not None:
-            return self._reopen(existing, trial)
-        import archs  # torch: only the sweep driver pays for it, `orchestrate compare` does not
-
-        knobs = archs.validate(trial.arch, dict(trial.knobs))  # the arch's defaults filled in
-        tags = {**context_tags(self.sweep_file), "mlflow.parentRunId": self.parent_run_id, "orchestrate.role": "trial",
-                "arch": trial.arch, "family": archs.get(trial.arch).family, "trial_id": trial.trial_id,
-                STATUS_TAG: "running"}
-        run = self.client.create_run(self.experiment_id, run_name=trial.name, tags=tags)
-        # The model exists from the start (MLflow 3's LoggedModel, pending until its files are
-        # logged), so every epoch's metrics are linked to it and it shows with its accuracy.
-        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=run.info.run_id)
-        self.client.set_tag(run.info.run_id, "logged_model_id", model.model_id)
-        params = {"arch": trial.arch, **{f"knobs.{k}": v for k, v in knobs.items()},
-                  **dataclasses.asdict(trial.train),
-                  **{f"dataset.{k}": v for k, v in dataclasses.asdict(trial.dataset).items()},
-                  **{f"resources.{k}": v for k, v in dataclasses.asdict(trial.resources).items()},
-                  "world_size": trial.resources.num_workers, **library_versions()}
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return ChildRun(run.info.run_id, 0, False, model_id=model.model_id, dataset_digest=dataset_digest(trial.dataset))
-
-    def _reopen(self, existing, trial) -> ChildRun:
-        run_id, tags = existing.info.run_id, existing.data.tags
-        history = self.history(run_id)  # its curves go on from what MLflow holds
-        child = ChildRun(run_id, history[-1]["epoch"] if history else 0, tags.get(STATUS_TAG) in MODEL_STATUSES,
-                         history=history,
-                         best_checkpoint=tags.get("best_checkpoint"),
-                         best_epoch=int(tags["best_epoch"]) if tags.get("best_epoch") else None,
-                         best_value=float(tags["best_value"]) if tags.get("best_value") else None,
-                         sized="param_count" in existing.data.params, model_id=tags.get("logged_model_id"),
-                         dataset_digest=dataset_digest(trial.dataset))
-        if not child.finished:
-            if existing.info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, STATUS_TAG, "running")
-            child.model_id = self._fresh_model(run_id, child.model_id)
-        return child
-
-    def _fresh_model(self, run_id: str, model_id: str | None) -> str:
-        """The LoggedModel a continued run goes on with: a new one, since an interrupted attempt
-        may have half-logged the old (its files, or its link to the run); the old is marked FAILED."""
-        if model_id:
-            try:
-                if self.client.get_logged_model(model_id).status != LoggedModelStatus.READY:
-                    self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
-            except Exception:  # noqa: BLE001 - a model that cannot be read is simply replaced
-                pass
-        model = self.client.create_logged_model(self.experiment_id, name="model", source_run_id=run_id)
-        self.client.set_tag(run_id, "logged_model_id", model.model_id)
-        return model.model_id
-
-    def log_epoch(self, child: ChildRun, metrics: dict[str, Any], dataset) -> None:
-        """One epoch's metrics (step = epoch; linked to the run's model and dataset), and on the
-        first, the model's true size as the engine measured it for this data set's classes and
-        the dataset input with its split sizes."""
-        step = int(metrics["epoch"])
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(metrics[k]), now, step, model_id=child.model_id, dataset_name=dataset.name,
-                        dataset_digest=child.dataset_digest)
-                 for k in EPOCH_METRICS + ("best_val_acc",) if k in metrics]
-        params = []
-        if not child.sized and "param_count" in metrics:
-            params = [Param("param_count", str(int(metrics["param_count"]))), Param("flops", str(int(metrics["flops"])))]
-            self.client.log_inputs(child.run_id, datasets=[dataset_input(
-                dataset, {k: int(metrics[k]) for k in ("train_size", "val_size") if k in metrics})])
-            child.sized = True
-        self.client.log_batch(child.run_id, metrics=batch, params=params)
-
-    def checkpoint_history(self, storage_path: str, path: str) -> list[dict[str, Any]]:
-        """The per-epoch metrics a checkpoint carries (the engine's history.json), or []."""
-        with storage.local_checkpoint(storage_path, path) as local:
-            file = os.path.join(local, "history.json") if local else None
-            if not file or not os.path.exists(file):
-                return []
-            with open(file) as f:
-                return json.load(f)
-
-    def note_checkpoint(self, child: ChildRun, epoch: int, value: float, path: str, better: bool) -> None:
-        """Remember epoch `epoch`'s checkpoint if it is the best so far (`better`); kept as tags too,
-        so a resumed sweep still knows which checkpoint is the model."""
-        if not better:
-            return
-        child.best_checkpoint, child.best_value, child.best_epoch = path, value, epoch
-        self.client.log_batch(child.run_id, tags=[RunTag("best_checkpoint", path), RunTag("best_epoch", str(epoch)),
-                                                  RunTag("best_value", repr(float(value)))])
-
-    def finish_child(self, child: ChildRun, status: str, storage_path: str, error: str | None = None) -> None:
-        """Hand the child run's end to the background writer: plots, best checkpoint, model, then
-        the status tag and the run's end last, so a run whose finishing was cut short is still
-        `running` and a resumed sweep finishes it again (`finish_orphans`)."""
-        history = list(child.history)
-        self.writer.submit(lambda: self._finish_child(child.run_id, status, history, storage_path,
-                                                      child.best_checkpoint, child.best_epoch, error, child.model_id))
-
-    def finish_orphans(self, trial_statuses: dict[str, str], storage_path: str) -> None:
-        """After a restore: child runs whose trial Tune already holds as ended ({trial_id:
-        status}) but whose MLflow run was never finished (the sweep died with their finishing
-        queued) are finished now, from what MLflow and the storage still hold."""
-        for run in self.children():
-            tags = run.data.tags
-            status = trial_statuses.get(tags.get("trial_id", ""))
-            if status is None or tags.get(STATUS_TAG) in FINISHED_STATUSES:
-                continue
-            history = self.history(run.info.run_id)
-            best_epoch = int(tags["best_epoch"]) if tags.get("best_epoch") else None
-            model_id = self._fresh_model(run.info.run_id, tags.get("logged_model_id"))
-            self.writer.submit(lambda r=run.info.run_id, s=status, h=history, t=tags, e=best_epoch, m=model_id:
-                               self._finish_child(r, s, h, storage_path, t.get("best_checkpoint"), e, None, m))
-
-    def history(self, run_id: str) -> list[dict[str, Any]]:
-        """Per-epoch metrics of a run, rebuilt from MLflow."""
-        by_epoch: dict[int, dict[str, Any]] = {}
-        for key in EPOCH_METRICS:
-            for m in self.client.get_metric_history(run_id, key):
-                by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
-        return [by_epoch[e] for e in sorted(by_epoch)]
-
-    def _finish_child(self, run_id: str, status: str, history: list[dict[str, Any]], storage_path: str,
-                      best_checkpoint: str | None, best_epoch: int | None, error: str | None,
-                      model_id: str | None) -> None:
-        tags = []
-        if history:
-            tags.append(RunTag("train_seconds", f"{sum(m.get('train_s', 0.0) for m in history):.3f}"))
-            tags.append(RunTag("epochs_completed", str(int(history[-1]["epoch"]))))
-        if error:
-            tags.append(RunTag("error", error[:4000]))
-        if tags:
-            self.client.log_batch(run_id, tags=tags)
-        with tempfile.TemporaryDirectory() as tmp, storage.local_checkpoint(storage_path, best_checkpoint) as best:
-            title = self.client.get_run(run_id).info.run_name
-            if history:
-                path = os.path.join(tmp, "curves.png")
-                reports.plot_curves(history, path, title)
-                self.client.log_artifact(run_id, path)
-            if best and os.path.isdir(best):
-                eval_file = os.path.join(best, "eval.json")
-                if os.path.exists(eval_file):
-                    with open(eval_file) as f:
-                        info = json.load(f)
-                    path = os.path.join(tmp, "confusion_matrix.png")
-                    reports.plot_confusion(info, path, f"{title} (epoch {best_epoch}, val)")
-                    self.client.log_artifact(run_id, path)
-                    self.client.log_dict(run_id, info, "per_class_accuracy.json")
-                self.client.log_artifacts(run_id, best, "best_checkpoint")
-            if best and os.path.isdir(best) and status != "failed":
-                self.log_model(run_id, best, model_id)
-            elif model_id:
-                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
-            at_best = next((m for m in history if m["epoch"] == best_epoch), None)
-            if at_best is not None:
-                self.client.log_batch(run_id, metrics=[
-                    Metric(f"model_{k}", float(at_best[k]), int(time.time() * 1000), best_epoch, model_id=model_id)
-                    for k in ("val_acc", "val_loss") if k in at_best])
-        self.client.set_tag(run_id, STATUS_TAG, status)  # last: the run is finished only when all is in
-        self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
-
-    def log_model(self, run_id: str, checkpoint_dir: str, model_id: str | None = None) -> None:
-        import torch
-        import torchvision
-
-        from orchestrator import engine  # torch: only the sweep driver pays for it
-
-        model, meta = engine.load_model(checkpoint_dir)
-        # Explicit requirements: MLflow's inference imports the model in a subprocess (slow).
-        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
-        mlflow.set_tracking_uri(self.uri)
-        with mlflow.start_run(run_id=run_id):
-            fmt = log_torch_model(model, reqs, {k: meta[k] for k in ("arch", "knobs", "classes", "mean", "std", "epoch")},
-                                  model_id)
-            mlflow.set_tag("model_format", fmt)
-            mlflow.log_dict(meta, "model_meta.json")
+        self._writer.flush()
 
 
 def record_evaluation(uri: str, run_id: str, split: str, result: dict[str, Any]) -> None:
     """`orchestrate evaluate --log`: the scores as `<split>_loss`, `<split>_acc`, `<split>_top5`
     on the run, linked to its model."""
     client = MlflowClient(tracking_uri=uri)
-    model_id = client.get_run(run_id).data.tags.get("logged_model_id")
+    model_id = client.get_run(run_id).data.tags.get(Tag.LOGGED_MODEL_ID)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(f"{split}_{k}", float(result[k]), now, 0, model_id=model_id)
                                       for k in ("loss", "acc", "top5")])

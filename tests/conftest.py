@@ -91,7 +91,9 @@ class Sweep:
         return c.search_runs([exp.experiment_id], max_results=100)
 
     def trials(self):
-        return [r for r in self.runs() if r.data.tags.get("orchestrate.role") == "trial"]
+        from orchestrator.runs import ROLE_TRIAL, Tag
+
+        return [r for r in self.runs() if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL]
 
 
 def _sweep(tmp_path_factory, name: str, text: str, uri: str | None = None) -> Sweep:

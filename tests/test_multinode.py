@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DDP_SWEEP, REPO, run_cli
+from orchestrator.runs import ROLE_TRIAL, Tag
 
 pytestmark = pytest.mark.ray
 
@@ -216,7 +217,7 @@ def trial_runs(uri: str, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment!r} in {uri}"
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    return client, [r for r in runs if r.data.tags.get("orchestrate.role") == "trial"]
+    return client, [r for r in runs if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL]
 
 
 AUTOSCALE_SWEEP = textwrap.dedent("""\

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from conftest import DDP_SWEEP, ORCHESTRATE, PAIR_SWEEP, REPO, processes_mentioning, run_cli
+from orchestrator.runs import ROLE_SWEEP, ROLE_TRIAL, Tag
 
 pytestmark = pytest.mark.ray
 
@@ -95,7 +96,7 @@ def trials(uri, experiment):
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    return client, {r.info.run_name: r for r in runs if r.data.tags.get("orchestrate.role") == "trial"}
+    return client, {r.info.run_name: r for r in runs if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL}
 
 
 def test_a_killed_training_worker_restarts_from_its_checkpoint_and_logs_every_epoch_once(
@@ -240,7 +241,7 @@ def test_resume_after_the_driver_was_killed_reruns_nothing_finished_and_continue
     assert second_after.data.tags["status"] == "completed"
     assert metric_steps(client, second.info.run_id) == [1, 2, 3]
     parents = [r for r in client.search_runs([first.info.experiment_id])
-               if r.data.tags.get("orchestrate.role") == "sweep"]
+               if r.data.tags.get(Tag.ROLE) == ROLE_SWEEP]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
@@ -272,7 +273,7 @@ def test_an_interrupted_sweep_exits_with_the_signals_code_marks_its_runs_and_res
     assert exit_code == code, out[-3000:]
     client, runs = trials(uri, "e2e-interrupt")
     parent = [r for r in client.search_runs([next(iter(runs.values())).info.experiment_id])
-              if r.data.tags.get("orchestrate.role") == "sweep"]
+              if r.data.tags.get(Tag.ROLE) == ROLE_SWEEP]
     assert len(parent) == 1 and parent[0].info.status == "KILLED"
     stopped = [r for r in runs.values() if r.data.tags["status"] == "interrupted"]
     assert stopped and all(r.info.status == "KILLED" for r in stopped)

@@ -42,18 +42,17 @@ def test_sweep_params_hold_no_tracking_credentials(tmp_path):
 
     spec = config.parse({"name": "s", "models": [{"arch": "resnet18"}],
                          "tracking": {"uri": f"sqlite:///{tmp_path}/m.db"}}, "s.yaml")
-    tracker = tracking.SweepTracker(spec.tracking_uri, spec.name)
     (tmp_path / "s.yaml").write_text("name: s\n")
-    run_id = tracker.start_parent(str(tmp_path / "s.yaml"), {"search": {"metric": "val_acc"}, "dataset": spec.dataset})
-    params = tracker.client.get_run(run_id).data.params
+    record = tracking.SweepRecord.start(spec.tracking_uri, spec.name, str(tmp_path / "s.yaml"), str(tmp_path), {
+        "search": {"metric": "val_acc"}, "dataset": spec.dataset})
+    params = record.client.get_run(record.parent_run_id).data.params
     assert not any("tracking" in k or "sqlite" in str(v) or "@" in str(v) for k, v in params.items())
 
 
-def test_a_model_torch_export_cannot_trace_is_logged_pickled_with_a_warning(tmp_path):
-    import mlflow
+def test_a_model_torch_export_cannot_trace_is_saved_pickled_with_a_warning_and_loads_only_when_allowed(tmp_path):
     import mlflow.pytorch
 
-    from orchestrator import tracking
+    from orchestrator import evaluate, tracking
 
     class Branchy(torch.nn.Module):
         def __init__(self):
@@ -65,11 +64,15 @@ def test_a_model_torch_export_cannot_trace_is_logged_pickled_with_a_warning(tmp_
             return y if y.sum() > 0 else -y  # a branch on data: torch.export cannot trace it
 
     model = Branchy().eval()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    with mlflow.start_run() as run, pytest.warns(UserWarning, match="torch.export could not trace Branchy"):
-        fmt = tracking.log_torch_model(model, [], {"arch": "branchy"})
+    folder = str(tmp_path / "model")
+    with pytest.warns(UserWarning, match="torch.export could not trace Branchy"):
+        fmt = tracking.save_model(model, folder, [], {"arch": "branchy"})
     assert fmt == "pickle"
-    loaded = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    # `orchestrate evaluate` refuses it: unpickling runs whatever code the store's file names.
+    with pytest.raises(evaluate.EvaluateError, match="--allow-pickle"):
+        evaluate.check_model_folder(folder, allow_pickle=False)
+    evaluate.check_model_folder(folder, allow_pickle=True)
+    loaded = mlflow.pytorch.load_model(folder)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))

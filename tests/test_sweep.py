@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from conftest import PAIR_SWEEP, _sweep, run_cli
+from orchestrator.runs import ROLE_SWEEP, Tag
 
 pytestmark = pytest.mark.ray
 
@@ -22,7 +23,7 @@ def by_name(runs):
 
 def test_ddp_sweep_makes_one_parent_and_two_child_runs_with_every_epoch_once(ddp_sweep):
     runs = ddp_sweep.runs()
-    parents = [r for r in runs if r.data.tags.get("orchestrate.role") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(Tag.ROLE) == ROLE_SWEEP]
     children = ddp_sweep.trials()
     assert len(parents) == 1 and len(children) == 2
     parent_id = parents[0].info.run_id
@@ -84,7 +85,7 @@ def test_the_logged_model_is_torch_export_format_and_loads_without_pickle_or_our
 
 def test_parent_run_holds_the_sweep_file_comparison_table_and_plots(ddp_sweep):
     client = ddp_sweep.client()
-    parent = [r for r in ddp_sweep.runs() if r.data.tags.get("orchestrate.role") == "sweep"][0]
+    parent = [r for r in ddp_sweep.runs() if r.data.tags.get(Tag.ROLE) == ROLE_SWEEP][0]
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep.yaml", "comparison.csv", "comparison.md", "accuracy_vs_params.png",
             "accuracy_vs_imgs_per_s.png"} <= names
@@ -228,34 +229,6 @@ def test_a_single_worker_trial_asks_ray_for_its_worker_and_a_ddp_trial_for_its_d
     assert sweep.packing(ddp, {"CPU": 16})[0] == 7
 
 
-def test_a_child_run_whose_finishing_was_lost_is_finished_by_resume(tmp_path):
-    """What a sweep killed with the MLflow writer's work still queued leaves: Tune holds the trial
-    as ended, MLflow holds a `running` child run without its plots, checkpoint and model."""
-    import shutil
-
-    text = PAIR_SWEEP.replace("e2e-pair", "e2e-lost").replace("epochs: 3", "epochs: 2").replace(
-        "lr: {grid: [0.05, 0.1]}", "lr: 0.1")
-    (tmp_path / "sweep.yaml").write_text(text)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri], cwd=tmp_path).returncode == 0
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("e2e-lost")
-    (child,) = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'")
-    client.set_tag(child.info.run_id, "status", "running")
-    client.update_run(child.info.run_id, status="RUNNING")
-    shutil.rmtree(child.info.artifact_uri.removeprefix("file://"))
-
-    out = run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri, "--resume"], cwd=tmp_path)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (again,) = client.search_runs([exp.experiment_id], "tags.`orchestrate.role` = 'trial'")
-    assert again.info.run_id == child.info.run_id
-    assert again.data.tags["status"] == "completed" and again.info.status == "FINISHED"
-    assert {"curves.png", "best_checkpoint", "confusion_matrix.png"} <= {a.path for a in client.list_artifacts(again.info.run_id)}
-    assert sorted(m.step for m in client.get_metric_history(again.info.run_id, "val_acc")) == [1, 2]
-
-
 # ---------------------------------------------------------------------------------------------
 # What an MLflow user expects of the runs
 
@@ -269,7 +242,7 @@ def test_the_best_trials_model_is_registered_with_the_alias_best_and_loads_by_it
     client = ddp_sweep.client()
     version = client.get_model_version_by_alias("e2e-ddp", "best")
     best = max(ddp_sweep.trials(), key=lambda r: r.data.metrics["model_val_acc"])
-    assert version.run_id == best.info.run_id or version.source.endswith(best.data.tags["logged_model_id"])
+    assert version.run_id == best.info.run_id or version.source.endswith(best.data.tags[Tag.LOGGED_MODEL_ID])
     mlflow.set_tracking_uri(ddp_sweep.uri)
     model = mlflow.pytorch.load_model("models:/e2e-ddp@best")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -287,7 +260,7 @@ def test_runs_carry_the_dataset_input_context_tags_and_metrics_linked_to_the_mod
         assert tags["mlflow.data.context"] == "training" and (tags["train_size"], tags["val_size"]) == ("1294", "144")
         assert run.data.tags["mlflow.source.name"] == str(ddp_sweep.folder / "sweep.yaml")
         assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
-        model = client.get_logged_model(run.data.tags["logged_model_id"])
+        model = client.get_logged_model(run.data.tags[Tag.LOGGED_MODEL_ID])
         assert model.status == LoggedModelStatus.READY
         linked = {m.key for m in model.metrics}
         assert {"val_acc", "val_loss", "model_val_acc"} <= linked

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import _sweep, run_cli
+from orchestrator.runs import Tag
 
 pytestmark = pytest.mark.ray
 
@@ -108,7 +109,7 @@ def test_the_logged_model_is_the_best_epoch_by_the_sweeps_metric_and_evaluate_ag
     accs = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_acc")}
     best = max(history, key=history.get)  # mode max
     assert sorted(history) == [1, 2, 3] and best != 3, history
-    assert child.data.tags["best_epoch"] == str(best)
+    assert child.data.tags[Tag.BEST_EPOCH] == str(best)
     meta = json.load(open(mlflow.artifacts.download_artifacts(
         run_id=child.info.run_id, artifact_path="model_meta.json", tracking_uri=three_class_sweep.uri)))
     assert meta["epoch"] == best
@@ -133,5 +134,6 @@ def test_compare_ranks_by_the_model_the_run_holds(three_class_sweep):
     (line,) = [ln for ln in out.stdout.splitlines() if ln.startswith("shufflenet_v1-")]
     child = three_class_sweep.trials()[0]
     tokens = line.split()
-    val_acc = tokens.index(f"{child.data.metrics['model_val_acc']:.4f}")  # the model's val accuracy ...
-    assert tokens[val_acc + 1] == child.data.tags["best_epoch"]  # ... and its epoch
+    val_acc = tokens.index(f"{child.data.metrics['model_val_acc']:.4f}")  # the model's val accuracy,
+    assert tokens[val_acc + 1] == f"{child.data.metrics['model_val_loss']:.4f}"  # the sweep's metric (val_loss)
+    assert tokens[val_acc + 2] == child.data.tags[Tag.BEST_EPOCH]  # and its epoch

@@ -1,0 +1,263 @@
+"""The run record's layout: how a sweep lives in MLflow, written down once. No Ray, no torch.
+
+Every tag, param, metric and artefact name of a sweep's runs is a constant here; `encode` turns a
+`schema.Trial` into a child run's params and tags and `decode` turns a run back into the exact
+`Trial` (from the resolved record logged with it, as Lightning logs its resolved config); the
+queries `compare`, `evaluate`, `report`, the benchmarks and the tests share live here too. What a
+run's life looks like (created, reopened, per-epoch writes, finished) is tracking.py's; this
+module only knows the shapes.
+
+    experiment = the sweep's `name`
+    ├─ parent run  (tag orchestrate.role=sweep): the sweep file, comparison table, plots
+    └─ child run per trial (orchestrate.role=trial, parent = the sweep's run):
+         params  arch, knobs.*, every train field, dataset.*, resources.*, world_size, versions,
+                 param_count, flops, train_size, val_size (the model the engine built)
+         tags    trial_id, arch, family, status, best_epoch, best_value, best_checkpoint,
+                 logged_model_id, model_format, orchestrate.trial (the resolved Trial, JSON)
+         metrics every EPOCH_METRICS key per epoch (step = epoch); model_<metric> at best_epoch
+         files   trial.json, curves.png, confusion_matrix.png, per_class_accuracy.json,
+                 best_checkpoint/, model (a LoggedModel), model_meta.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import TYPE_CHECKING, Any, Iterable
+
+from orchestrator.schema import (EPOCH_METRICS, DataSpec, Failure, Resources, Search, TrainConfig,
+                                 Trial)
+
+if TYPE_CHECKING:  # mlflow is imported by the callers that talk to a store
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+
+class Tag:
+    """Run tags. (MLflow's own: `mlflow.parentRunId`, `mlflow.runName`, `mlflow.source.*`.)"""
+
+    ROLE = "orchestrate.role"  # "sweep" on the parent run, "trial" on each child run
+    TRIAL = "orchestrate.trial"  # the resolved Trial record as JSON: decode() reads it
+    PARENT = "mlflow.parentRunId"
+    TRIAL_ID = "trial_id"
+    ARCH = "arch"
+    FAMILY = "family"
+    STATUS = "status"  # Status.*; written last, so an unfinished run still says "running"
+    ERROR = "error"
+    BEST_EPOCH = "best_epoch"  # the epoch whose checkpoint is the run's model (search.metric/mode)
+    BEST_VALUE = "best_value"
+    BEST_CHECKPOINT = "best_checkpoint"  # its path in the sweep's storage
+    LOGGED_MODEL_ID = "logged_model_id"
+    MODEL_FORMAT = "model_format"  # pt2 | pickle
+    TRAIN_SECONDS = "train_seconds"
+    EPOCHS_COMPLETED = "epochs_completed"
+    SWEEP_FILE = "sweep_file"  # parent run
+    REGISTERED_MODEL = "registered_model"  # parent run: NAME/VERSION of the registered best model
+
+
+ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
+
+
+class Status:
+    RUNNING = "running"
+    COMPLETED = "completed"
+    EARLY_STOPPED = "early-stopped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+MODEL_STATUSES = (Status.COMPLETED, Status.EARLY_STOPPED)  # the trial trained to a model
+FINISHED_STATUSES = MODEL_STATUSES + (Status.FAILED,)  # nothing more will be written
+
+
+class Artifact:
+    TRIAL = "trial.json"
+    CURVES = "curves.png"
+    CONFUSION = "confusion_matrix.png"
+    PER_CLASS = "per_class_accuracy.json"
+    BEST_CHECKPOINT = "best_checkpoint"
+    MODEL = "model"  # the LoggedModel's name: runs:/<run_id>/model resolves to it
+    MODEL_META = "model_meta.json"
+
+
+# Facts about the trained model and its data that the engine reports with its first epoch; logged
+# once, as params.
+MODEL_FACTS = ("param_count", "flops")
+SPLIT_SIZES = ("train_size", "val_size")
+
+
+def model_metric(name: str) -> str:
+    """The metric holding `name`'s value at the logged model's epoch (e.g. model_val_acc)."""
+    return f"model_{name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trial <-> run
+
+
+def trial_to_dict(trial: Trial) -> dict[str, Any]:
+    return {"trial_id": trial.trial_id, "arch": trial.arch, "knobs": dict(trial.knobs),
+            "train": dataclasses.asdict(trial.train), "dataset": dataclasses.asdict(trial.dataset),
+            "resources": dataclasses.asdict(trial.resources), "failure": dataclasses.asdict(trial.failure),
+            "search": dataclasses.asdict(trial.search)}
+
+
+def trial_from_dict(d: dict[str, Any]) -> Trial:
+    return Trial(trial_id=d["trial_id"], arch=d["arch"], knobs=dict(d["knobs"]), train=TrainConfig(**d["train"]),
+                 dataset=DataSpec(**d["dataset"]), resources=Resources(**d["resources"]),
+                 failure=Failure(**d["failure"]), search=Search(**d["search"]))
+
+
+def encode(trial: Trial, knobs: dict[str, Any], family: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(params, tags) of a trial's child run. `knobs` are the arch's full knobs (defaults filled
+    in by archs.validate), `family` the arch's family: the caller has the registry, this module
+    does not import torch."""
+    params = {"arch": trial.arch, **{f"knobs.{k}": v for k, v in knobs.items()},
+              **dataclasses.asdict(trial.train),
+              **{f"dataset.{k}": v for k, v in dataclasses.asdict(trial.dataset).items()},
+              **{f"resources.{k}": v for k, v in dataclasses.asdict(trial.resources).items()},
+              "world_size": trial.resources.num_workers}
+    tags = {Tag.ROLE: ROLE_TRIAL, Tag.TRIAL_ID: trial.trial_id, Tag.ARCH: trial.arch, Tag.FAMILY: family,
+            Tag.TRIAL: json.dumps(trial_to_dict(trial), separators=(",", ":"))}
+    return {k: str(v) for k, v in params.items()}, tags
+
+
+class NotATrialRun(ValueError):
+    """A run that orchestrate did not record as a trial (no resolved Trial on it)."""
+
+
+def decode(run: Run) -> Trial:
+    """The exact Trial a child run trained (types and all), from the record logged with it."""
+    raw = run.data.tags.get(Tag.TRIAL)
+    if raw is None:
+        raise NotATrialRun(f"run {run.info.run_id} is not an orchestrate trial run (no {Tag.TRIAL} tag)")
+    return trial_from_dict(json.loads(raw))
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+
+
+def _and(*clauses: str) -> str:
+    return " and ".join(c for c in clauses if c)
+
+
+def sweep_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    """The experiment's sweeps (parent runs), newest first."""
+    return client.search_runs([experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'",
+                              order_by=["attributes.start_time DESC"], max_results=5000)
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None,
+               trial_id: str | None = None) -> list[Run]:
+    """Trial runs of the experiment; of one sweep (`parent_run_id`), one trial (`trial_id`)."""
+    query = _and(f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}'",
+                 parent_run_id and f"tags.`{Tag.PARENT}` = '{parent_run_id}'",
+                 trial_id and f"tags.`{Tag.TRIAL_ID}` = '{trial_id}'")
+    return client.search_runs([experiment_id], query, max_results=5000)
+
+
+def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
+    """Per-epoch metrics of a run, rebuilt from MLflow: [{"epoch": 1, "val_acc": ..., ...}, ...]."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for key in EPOCH_METRICS:
+        for m in client.get_metric_history(run_id, key):
+            by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def selection(client: MlflowClient, parent_run_id: str | None, runs: Iterable[Run] = ()) -> tuple[str, str]:
+    """(metric, mode) a sweep ranks by: its parent's `search.*` params, else the first trial's
+    record, else val_acc/max."""
+    if parent_run_id:
+        params = client.get_run(parent_run_id).data.params
+        if "search.metric" in params:
+            return params["search.metric"], params.get("search.mode", "max")
+    for run in runs:
+        if Tag.TRIAL in run.data.tags:
+            search = decode(run).search
+            return search.metric, search.mode
+    return Search.metric, Search.mode  # the schema's defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """One trial run as the comparison table shows it. `score` is the sweep's metric at the
+    logged model's epoch; `epochs` the epochs it trained, of `epochs_planned`."""
+
+    name: str
+    arch: str
+    knobs: str
+    lr: float | None
+    params: int | None
+    flops: int | None
+    metric: str
+    score: float | None
+    val_acc: float | None
+    val_loss: float | None
+    epoch: int | None  # the model's (best) epoch
+    epochs: int | None
+    epochs_planned: int | None
+    imgs_per_s: float | None
+    device_hours: float
+    status: str
+    run_id: str
+    error: str | None
+    model_id: str | None
+    seed: int | None
+
+    @property
+    def has_model(self) -> bool:
+        return self.status in MODEL_STATUSES
+
+
+def result(run: Run, metric: str) -> Result:
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    trial = decode(run) if Tag.TRIAL in t else None
+    knobs = {k[len("knobs."):]: v for k, v in p.items() if k.startswith("knobs.")}
+    seconds = float(t.get(Tag.TRAIN_SECONDS, 0) or 0)
+    world = trial.resources.num_workers if trial else int(p.get("world_size", 1) or 1)
+    return Result(
+        name=run.info.run_name, arch=t.get(Tag.ARCH, ""),
+        knobs=" ".join(f"{k}={v}" for k, v in sorted(knobs.items())),
+        lr=trial.train.lr if trial else None,
+        params=int(p["param_count"]) if "param_count" in p else None,
+        flops=int(p["flops"]) if "flops" in p else None,
+        metric=metric, score=m.get(model_metric(metric)),
+        val_acc=m.get(model_metric("val_acc")), val_loss=m.get(model_metric("val_loss")),
+        epoch=int(t[Tag.BEST_EPOCH]) if t.get(Tag.BEST_EPOCH) else None,
+        epochs=int(t[Tag.EPOCHS_COMPLETED]) if t.get(Tag.EPOCHS_COMPLETED) else None,
+        epochs_planned=trial.train.epochs if trial else None,
+        imgs_per_s=m.get("imgs_per_s"), device_hours=seconds * world / 3600.0,
+        status=t.get(Tag.STATUS, ""), run_id=run.info.run_id, error=t.get(Tag.ERROR),
+        model_id=t.get(Tag.LOGGED_MODEL_ID), seed=trial.train.seed if trial else None)
+
+
+def rank(results: Iterable[Result], mode: str) -> list[Result]:
+    """Best first by `score` in `mode` (max or min); runs without a score last."""
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(results, key=lambda r: (r.score is None, sign * r.score if r.score is not None else 0.0))
+
+
+def results(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> list[Result]:
+    """Every trial run (of one sweep when `parent_run_id` is given), ranked by the sweep's own
+    metric and mode, each read at the run's logged model."""
+    runs = trial_runs(client, experiment_id, parent_run_id)
+    metric, mode = selection(client, parent_run_id, runs)
+    return rank((result(r, metric) for r in runs), mode)
+
+
+def download_model(client: MlflowClient, run: Run, dst: str) -> str:
+    """The run's logged model folder (MLmodel, data/, ...) downloaded as `dst`; its path. Reads
+    through `client`'s store alone (MLflow's runs:/ and models:/ resolution would use the
+    process-global tracking URI)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    model_id = run.data.tags.get(Tag.LOGGED_MODEL_ID)
+    if not model_id or run.data.tags.get(Tag.MODEL_FORMAT) is None:
+        raise FileNotFoundError(f"run {run.info.run_id} has no logged model")
+    location = client.get_logged_model(model_id).artifact_location
+    repo = get_artifact_repository(location, tracking_uri=client.tracking_uri)
+    os.makedirs(dst, exist_ok=True)
+    return repo.download_artifacts("", dst_path=dst)
