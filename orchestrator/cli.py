@@ -187,11 +187,17 @@ def cmd_compare(args) -> int:
         sweeps = runs.sweep_runs(client, exp.experiment_id)
         parent = sweeps[0].info.run_id if sweeps else None
     results = runs.results(client, exp.experiment_id, parent)
+    if args.by == "arch":
+        mode = runs.selection(client, parent, runs.trial_runs(client, exp.experiment_id, parent))[1]
+        text = reports.leaderboard_table(runs.leaderboard(results, mode, by_arch=parent is None)).render(args.format)
+    else:
+        text = reports.render(results, args.format)
     if args.format == "table":  # the other formats are data for other programs: nothing but the data
-        ranked = f", ranked by {results[0].metric}" if results else ""
+        ranked = (f", ranked by {results[0].metric}, trials that trained to their full budget first"
+                  if results and args.by == "trial" else f", by model entry, by {results[0].metric}" if results else "")
         print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
               + f" ({len(results)} trials{ranked}; {uri})")
-    print(reports.render(results, args.format), end="" if args.format != "json" else "\n")
+    print(text, end="" if args.format != "json" else "\n")
     return 0
 
 
@@ -300,6 +306,9 @@ def build_parser() -> Parser:
     c.add_argument("--tracking-uri")
     c.add_argument("--all-sweeps", action="store_true", help="every sweep of the experiment, not only the latest")
     c.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    c.add_argument("--by", default="trial", choices=("trial", "arch"),
+                   help="a row per trial, or per model entry (arch): its best configuration, mean and 95%% "
+                        "interval over its seed runs, tied leaders marked")
     c.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("evaluate", help="score a logged model on a dataset split")

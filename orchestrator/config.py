@@ -45,7 +45,6 @@ class ModelEntry:
     arch: str
     knobs: dict[str, Any]
     overrides: dict[str, Any]  # TrainConfig field -> value or space
-    index: int
 
     def point_space(self) -> dict[str, Any]:
         """The entry as a sweep-file mapping: what Tune samples one point of."""
@@ -66,19 +65,37 @@ class SweepSpec:
     models: tuple[ModelEntry, ...]
     registered_model: str  # the Model Registry name of the sweep's best model
 
+    def entry_budget(self, entry: ModelEntry) -> int:
+        """The trials a model entry's search gets: `search.trials_per_model`, else its grid
+        points x num_samples (random dimensions do not multiply)."""
+        return self.search.trials_per_model or _grid_size(entry.point_space()) * self.search.num_samples
+
     def trial_count(self) -> int:
-        """Grid points x num_samples (random dimensions do not multiply)."""
-        return sum(_grid_size(m.point_space()) for m in self.models) * self.search.num_samples
+        """Every entry's search budget, plus its `search.seeds` re-trainings."""
+        return sum(self.entry_budget(m) + self.search.seeds for m in self.models)
+
+    def entry_max_epochs(self, entry: ModelEntry) -> int:
+        return max(_leaf_bounds(entry.overrides.get("epochs", self.train.epochs)))
 
     def max_epochs(self) -> int:
-        return max(v for m in self.models for v in _leaf_bounds(m.overrides.get("epochs", self.train.epochs)))
+        return max(self.entry_max_epochs(m) for m in self.models)
 
-    def trial(self, point: dict[str, Any], trial_id: str) -> Trial:
-        """The one place a sampled point (arch, knobs, train overrides) becomes a resolved Trial."""
+    def trial(self, point: dict[str, Any], trial_id: str, *, entry: int = 0, repeat: int = 0,
+              phase: str = schema.PHASE_SEARCH) -> Trial:
+        """The one place a sampled point (arch, knobs, train overrides) becomes a resolved Trial;
+        a repeat of a point trains with its own seed, train.seed + repeat."""
         overrides = {k: v for k, v in point.items() if k not in ("arch", "knobs")}
+        train = dataclasses.replace(self.train, **schema.coerce(TrainConfig, overrides))
         return Trial(trial_id=trial_id, arch=point["arch"], knobs=dict(point.get("knobs") or {}),
-                     train=dataclasses.replace(self.train, **schema.coerce(TrainConfig, overrides)),
-                     dataset=self.dataset, resources=self.resources, failure=self.failure, search=self.search)
+                     train=dataclasses.replace(train, seed=train.seed + repeat), dataset=self.dataset,
+                     resources=self.resources, failure=self.failure, search=self.search, entry=entry,
+                     repeat=repeat, phase=phase)
+
+    def tune_trial(self, config: dict[str, Any], trial_id: str) -> Trial:
+        """The Trial of a Tune trial's config ({"model": point, "entry", "repeat", "phase"}, as
+        search.EntrySearch suggests it)."""
+        return self.trial(config["model"], trial_id, entry=config.get("entry", 0), repeat=config.get("repeat", 0),
+                          phase=config.get("phase", schema.PHASE_SEARCH))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +234,7 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
     if not isinstance(knobs, dict):
         raise ConfigError(file, f"{key}.knobs", f"{knobs!r} is not a mapping of knob: value-or-space")
     _check_knobs(file, key, arch_name, knobs)
-    entry = ModelEntry(arch_name, dict(knobs), overrides, index)
+    entry = ModelEntry(arch_name, dict(knobs), overrides)
     if _grid_size(entry.point_space()) == 0:
         raise ConfigError(file, key, "the search space is empty")
     return entry
@@ -311,10 +328,39 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
     if not isinstance(models_raw, list) or not models_raw:
         raise ConfigError(path, "models", "must be a non-empty list of {arch: ..., knobs: ..., lr: ...}")
     models = tuple(_check_model(path, i, m, train) for i, m in enumerate(models_raw))
+    _check_search(path, search, models)
 
     return SweepSpec(file=path, name=name.strip(), dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
                      models=models, registered_model=tracking.registered_model or name.strip())
+
+
+def _check_search(file: str, search: Search, models: tuple[ModelEntry, ...]) -> None:
+    """Rules between the search section and the model entries' spaces."""
+    if search.trials_per_model and search.num_samples != 1:
+        raise ConfigError(file, "search.num_samples", f"{search.num_samples} with trials_per_model "
+                          f"{search.trials_per_model}: give one of them (trials per grid point, or per entry)")
+    for i, m in enumerate(models):
+        grid = _grid_size(m.point_space())
+        if search.trials_per_model and search.trials_per_model < grid:
+            raise ConfigError(file, "search.trials_per_model", f"{search.trials_per_model} cannot cover the "
+                              f"{grid} grid points of models[{i}] ({m.arch}); give at least {grid}")
+        if search.algorithm == "grid":
+            sampled = _sampled_leaves(m.point_space())
+            if sampled:
+                raise ConfigError(file, f"models[{i}].{sampled[0]}", "is sampled, but search.algorithm is grid; "
+                                  "use {grid: [...]} or a value, or algorithm random or tpe")
+
+
+def _sampled_leaves(space: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys of the leaves that are sampled (choice, uniform, loguniform, randint), not grid."""
+    out = []
+    for key, value in space.items():
+        if is_space(value) and next(iter(value)) != "grid":
+            out.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and not is_space(value):
+            out += _sampled_leaves(value, f"{prefix}{key}.")
+    return out
 
 
 def default_tracking_uri() -> str:

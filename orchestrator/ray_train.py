@@ -93,7 +93,7 @@ def trial_resources(resources: Resources) -> dict[str, float]:
 def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
     """One Tune trial. A TorchTrainer's run name is derived from the trial id, so a restored
     trial finds (and resumes from) its own checkpoints."""
-    trial = spec.trial(config["model"], ray.tune.get_context().get_trial_id())
+    trial = spec.tune_trial(config, ray.tune.get_context().get_trial_id())
     if trial.resources.in_process:
         _train(trial, TuneReporter(), ray.tune.get_checkpoint(), "cuda" if trial.resources.use_gpu else "cpu")
         return
@@ -153,7 +153,7 @@ class MlflowCallback(ray.tune.Callback):
         return self._recorder
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.recorder.started(self.spec.trial(trial.config["model"], trial.trial_id))
+        self.recorder.started(self.spec.tune_trial(trial.config, trial.trial_id))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" in result:

@@ -6,6 +6,7 @@ matplotlib draws with Agg (no display anywhere we run)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import sys
 from typing import Any, Sequence
@@ -96,74 +97,108 @@ def plot_scatter(results: Sequence, x: str, path: str, xlabel: str, log_x: bool)
 
 
 # ---------------------------------------------------------------------------------------------
-# Comparison table (shared by the parent run's artefacts and `orchestrate compare`)
+# Tables (shared by the parent run's artefacts, the sweep's summary and `orchestrate compare`)
 
-# val_acc, the sweep's own metric (when it is another) and epoch are the logged model's: the best
-# epoch by the sweep's metric and mode. `epochs` is how many the trial trained, of how many planned.
-COMPARE_COLUMNS = ("name", "arch", "knobs", "lr", "params", "flops", "val_acc", "epoch", "epochs", "imgs_per_s",
-                   "device_hours", "status", "run_id")
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """Column names and rows of plain values (numbers as numbers, None for none), rendered as
+    `table` (aligned columns), `csv`, `json` (a list of row objects) or `markdown`."""
+
+    columns: tuple[str, ...]
+    rows: list[list[Any]]
+
+    def text(self) -> list[list[str]]:
+        return [["-" if v is None else FORMATS.get(c, str)(v) for c, v in zip(self.columns, row)]
+                for row in self.rows]
+
+    def render(self, fmt: str) -> str:
+        import io
+        import json
+
+        if fmt == "json":
+            return json.dumps([dict(zip(self.columns, row)) for row in self.rows], indent=2)
+        buffer = io.StringIO()
+        if fmt == "csv":
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(self.columns)
+            writer.writerows([["" if v is None else v for v in row] for row in self.rows])
+        elif fmt == "markdown":
+            buffer.write("| " + " | ".join(self.columns) + " |\n")
+            buffer.write("|" + "---|" * len(self.columns) + "\n")
+            for row in self.text():
+                buffer.write("| " + " | ".join(row) + " |\n")
+        else:
+            print_table([self.columns] + self.text(), stream=buffer)
+        return buffer.getvalue()
 
 
 FORMATS = {"params": lambda v: f"{v / 1e6:.2f}M", "flops": lambda v: f"{v / 1e6:.0f}M",
            "val_acc": "{:.4f}".format, "val_loss": "{:.4f}".format, "val_top5": "{:.4f}".format,
+           "mean": "{:.4f}".format, "std": "{:.4f}".format, "ci95_low": "{:.4f}".format, "ci95_high": "{:.4f}".format,
            "imgs_per_s": "{:.0f}".format, "device_hours": "{:.4f}".format, "lr": "{:.4g}".format}
 
+# One row per trial. val_acc, the sweep's own metric (when it is another) and epoch are the
+# logged model's: the best epoch by the sweep's metric and mode. `epochs` is how many the trial
+# trained, of how many planned: trials that trained to the full budget are ranked first.
+COMPARE_COLUMNS = ("name", "arch", "knobs", "lr", "params", "flops", "val_acc", "epoch", "epochs", "imgs_per_s",
+                   "device_hours", "status", "run_id")
 
-def columns(results: Sequence) -> tuple[str, ...]:
-    """COMPARE_COLUMNS, with the sweep's metric after val_acc when it ranks by another."""
+
+def trial_table(results: Sequence) -> Table:
+    """The comparison table: COMPARE_COLUMNS, with the sweep's metric after val_acc when it ranks
+    by another; json rows also carry the ranking `metric` and its `score`."""
     metric = results[0].metric if results else "val_acc"
-    if metric in COMPARE_COLUMNS:
-        return COMPARE_COLUMNS
-    at = COMPARE_COLUMNS.index("val_acc") + 1
-    return COMPARE_COLUMNS[:at] + (metric,) + COMPARE_COLUMNS[at:]
+    cols = COMPARE_COLUMNS
+    if metric not in cols:
+        at = cols.index("val_acc") + 1
+        cols = cols[:at] + (metric,) + cols[at:]
 
+    def value(r, c):
+        if c == r.metric:
+            return r.score
+        if c == "epochs":
+            return None if r.epochs is None else f"{r.epochs}/{r.epochs_planned}"
+        return getattr(r, c)
 
-def value(result, column: str) -> Any:
-    """A result's value for a table column (data, not text)."""
-    if column == result.metric:
-        return result.score
-    if column == "epochs":
-        return None if result.epochs is None else f"{result.epochs}/{result.epochs_planned}"
-    return getattr(result, column)
-
-
-def format_rows(results: Sequence, cols: Sequence[str] | None = None) -> list[list[str]]:
-    cols = cols or columns(results)
-    return [["-" if value(r, c) is None else FORMATS.get(c, str)(value(r, c)) for c in cols] for r in results]
+    return Table(cols, [[value(r, c) for c in cols] for r in results])
 
 
 def render(results: Sequence, fmt: str) -> str:
-    """The comparison table as text: `table` (aligned columns), `csv`, `json` (a list of row
-    objects, numbers as numbers, with the ranking `metric` and its `score`) or `markdown`."""
-    import io
-    import json
-
-    cols = columns(results)
+    """The comparison table as text (see Table.render); json rows carry `metric` and `score`."""
     if fmt == "json":
-        return json.dumps([{**{c: value(r, c) for c in cols}, "metric": r.metric, "score": r.score}
-                           for r in results], indent=2)
-    buffer = io.StringIO()
-    if fmt == "csv":
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(cols)
-        writer.writerows([["" if value(r, c) is None else value(r, c) for c in cols] for r in results])
-    elif fmt == "markdown":
-        buffer.write("| " + " | ".join(cols) + " |\n")
-        buffer.write("|" + "---|" * len(cols) + "\n")
-        for row in format_rows(results, cols):
-            buffer.write("| " + " | ".join(row) + " |\n")
-    else:
-        print_table([cols] + format_rows(results, cols), stream=buffer)
-    return buffer.getvalue()
+        import json
+
+        table = trial_table(results)
+        return json.dumps([{**dict(zip(table.columns, row)), "metric": r.metric, "score": r.score}
+                           for row, r in zip(table.rows, results)], indent=2)
+    return trial_table(results).render(fmt)
 
 
-def write_comparison(results: Sequence, folder: str) -> list[str]:
-    """The parent run's artefacts: the table as CSV and markdown, and the two scatter plots."""
+# One row per model entry: its best configuration and the metric over that configuration's seed
+# runs (mean, sample std, 95% t interval of the mean, n). `rank`: the leader, and the entries whose
+# interval overlaps the leader's (statistically tied with it).
+LEADERBOARD_COLUMNS = ("rank", "entry", "arch", "config", "metric", "mean", "std", "ci95_low", "ci95_high", "n",
+                       "params", "flops", "device_hours", "trials")
+
+
+def leaderboard_table(standings: Sequence) -> Table:
+    def rank(s):
+        return "leader" if s.leader else ("tied" if s.tied else "")
+
+    return Table(LEADERBOARD_COLUMNS, [[rank(s), s.entry, s.arch, s.config, s.metric, s.mean, s.std, s.low, s.high,
+                                        s.n, s.params, s.flops, s.device_hours, s.trials] for s in standings])
+
+
+def write_comparison(results: Sequence, standings: Sequence, folder: str) -> list[str]:
+    """The parent run's artefacts: the trial table and the leaderboard as CSV and markdown, and
+    the two scatter plots."""
     paths = []
-    for fmt, name in (("csv", "comparison.csv"), ("markdown", "comparison.md")):
-        paths.append(os.path.join(folder, name))
-        with open(paths[-1], "w", newline="") as f:
-            f.write(render(results, fmt))
+    for table, stem in ((trial_table(results), "comparison"), (leaderboard_table(standings), "leaderboard")):
+        for fmt, ext in (("csv", "csv"), ("markdown", "md")):
+            paths.append(os.path.join(folder, f"{stem}.{ext}"))
+            with open(paths[-1], "w", newline="") as f:
+                f.write(table.render(fmt))
     if results:
         p1, p2 = os.path.join(folder, "accuracy_vs_params.png"), os.path.join(folder, "accuracy_vs_imgs_per_s.png")
         plot_scatter(results, "params", p1, "parameters", log_x=True)

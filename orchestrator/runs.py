@@ -206,10 +206,17 @@ class Result:
     error: str | None
     model_id: str | None
     seed: int | None
+    entry: int | None  # its `models:` entry
+    phase: str | None  # search, or seeds (a re-training of the entry's best configuration)
 
     @property
     def has_model(self) -> bool:
         return self.status in MODEL_STATUSES
+
+    @property
+    def full_budget(self) -> bool:
+        """Trained every epoch it was planned (not stopped early, not failed)."""
+        return self.status == Status.COMPLETED
 
 
 def result(run: Run, metric: str) -> Result:
@@ -231,13 +238,18 @@ def result(run: Run, metric: str) -> Result:
         epochs_planned=trial.train.epochs if trial else None,
         imgs_per_s=m.get("imgs_per_s"), device_hours=seconds * world / 3600.0,
         status=t.get(Tag.STATUS, ""), run_id=run.info.run_id, error=t.get(Tag.ERROR),
-        model_id=t.get(Tag.LOGGED_MODEL_ID), seed=trial.train.seed if trial else None)
+        model_id=t.get(Tag.LOGGED_MODEL_ID), seed=trial.train.seed if trial else None,
+        entry=trial.entry if trial else None, phase=trial.phase if trial else None)
 
 
 def rank(results: Iterable[Result], mode: str) -> list[Result]:
-    """Best first by `score` in `mode` (max or min); runs without a score last."""
+    """Trials trained to their full budget first, then early-stopped ones, then the rest; within
+    each, best first by `score` in `mode` (max or min). An early-stopped trial's score is from
+    fewer epochs: it is never ranked as the equal of a full-budget one."""
     sign = -1.0 if mode == "max" else 1.0
-    return sorted(results, key=lambda r: (r.score is None, sign * r.score if r.score is not None else 0.0))
+    tier = {Status.COMPLETED: 0, Status.EARLY_STOPPED: 1}
+    return sorted(results, key=lambda r: (tier.get(r.status, 2), r.score is None,
+                                          sign * r.score if r.score is not None else 0.0))
 
 
 def results(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> list[Result]:
@@ -261,3 +273,80 @@ def download_model(client: MlflowClient, run: Run, dst: str) -> str:
     repo = get_artifact_repository(location, tracking_uri=client.tracking_uri)
     os.makedirs(dst, exist_ok=True)
     return repo.download_artifacts("", dst_path=dst)
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-architecture leaderboard
+
+
+@dataclasses.dataclass(frozen=True)
+class Standing:
+    """One model entry on the leaderboard: its best configuration and the sweep's metric over
+    that configuration's seed runs (`search.seeds`), or over its one best run when the sweep
+    trained no seeds. Search trials picked the configuration; the seed runs, trained afterwards,
+    measure it without that selection's luck."""
+
+    entry: int | str  # the `models:` entry's index (its arch, when grouped by arch)
+    arch: str
+    config: str  # the best configuration (its run name, less the seed)
+    metric: str
+    mean: float | None
+    std: float | None  # sample standard deviation (n - 1); None below 2 runs
+    low: float | None  # 95% interval of the mean (Student's t); None below 2 runs
+    high: float | None
+    n: int
+    params: int | None
+    flops: int | None
+    device_hours: float  # every trial of the entry: search and seeds
+    trials: int
+    leader: bool = False
+    tied: bool = False  # its interval overlaps the leader's: not told apart from the best
+
+
+def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None, float | None]:
+    """(mean, sample std, low, high): Student's t interval of the mean; std and the interval need
+    at least two values."""
+    import statistics
+
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None, None
+    from scipy import stats  # scipy comes with scikit-learn
+
+    std = statistics.stdev(values)
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * std / len(values) ** 0.5
+    return mean, std, mean - half, mean + half
+
+
+def _base_name(name: str) -> str:
+    return name.rsplit("-seed", 1)[0]
+
+
+def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list[Standing]:
+    """One Standing per model entry (per arch with `by_arch`, e.g. over several sweeps), best
+    first by mean in `mode`; the leader is marked, and so is every entry whose 95% interval
+    overlaps the leader's (statistically tied with it)."""
+    by_entry: dict[Any, list[Result]] = {}
+    for r in results:
+        by_entry.setdefault(r.arch if by_arch or r.entry is None else r.entry, []).append(r)
+    standings = []
+    for entry, rs in by_entry.items():
+        seeds = [r for r in rs if r.phase == "seeds" and r.has_model and r.score is not None]
+        ranked = rank(rs, mode)
+        best = seeds[0] if seeds else next((r for r in ranked if r.has_model and r.score is not None), None)
+        if best is None:
+            continue
+        scores = [r.score for r in seeds] if seeds else [best.score]
+        mean, std, low, high = t_interval(scores)
+        standings.append(Standing(entry, best.arch, _base_name(best.name), best.metric, mean, std, low, high,
+                                  len(scores), best.params, best.flops, sum(r.device_hours for r in rs), len(rs)))
+    sign = -1.0 if mode == "max" else 1.0
+    standings.sort(key=lambda s: sign * s.mean)
+    if not standings:
+        return []
+    top = standings[0]
+    marked = [dataclasses.replace(top, leader=True, tied=True)]
+    for s in standings[1:]:
+        overlaps = (top.low is not None and s.low is not None and s.high >= top.low and s.low <= top.high)
+        marked.append(dataclasses.replace(s, tied=overlaps))
+    return marked

@@ -26,6 +26,10 @@ EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "
                  "train_s", "epoch_s")
 METRICS = EPOCH_METRICS
 
+# A trial either searches its entry's space, or re-trains the entry's best configuration with a
+# fresh seed after the search (`search.seeds`).
+PHASE_SEARCH, PHASE_SEEDS = "search", "seeds"
+
 
 # ---------------------------------------------------------------------------------------------
 # Rules, each a function value -> None (fine) or what is wrong with it
@@ -174,9 +178,20 @@ class Search:
 
     scheduler: str = setting("asha", "asha stops poor trials early; fifo runs every trial to the end",
                              choices=("fifo", "asha"))
+    brackets: str = setting("per_model", "asha ranks a trial against its own model entry's trials (per_model: "
+                                         "every entry keeps its best to the full budget) or the whole sweep's",
+                            choices=("per_model", "global"))
     grace_period: int = setting(1, "epochs before ASHA may stop a trial", check=at_least(1))
     reduction_factor: float = setting(2.0, "ASHA keeps 1/reduction_factor of trials at each rung", check=above(1))
-    num_samples: int = setting(1, "repeats of the grid (random dimensions sampled anew)", check=at_least(1))
+    algorithm: str = setting("random", "how leaves other than grid are chosen: random, or tpe (Optuna's TPE, one "
+                                       "study per model entry); grid allows grid leaves only",
+                             choices=("grid", "random", "tpe"))
+    num_samples: int = setting(1, "trials per grid point of each entry (each a new seed and new samples)",
+                               check=at_least(1))
+    trials_per_model: int = setting(0, "trials each model entry gets, its grid points taken in turn "
+                                       "(0: its grid points x num_samples)", check=non_negative)
+    seeds: int = setting(0, "after the search, train each entry's best configuration again with this many fresh "
+                            "seeds (full budget, never stopped early): the leaderboard's spread", check=non_negative)
     max_concurrent_trials: int = setting(0, "0: as many as the cluster fits", check=non_negative)
     metric: str = setting("val_acc", "what selects trials, checkpoints and the logged model", choices=METRICS)
     mode: str = setting("max", "max or min", choices=("max", "min"))
@@ -285,11 +300,17 @@ class Trial:
     resources: Resources
     failure: Failure
     search: Search
+    entry: int = 0  # its `models:` entry (index in the sweep file)
+    repeat: int = 0  # how many trials of the same point came before it: its seed is train.seed + repeat
+    phase: str = PHASE_SEARCH
 
     @property
     def name(self) -> str:
-        """The MLflow child run's name: `<arch>-<knob><value>...-lr<lr>`."""
+        """The MLflow child run's name: `<arch>-<knob><value>...-lr<lr>`, and `-seed<seed>` for a
+        repeat of a point."""
         parts = [self.arch] + [f"{k}{_short(v)}" for k, v in sorted(self.knobs.items())] + [f"lr{_short(self.train.lr)}"]
+        if self.repeat or self.phase == PHASE_SEEDS:
+            parts.append(f"seed{self.train.seed}")
         return "-".join(parts)
 
 

@@ -12,71 +12,33 @@ import contextlib
 import dataclasses
 import logging
 import os
-import random
 import re
 import signal
 import sys
 import time
 import types
 import warnings
-from typing import Any
 
-import numpy as np
+
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator
-from ray.tune.search.variant_generator import generate_variants
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter
 
-from orchestrator import config, live, ray_train, storage, tracking
+from orchestrator import live, ray_train, runs, search, storage, tracking
 from orchestrator.config import ConfigError, SweepSpec
-from orchestrator.reports import render
+from orchestrator.reports import leaderboard_table, render
 from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial
 
 
-def to_tune(value: Any):
-    """One sweep-file leaf -> the ray.tune primitive it names (dicts recurse)."""
-    if config.is_space(value):
-        kind, args = next(iter(value.items()))
-        return {"grid": lambda a: tune.grid_search(list(a)), "choice": lambda a: tune.choice(list(a)),
-                "uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
-                "randint": lambda a: tune.randint(*a)}[kind](args)
-    if isinstance(value, dict):
-        return {k: to_tune(v) for k, v in value.items()}
-    return value
-
-
-def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """One grid over every model entry's grid points (its `grid` leaves expanded here, in order),
-    each point carrying its random dimensions as Tune samplers. One flat grid, not grids nested in
-    a grid: Tune before 2.60 cannot resolve those. A sampled point becomes a Trial through
-    `spec.trial` (defaults come from there, not here)."""
-    return {"model": tune.grid_search([to_tune(p) for m in spec.models for p in grid_points(m.point_space())])}
-
-
-def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
-    """`space` once per combination of its `grid` leaves (nested mappings included), other
-    leaves as they are."""
-    points: list[dict[str, Any]] = [{}]
-    for key, value in space.items():
-        if isinstance(value, dict) and not config.is_space(value):
-            options = grid_points(value)
-        elif config.is_space(value) and next(iter(value)) == "grid":
-            options = value["grid"]
-        else:
-            options = [value]
-        points = [{**p, key: o} for p in points for o in options]
-    return points
-
-
 def preview(spec: SweepSpec) -> list[Trial]:
-    """The trials a sweep would run (random dimensions sampled with the sweep's seed)."""
-    random.seed(spec.search.seed)
-    np.random.seed(spec.search.seed)
-    return [spec.trial(cfg["model"], f"preview_{i:05d}")
-            for i, (_, cfg) in enumerate(v for _ in range(spec.search.num_samples)
-                                         for v in generate_variants(param_space(spec)))]
+    """The search trials a sweep would run, in order, their random leaves drawn as the sweep will
+    draw them (TPE's depend on results: drawn at random here). `search.seeds` re-trainings follow
+    the search and are not listed."""
+    searcher = search.EntrySearch(spec)
+    count = sum(spec.entry_budget(m) for m in spec.models)
+    return [spec.tune_trial(searcher.suggest(f"preview_{i:05d}"), f"preview_{i:05d}") for i in range(count)]
 
 
 def slug(name: str) -> str:
@@ -187,18 +149,16 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             "experiment": spec.name, "parent_run_id": parent, "tracking_uri": spec.tracking_uri,
             "created": time.time(), "sweep_file": os.path.abspath(spec.file)})
         s = spec.search
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(), grace_period=s.grace_period,
-                                   reduction_factor=s.reduction_factor)
-                     if s.scheduler == "asha" else FIFOScheduler())
+        searcher = search.EntrySearch(spec)
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(spec),
             tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, scheduler=scheduler, num_samples=s.num_samples,
+                metric=s.metric, mode=s.mode, num_samples=spec.trial_count(),
+                scheduler=search.EntryScheduler(spec) if s.scheduler == "asha" else FIFOScheduler(),
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher,
                 # A finished trial's process (torch, Ray Train and the data set's modules already
                 # imported) runs the next trial: every trial of a sweep asks for the same resources.
                 reuse_actors=True,
-                search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=max_concurrent),
                 trial_name_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}",
                 trial_dirname_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}"),
             run_config=tune.RunConfig(
@@ -241,7 +201,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
 
 
 def _describe(spec: SweepSpec, tune_trial) -> tuple[str, int]:
-    trial = spec.trial(tune_trial.config["model"], tune_trial.trial_id)
+    trial = spec.tune_trial(tune_trial.config, tune_trial.trial_id)
     return trial.name, trial.train.epochs
 
 
@@ -276,6 +236,11 @@ def stop_on_signals():
 def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
     print("", file=out)
     print(render(results, "table"), end="", file=out)
+    standings = runs.leaderboard(results, spec.search.mode)
+    if standings:
+        print(f"\nPer model entry ({spec.search.metric}, {spec.search.mode}; mean of the best configuration's "
+              f"seed runs with a 95% interval where search.seeds > 1):", file=out)
+        print(leaderboard_table(standings).render("table"), end="", file=out)
     failed = [r for r in results if r.status == Status.FAILED]
     if failed:
         print(f"\n{len(failed)} of {len(results)} trial(s) failed:", file=out)

@@ -472,8 +472,9 @@ class SweepRecord:
         `register_as` with the alias `best`, the parent finished. Returns (results, model version)."""
         results = runs.results(self.client, self.experiment_id, self.parent_run_id)
         version = self.register_best(results, register_as) if register_as else None
+        mode = runs.selection(self.client, self.parent_run_id)[1]
         with tempfile.TemporaryDirectory() as tmp:
-            for path in reports.write_comparison(results, tmp):
+            for path in reports.write_comparison(results, runs.leaderboard(results, mode), tmp):
                 self.client.log_artifact(self.parent_run_id, path)
         counts: dict[str, int] = {}
         for r in results:

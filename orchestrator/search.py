@@ -1,0 +1,334 @@
+"""How a sweep searches, per model entry: which trials it runs (`plan`, `EntrySearch`) and which it
+stops early (`EntryScheduler`). Ray Tune adapters; the engine never sees them.
+
+A fair comparison of architectures needs each entry searched and judged on its own:
+- every `models:` entry gets its own budget of trials (`search.trials_per_model`, default: its
+  grid points x `num_samples`); its grid leaves are enumerated, its other leaves sampled at random
+  or by Optuna's TPE (one study per entry, through Ray Tune's `OptunaSearch`);
+- ASHA ranks a trial only against trials of its own entry (one bracket per entry), so a family
+  that starts slowly still keeps its best trials to the full budget (`search.brackets: global`
+  is the old single bracket over the whole sweep);
+- each repeat of a point trains with its own seed (`train.seed` + repeat), and with
+  `search.seeds: k` each entry's best configuration is trained again with k fresh seeds, to the
+  full budget, never stopped early: the leaderboard's spread comes from those.
+
+A trial's config is `{"model": point, "entry": i, "repeat": r, "phase": "search" | "seeds"}`;
+`SweepSpec.trial` makes it a `Trial`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+from typing import Any
+
+import numpy as np
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from orchestrator import config
+from orchestrator.config import SweepSpec
+from orchestrator.schema import PHASE_SEARCH, PHASE_SEEDS
+
+
+def to_tune(value: Any):
+    """One sweep-file leaf -> the ray.tune domain it names (dicts recurse); grid leaves are
+    resolved before this (grid_points)."""
+    if config.is_space(value):
+        kind, args = next(iter(value.items()))
+        return {"choice": lambda a: tune.choice(list(a)), "uniform": lambda a: tune.uniform(*a),
+                "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}[kind](args)
+    if isinstance(value, dict):
+        return {k: to_tune(v) for k, v in value.items()}
+    return value
+
+
+def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """`space` once per combination of its `grid` leaves (nested mappings included), other
+    leaves as they are."""
+    points: list[dict[str, Any]] = [{}]
+    for key, value in space.items():
+        if isinstance(value, dict) and not config.is_space(value):
+            options = grid_points(value)
+        elif config.is_space(value) and next(iter(value)) == "grid":
+            options = value["grid"]
+        else:
+            options = [value]
+        points = [{**p, key: o} for p in points for o in options]
+    return points
+
+
+def _leaves(point: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"knobs/width": space, "lr": space}: the point's sampled (non-grid) leaves, by path."""
+    out = {}
+    for key, value in point.items():
+        path = f"{prefix}{key}"
+        if config.is_space(value):
+            out[path] = value
+        elif isinstance(value, dict):
+            out.update(_leaves(value, path + "/"))
+    return out
+
+
+def _put(point: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split("/")
+    for p in parents:
+        point = point[p]
+    point[last] = value
+
+
+@dataclasses.dataclass
+class EntryPlan:
+    """One entry's search: its grid points, in the order its trials take them, and its budget."""
+
+    index: int
+    points: list[dict[str, Any]]  # grid leaves resolved; sampled leaves still as spaces
+    budget: int
+
+    def point(self, k: int) -> tuple[dict[str, Any], int]:
+        """Trial k's grid point and its repeat (how often that point came up before)."""
+        return self.points[k % len(self.points)], k // len(self.points)
+
+
+def plan(spec: SweepSpec) -> list[EntryPlan]:
+    return [EntryPlan(i, grid_points(m.point_space()), spec.entry_budget(m)) for i, m in enumerate(spec.models)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling an entry's leaves
+
+
+class _RandomSampler:
+    """Leaves sampled at random, from a generator seeded per entry (the dry run shows the same)."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, trial_id: str, leaves: dict[str, Any]) -> dict[str, Any]:
+        return {path: to_tune(space).sample(random_state=self.rng) for path, space in leaves.items()}
+
+    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+        pass
+
+
+class _SpaceFunction:
+    """Optuna's define-by-run space for one entry (picklable, for Tune's searcher state)."""
+
+    def __init__(self, leaves: dict[str, Any]):
+        self.leaves = leaves
+
+    def __call__(self, trial):
+        for path, space in self.leaves.items():
+            kind, args = next(iter(space.items()))
+            if kind == "choice":
+                trial.suggest_categorical(path, list(args))
+            elif kind == "randint":
+                trial.suggest_int(path, args[0], args[1] - 1)
+            else:
+                trial.suggest_float(path, args[0], args[1], log=kind == "loguniform")
+
+
+class _TpeSampler:
+    """One Optuna TPE study per entry, through Ray Tune's OptunaSearch. The first trials are
+    random (TPE needs a few observations), then TPE models which values scored well."""
+
+    def __init__(self, leaves: dict[str, Any], metric: str, mode: str, seed: int, budget: int):
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        startup = max(2, min(10, budget // 4))
+        self.searcher = OptunaSearch(_SpaceFunction(leaves), metric=metric, mode=mode,
+                                     sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
+
+    def sample(self, trial_id: str, leaves: dict[str, Any]) -> dict[str, Any]:
+        params = self.searcher.suggest(trial_id)
+        flat: dict[str, Any] = {}
+
+        def walk(d, prefix=""):
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}/")
+                else:
+                    flat[f"{prefix}{k}"] = v
+        walk(params or {})
+        return {path: flat[path] for path in leaves}
+
+    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+        self.searcher.on_trial_complete(trial_id, result, error)
+
+
+# ---------------------------------------------------------------------------------------------
+# The searcher
+
+
+@dataclasses.dataclass
+class _Outcome:
+    entry: int
+    point: dict[str, Any]  # fully resolved
+    phase: str
+    repeat: int
+    epochs: int  # planned
+    value: float | None = None  # the metric's last reported value
+    full_budget: bool = False
+    done: bool = False
+
+
+class EntrySearch(Searcher):
+    """Suggests every entry's trials in file order (each entry's budget, grid points in turn,
+    sampled leaves from its sampler), then, with `search.seeds: k`, each entry's best
+    configuration k more times with fresh seeds once that entry's search trials have all ended."""
+
+    def __init__(self, spec: SweepSpec):
+        search = spec.search
+        super().__init__(metric=search.metric, mode=search.mode)
+        self.spec = spec
+        self.plans = plan(spec)
+        self.samplers = {}
+        for p in self.plans:
+            leaves = _leaves(p.points[0])
+            seed = search.seed * 1000 + p.index
+            self.samplers[p.index] = (_TpeSampler(leaves, search.metric, search.mode, seed, p.budget)
+                                      if search.algorithm == "tpe" and leaves else _RandomSampler(seed))
+        self.suggested = {p.index: 0 for p in self.plans}
+        self.seeded = {p.index: False for p in self.plans}  # its seed trials are queued (or there are none)
+        self.seed_queue: list[tuple[int, dict[str, Any], int]] = []
+        self.outcomes: dict[str, _Outcome] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # metric and mode come from the sweep's spec; the space from its entries
+
+    def suggest(self, trial_id: str):
+        for p in self.plans:
+            k = self.suggested[p.index]
+            if k < p.budget:
+                grid_point, repeat = p.point(k)
+                point = copy.deepcopy(grid_point)
+                for path, value in self.samplers[p.index].sample(trial_id, _leaves(grid_point)).items():
+                    _put(point, path, value)
+                self.suggested[p.index] = k + 1
+                return self._start(trial_id, p.index, point, repeat, PHASE_SEARCH)
+        if not self.spec.search.seeds:
+            return Searcher.FINISHED
+        for p in self.plans:
+            if not self.seeded[p.index] and self._search_ended(p.index):
+                self.seeded[p.index] = True
+                self.seed_queue += self._seed_trials(p.index)
+        if self.seed_queue:
+            entry, point, repeat = self.seed_queue.pop(0)
+            return self._start(trial_id, entry, copy.deepcopy(point), repeat, PHASE_SEEDS)
+        return Searcher.FINISHED if all(self.seeded.values()) else None  # None: seed trials wait for their entry
+
+    def _start(self, trial_id: str, entry: int, point: dict[str, Any], repeat: int, phase: str) -> dict[str, Any]:
+        config = {"model": point, "entry": entry, "repeat": repeat, "phase": phase}
+        self.outcomes[trial_id] = _Outcome(entry, point, phase, repeat,
+                                           epochs=self.spec.tune_trial(config, trial_id).train.epochs)
+        return config
+
+    def _seed_trials(self, entry: int) -> list[tuple[int, dict[str, Any], int]]:
+        """The entry's best configuration `search.seeds` times, each with a seed no search trial
+        of that point used (repeats after the search's)."""
+        best = self._best(entry)
+        if best is None:
+            return []
+        first = 1 + max(o.repeat for o in self.outcomes.values() if o.entry == entry and o.point == best.point)
+        return [(entry, best.point, first + j) for j in range(self.spec.search.seeds)]
+
+    def _search_ended(self, entry: int) -> bool:
+        mine = [o for o in self.outcomes.values() if o.entry == entry and o.phase == PHASE_SEARCH]
+        return len(mine) == self.plans[entry].budget and all(o.done for o in mine)
+
+    def _best(self, entry: int) -> _Outcome | None:
+        """The entry's best search trial by the sweep's metric and mode, among those that trained
+        to the full budget (any that ended, when none did)."""
+        ended = [o for o in self.outcomes.values()
+                 if o.entry == entry and o.phase == PHASE_SEARCH and o.value is not None]
+        pool = [o for o in ended if o.full_budget] or ended
+        if not pool:
+            return None
+        sign = 1.0 if self.spec.search.mode == "max" else -1.0
+        return max(pool, key=lambda o: sign * o.value)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        outcome = self.outcomes.get(trial_id)
+        if outcome is None:
+            return
+        outcome.done = True
+        metric = self.spec.search.metric
+        if result and not error and metric in result:
+            outcome.value = float(result[metric])
+            outcome.full_budget = int(result.get("epoch", 0)) >= outcome.epochs
+        if outcome.phase == PHASE_SEARCH:
+            self.samplers[outcome.entry].complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:  # Tune's own experiment state, written by save()
+            self.__dict__.update(pickle.load(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping
+
+
+class EntryScheduler(FIFOScheduler):
+    """ASHA with one bracket per model entry: a trial is ranked only against its own entry's
+    trials, so every entry keeps its best trials to its own full budget. Seed trials (the
+    re-training of each entry's best configuration) are never stopped."""
+
+    def __init__(self, spec: SweepSpec):
+        super().__init__()
+        self.spec = spec
+        self._brackets: dict[Any, ASHAScheduler] = {}
+        self._of: dict[str, Any] = {}
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True
+
+    def _key(self, trial) -> Any:
+        cfg = trial.config
+        if cfg.get("phase") == PHASE_SEEDS:
+            return None
+        return "all" if self.spec.search.brackets == "global" else cfg.get("entry", 0)
+
+    def _bracket(self, key) -> ASHAScheduler:
+        if key not in self._brackets:
+            s = self.spec.search
+            max_t = self.spec.max_epochs() if key == "all" else self.spec.entry_max_epochs(self.spec.models[key])
+            self._brackets[key] = ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=max_t,
+                                                grace_period=min(s.grace_period, max_t),
+                                                reduction_factor=s.reduction_factor)
+        return self._brackets[key]
+
+    def on_trial_add(self, tune_controller, trial):
+        key = self._key(trial)
+        self._of[trial.trial_id] = key
+        if key is not None:
+            self._bracket(key).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        key = self._of.get(trial.trial_id)
+        if key is None:
+            return TrialScheduler.CONTINUE
+        return self._bracket(key).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        key = self._of.pop(trial.trial_id, None)
+        if key is not None:
+            self._bracket(key).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        key = self._of.pop(trial.trial_id, None)
+        if key is not None:
+            self._bracket(key).on_trial_remove(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"ASHA per model entry ({len(self._brackets)} bracket(s))"
