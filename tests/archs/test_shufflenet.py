@@ -7,11 +7,8 @@ import torch
 from torch import nn
 
 import archs
-import archtest
 from archs import shufflenet
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])

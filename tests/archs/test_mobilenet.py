@@ -4,11 +4,8 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archs.mobilenet import InvertedResidual
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 def final_feature_size(model) -> int:

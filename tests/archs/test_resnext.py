@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 
 import archs
-import archtest
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])

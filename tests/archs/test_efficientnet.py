@@ -4,11 +4,8 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archs.efficientnet import MBConv, StochasticDepth
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 def blocks(model):

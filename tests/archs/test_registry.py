@@ -11,15 +11,6 @@ FAMILIES = {"ParNet", "ShuffleNet", "ResNet", "ResNeXt", "SE-ResNet", "DenseNet"
             "MobileNet", "EfficientNet", "AlexNet", "VGG", "GoogLeNet"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Batch-2 steps: threads only add synchronisation cost.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_all_thirteen_families_are_registered():
     assert set(archs.families()) == FAMILIES
 
@@ -82,3 +73,8 @@ def test_width_out_of_range_and_wrong_type_are_rejected():
 def test_shufflenet_rejects_groups_5_naming_the_allowed_values():
     with pytest.raises(archs.KnobError, match="groups: 5 is not one of 1, 2, 3, 4, 8"):
         archs.create("shufflenet_v1", groups=5)
+
+
+def test_arch_tests_run_on_one_intra_op_thread():
+    # tests/archs/conftest.py's autouse fixture, which every module in this folder gets.
+    assert torch.get_num_threads() == 1

@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 
 import archs
-import archtest
 from archs import densenet
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 NAMES = ["densenet121", "densenet_bc"]
 

@@ -4,11 +4,8 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archs.resnest import SplitAttention
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 
 import archs
-import archtest
 from archs.common import SqueezeExcite
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 NAMES = ["se_resnet18", "se_resnet50"]
 
