@@ -51,7 +51,7 @@ class AlexNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("alexnet", family="AlexNet", paper=PAPER,
+@register(family="AlexNet", paper=PAPER,
           knobs=[width_knob(),
                  Knob("dropout", float, 0.5, low=0.0, high=0.9,
                       help="dropout probability before the first two linear layers")],

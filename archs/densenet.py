@@ -105,7 +105,7 @@ COMPRESSION = Knob("compression", float, 0.5, low=0.1, high=1.0,
                    help="theta: share of channels a transition keeps (0 < theta <= 1)")
 
 
-@register("densenet121", family="DenseNet", paper=PAPER,
+@register(family="DenseNet", paper=PAPER,
           knobs=[width_knob(), Knob("growth_rate", int, 32, low=1, high=64, help=GROWTH_HELP), COMPRESSION],
           check=_check_for(lambda knobs: (6, 12, 24, 16)), smallest={"width": 0.125})
 def densenet121(num_classes: int = 10, width: float = 1.0, growth_rate: int = 32,
@@ -113,7 +113,7 @@ def densenet121(num_classes: int = 10, width: float = 1.0, growth_rate: int = 32
     return DenseNet((6, 12, 24, 16), growth_rate, compression, num_classes, width)
 
 
-@register("densenet_bc", family="DenseNet", paper=PAPER,
+@register(family="DenseNet", paper=PAPER,
           knobs=[width_knob(), Knob("depth", int, 100, low=10, high=250, help="L = 6n + 4"),
                  Knob("growth_rate", int, 12, low=1, high=64, help=GROWTH_HELP), COMPRESSION],
           check=_check_for(lambda knobs: bc_blocks(knobs["depth"])),

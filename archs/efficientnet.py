@@ -110,7 +110,7 @@ class EfficientNet(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register("efficientnet_b0", family="EfficientNet", paper=PAPER,
+@register(family="EfficientNet", paper=PAPER,
           knobs=[width_knob(),
                  Knob("depth_coefficient", float, 1.0, low=0.25, high=4.0,
                       help="multiplies every stage's number of blocks (rounded up)"),

@@ -79,7 +79,7 @@ class GoogLeNet(nn.Module):
         return self.fc(self.pool(self.inceptions(self.stem(x))).flatten(1))
 
 
-@register("googlenet", family="GoogLeNet", knobs=[width_knob()], paper=PAPER,
+@register(family="GoogLeNet", knobs=[width_knob()], paper=PAPER,
           smallest={"width": 0.125})
 def googlenet(num_classes: int = 10, width: float = 1.0) -> GoogLeNet:
     return GoogLeNet(num_classes, width)

@@ -69,7 +69,7 @@ class MobileNetV1(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 
-@register("mobilenet_v1", family="MobileNet", knobs=[width_knob()], paper=PAPER_V1,
+@register(family="MobileNet", knobs=[width_knob()], paper=PAPER_V1,
           smallest={"width": 0.125})
 def mobilenet_v1(num_classes: int = 10, width: float = 1.0) -> MobileNetV1:
     return MobileNetV1(num_classes, width)
@@ -123,7 +123,7 @@ class MobileNetV2(nn.Module):
         return self.fc(self.pool(self.head(self.blocks(self.stem(x)))).flatten(1))
 
 
-@register("mobilenet_v2", family="MobileNet", paper=PAPER_V2,
+@register(family="MobileNet", paper=PAPER_V2,
           knobs=[width_knob(),
                  Knob("expansion", int, 6, low=1, high=8,
                       help="expansion factor t of the inverted residual blocks (the first block keeps t=1)")],

@@ -190,7 +190,7 @@ DEPTH = Knob("depth", int, 12, low=8, high=16,
              help="layers on the longest input-to-logit path (12 in the paper)")
 
 
-@register("parnet", family="ParNet", knobs=[width_knob(), DEPTH], paper=PAPER,
+@register(family="ParNet", knobs=[width_knob(), DEPTH], paper=PAPER,
           smallest={"width": 0.125, "depth": 8})
 def parnet(num_classes: int = 10, width: float = 1.0, depth: int = 12) -> ParNet:
     n = depth - 7

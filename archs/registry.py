@@ -79,12 +79,17 @@ class Arch:
 _REGISTRY: dict[str, Arch] = {}
 
 
-def register(name: str, *, family: str, knobs: Iterable[Knob], paper: str,
+def register(*, family: str, knobs: Iterable[Knob], paper: str,
              check: Callable[[dict[str, Any]], KnobError | None] | None = None,
              smallest: dict[str, Any] | None = None):
-    """Decorator: `@register("resnet18", family="ResNet", knobs=[width_knob()], paper="...")`."""
+    """Decorator registering a builder under its own name, as timm's `register_model` does:
+
+        @register(family="ResNet", knobs=[width_knob()], paper=PAPER, smallest={"width": 0.125})
+        def resnet18(num_classes: int = 10, width: float = 1.0) -> ResNet: ...
+    """
 
     def decorate(builder: Callable[..., nn.Module]):
+        name = builder.__name__
         if name in _REGISTRY:
             raise RuntimeError(f"arch {name!r} registered twice")
         _REGISTRY[name] = Arch(name, family, builder, tuple(knobs), paper, check, dict(smallest or {}))

@@ -92,7 +92,7 @@ def check(knobs: dict) -> KnobError | None:
     return None
 
 
-@register("res2net50", family="Res2Net", paper=PAPER, check=check,
+@register(family="Res2Net", paper=PAPER, check=check,
           knobs=[width_knob(),
                  Knob("scale", int, 4, low=2, high=8, help="s: groups the 3x3 conv is split into"),
                  Knob("base_width", int, 26, low=1, high=64, help="w at 64 planes: channels per group")],

@@ -157,7 +157,7 @@ def check_split_channels(knobs: dict[str, Any]) -> KnobError | None:
     return None
 
 
-@register("resnest50", family="ResNeSt", paper=PAPER, check=check_split_channels,
+@register(family="ResNeSt", paper=PAPER, check=check_split_channels,
           knobs=[width_knob(),
                  Knob("radix", int, 2, low=1, high=MAX_RADIX, help="splits per cardinal group (R)"),
                  Knob("cardinality", int, 1, low=1, high=64, help="cardinal groups (C)"),

@@ -82,7 +82,7 @@ def check(knobs: dict) -> KnobError | None:
     return None
 
 
-@register("resnext29", family="ResNeXt", paper=PAPER, check=check,
+@register(family="ResNeXt", paper=PAPER, check=check,
           knobs=[width_knob(),
                  Knob("cardinality", int, 2, low=1, high=64, help="C: groups of the 3x3 conv"),
                  Knob("bottleneck_width", int, 64, low=1, high=128,

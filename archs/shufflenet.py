@@ -123,7 +123,7 @@ class ShuffleNetV1(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-@register("shufflenet_v1", family="ShuffleNet", paper=PAPER, check=check,
+@register(family="ShuffleNet", paper=PAPER, check=check,
           knobs=[Knob("groups", int, 3, choices=tuple(STAGE_OUT_CHANNELS), help="g: groups of the 1x1 convs"),
                  Knob("width", float, 1.0, choices=SCALES, help="scale factor s: channels x s")],
           smallest={"groups": 3, "width": 0.25})

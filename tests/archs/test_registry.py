@@ -11,6 +11,19 @@ FAMILIES = {"ParNet", "ShuffleNet", "ResNet", "ResNeXt", "SE-ResNet", "DenseNet"
             "MobileNet", "EfficientNet", "AlexNet", "VGG", "GoogLeNet"}
 
 
+# Sweep files, MLflow runs and checkpoints name an arch by these strings, so none may change; each
+# is its builder's function name (archs/registry.py's `register`).
+ARCH_NAMES = ["alexnet", "densenet121", "densenet_bc", "efficientnet_b0", "googlenet", "mobilenet_v1",
+              "mobilenet_v2", "parnet", "res2net50", "resnest50", "resnet101", "resnet18", "resnet34",
+              "resnet50", "resnext29", "se_resnet18", "se_resnet50", "shufflenet_v1", "vgg11", "vgg13",
+              "vgg16", "vgg19"]
+
+
+def test_arch_names_are_the_ones_sweep_files_and_runs_already_use():
+    assert archs.names() == ARCH_NAMES
+    assert [archs.get(name).builder.__name__ for name in ARCH_NAMES] == ARCH_NAMES
+
+
 def test_all_thirteen_families_are_registered():
     assert set(archs.families()) == FAMILIES
 
