@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 
 
@@ -146,13 +147,21 @@ def create(name: str, num_classes: int = 10, **knobs: Any) -> nn.Module:
     return get(name).builder(num_classes=num_classes, **resolved)
 
 
+def create_on_meta(name: str, num_classes: int = 10, **knobs: Any) -> nn.Module:
+    """`create` on torch's meta device: a model of shapes only, with no memory and no weight
+    initialisation, built in milliseconds; count_params and count_flops give the real model's
+    counts on it (tests/archs/test_registry.py checks every arch). Its weights hold no values: it is
+    for counting, not for training or inference."""
+    with torch.device("meta"):
+        return create(name, num_classes, **knobs)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def count_flops(model: nn.Module, image_size: int = 32) -> int:
     """Forward FLOPs of one 3x`image_size`^2 image, counted by torch's own FlopCounterMode."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training

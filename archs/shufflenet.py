@@ -115,9 +115,7 @@ class ShuffleNetV1(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes, bias=False)  # no bias, as the official classifier
-        for part in (self.stem, self.stages):
-            init_weights(part)
-        nn.init.normal_(self.fc.weight, 0, 0.01)  # init_weights' rule for linears, minus the bias
+        init_weights(self)
 
     def forward(self, x):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))

@@ -1,4 +1,5 @@
-"""The registry as a whole: every family builds and trains a step; bad knobs never build."""
+"""The registry as a whole: every family builds and trains a step, is counted the same on the meta
+device as for real; bad knobs never build."""
 
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ def test_every_arch_declares_a_width_knob_and_valid_defaults(name):
     assert archs.validate(name, arch.smallest)
 
 
+@pytest.mark.parametrize("name", archs.names())
+def test_every_arch_names_its_paper_and_says_what_each_knob_means(name):
+    # `orchestrate archs -l` shows both.
+    arch = archs.get(name)
+    assert " et al. " in arch.paper or " & " in arch.paper
+    assert all(knob.help for knob in arch.knobs)
+
+
 def test_resnet18_cifar_has_the_reference_parameter_count():
     # kuangliu/pytorch-cifar ResNet18(): 11,173,962 parameters for 10 classes.
     assert archs.count_params(archs.create("resnet18")) == 11_173_962
@@ -65,6 +74,18 @@ def test_resnet18_forward_flops_at_32x32_are_about_0_56_gflops():
     # conv FLOPs (2 x MACs) of CIFAR ResNet-18: 0.556 GMACs -> 1.11 GFLOPs as FlopCounterMode counts.
     flops = archs.count_flops(archs.create("resnet18"))
     assert 1.10e9 < flops < 1.13e9
+
+
+@pytest.mark.parametrize("name", archs.names())
+def test_a_meta_device_model_counts_the_real_models_parameters_and_flops(name):
+    # `orchestrate archs` counts on meta models, the engine on real ones. Checked here at the smallest
+    # knobs, where a real forward is cheap; at the defaults, `orchestrate archs --flops` printed the
+    # same numbers as the listing that counted real models did before it moved to meta.
+    knobs = archs.get(name).smallest
+    meta, real = archs.create_on_meta(name, num_classes=7, **knobs), archs.create(name, num_classes=7, **knobs)
+    assert all(p.is_meta for p in meta.parameters())
+    assert archs.count_params(meta) == archs.count_params(real)
+    assert archs.count_flops(meta) == archs.count_flops(real)
 
 
 def test_unknown_arch_and_unknown_knob_are_rejected_with_what_is_allowed():
