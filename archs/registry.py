@@ -57,8 +57,8 @@ class Knob:
         return f"{self.type.__name__} in [{self.low}, {self.high}]"
 
 
-def width_knob(default: float = 1.0, low: float = 0.125, high: float = 4.0) -> Knob:
-    return Knob("width", float, default, low=low, high=high, help="channel multiplier")
+# The knob every family but ShuffleNet (whose paper fixes its scale factors) takes as it is.
+WIDTH = Knob("width", float, 1.0, low=0.125, high=4.0, help="channel multiplier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ def register(*, family: str, knobs: Iterable[Knob], paper: str,
              smallest: dict[str, Any] | None = None):
     """Decorator registering a builder under its own name, as timm's `register_model` does:
 
-        @register(family="ResNet", knobs=[width_knob()], paper=PAPER, smallest={"width": 0.125})
+        @register(family="ResNet", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
         def resnet18(num_classes: int = 10, width: float = 1.0) -> ResNet: ...
     """
 

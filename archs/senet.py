@@ -14,7 +14,7 @@ CIFAR stem and bias in the SE layers: 26,051,834 for 10 classes.
 from __future__ import annotations
 
 from archs.common import SqueezeExcite, scaled
-from archs.registry import Knob, KnobError, register, width_knob
+from archs.registry import WIDTH, Knob, KnobError, register
 from archs.resnet import BasicBlock, Bottleneck, ResNet
 
 PAPER = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507)"
@@ -52,14 +52,14 @@ def reduction_check(block):
 # (BasicBlock) or 32 (Bottleneck): the smallest settings take the largest reduction that leaves 1.
 
 
-@register(family="SE-ResNet", knobs=[width_knob(), REDUCTION], paper=PAPER,
+@register(family="SE-ResNet", knobs=[WIDTH, REDUCTION], paper=PAPER,
           check=reduction_check(BasicBlock), smallest={"width": 0.125, "reduction": 8})
 def se_resnet18(num_classes: int = 10, width: float = 1.0, reduction: int = 16) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, width,
                   block_factory=se_block_factory(BasicBlock, reduction))
 
 
-@register(family="SE-ResNet", knobs=[width_knob(), REDUCTION], paper=PAPER,
+@register(family="SE-ResNet", knobs=[WIDTH, REDUCTION], paper=PAPER,
           check=reduction_check(Bottleneck), smallest={"width": 0.125, "reduction": 32})
 def se_resnet50(num_classes: int = 10, width: float = 1.0, reduction: int = 16) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width,

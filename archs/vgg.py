@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from archs.common import init_weights, scaled
-from archs.registry import register, width_knob
+from archs.registry import WIDTH, register
 
 PAPER = ("Simonyan & Zisserman 2015, Very Deep Convolutional Networks for Large-Scale Image "
          "Recognition (arXiv:1409.1556)")
@@ -55,21 +55,21 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register(family="VGG", knobs=[width_knob()], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
 def vgg11(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["A"], num_classes, width)
 
 
-@register(family="VGG", knobs=[width_knob()], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
 def vgg13(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["B"], num_classes, width)
 
 
-@register(family="VGG", knobs=[width_knob()], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
 def vgg16(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["D"], num_classes, width)
 
 
-@register(family="VGG", knobs=[width_knob()], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
 def vgg19(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["E"], num_classes, width)
