@@ -1,5 +1,8 @@
 """What every architecture test in tests/archs/ shares: one intra-op thread per test module.
-The helpers the tests call (train_step, rejects, ...) are in archtest.py beside this file."""
+The helpers the tests call (train_step, rejects, ...) are in archtest.py beside this file.
+
+The tests that pin a parameter count count it on a meta-device model (archs.create_on_meta: no
+memory, no weight init), which test_registry.py shows counts as the real model does."""
 
 from __future__ import annotations
 

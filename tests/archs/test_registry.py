@@ -58,7 +58,7 @@ def test_every_arch_names_its_paper_and_says_what_each_knob_means(name):
 
 def test_resnet18_cifar_has_the_reference_parameter_count():
     # kuangliu/pytorch-cifar ResNet18(): 11,173,962 parameters for 10 classes.
-    assert archs.count_params(archs.create("resnet18")) == 11_173_962
+    assert archs.count_params(archs.create_on_meta("resnet18")) == 11_173_962
 
 
 @pytest.mark.parametrize("name,count", [
@@ -67,7 +67,7 @@ def test_resnet18_cifar_has_the_reference_parameter_count():
     ("resnet101", 42_512_970),  # kuangliu/pytorch-cifar ResNet101()
 ])
 def test_deeper_resnets_match_the_reference_counts(name, count):
-    assert archs.count_params(archs.create(name)) == count
+    assert archs.count_params(archs.create_on_meta(name)) == count
 
 
 def test_resnet18_forward_flops_at_32x32_are_about_0_56_gflops():
@@ -78,11 +78,12 @@ def test_resnet18_forward_flops_at_32x32_are_about_0_56_gflops():
 
 @pytest.mark.parametrize("name", archs.names())
 def test_a_meta_device_model_counts_the_real_models_parameters_and_flops(name):
-    # `orchestrate archs` counts on meta models, the engine on real ones. Checked here at the smallest
-    # knobs, where a real forward is cheap; at the defaults, `orchestrate archs --flops` printed the
-    # same numbers as the listing that counted real models did before it moved to meta.
+    # `orchestrate archs` and the pinned parameter counts of these tests count on meta models, the
+    # engine on real ones. Checked here at the smallest knobs, where a real forward is cheap; at the
+    # defaults, `orchestrate archs --flops` printed what the listing of real models printed before.
     knobs = archs.get(name).smallest
-    meta, real = archs.create_on_meta(name, num_classes=7, **knobs), archs.create(name, num_classes=7, **knobs)
+    meta = archs.create_on_meta(name, num_classes=7, **knobs)
+    real = archs.create(name, num_classes=7, **knobs)
     assert all(p.is_meta for p in meta.parameters())
     assert archs.count_params(meta) == archs.count_params(real)
     assert archs.count_flops(meta) == archs.count_flops(real)

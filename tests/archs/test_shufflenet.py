@@ -28,7 +28,7 @@ def test_shufflenet_builds_and_backpropagates_at_defaults_and_smallest(setting):
     (1, 1.0, 960_696),
 ])
 def test_shufflenet_parameter_counts_match_the_official_code(groups, width, expected):
-    assert archs.count_params(archs.create("shufflenet_v1", groups=groups, width=width)) == expected
+    assert archs.count_params(archs.create_on_meta("shufflenet_v1", groups=groups, width=width)) == expected
 
 
 def test_shufflenet_uses_the_papers_stage_widths_and_repeats():
