@@ -82,8 +82,8 @@ def cmd_archs(args) -> int:
     names = archs.names(args.pattern)
     if not names:
         raise UsageError(f"archs: no arch matches {args.pattern!r}; known: {', '.join(archs.names())}")
-    # Counted on meta-device models (shapes only, no memory, no weight init): the parameters of all
-    # 22 archs take ~0.2 s. FLOPs need a forward pass, ~0.1 s an arch even there: only on --flops.
+    # Counted on meta-device models (shapes only, no memory, no weight init): the parameters of every
+    # arch in ~0.2 s. FLOPs need a forward pass, ~0.1 s an arch even there: only on --flops.
     counted: dict[str, dict[str, str]] = {name: {} for name in names}
     for name in ([] if args.no_count else names):
         model = archs.create_on_meta(name)
@@ -98,7 +98,7 @@ def cmd_archs(args) -> int:
             print(f"{name}  ({arch.family})  {cost}".rstrip())
             print(f"  paper: {arch.paper}")
             knob_rows = [(k.name, f"= {k.default}", k.describe(), k.help) for k in arch.knobs]
-            widths = [max(len(row[i]) for row in knob_rows) for i in range(3)]
+            widths = [max((len(row[i]) for row in knob_rows), default=0) for i in range(3)]
             for row in knob_rows:
                 print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
             print("  smallest: " + "  ".join(f"{k}={v}" for k, v in arch.smallest.items()) + "\n")
