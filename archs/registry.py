@@ -1,7 +1,8 @@
 """The model registry: arch name -> builder, plus the knobs each family accepts.
 
-Every family module registers its builders with `@register(...)`, declaring its knobs (name, type,
-default, allowed values or range) beside the code that uses them. `validate()` checks a knob dict
+Every family module registers each builder with `@register(...)`, under the builder's own name,
+declaring its knobs (name, type, default, allowed values or range, what it means) and its paper
+beside the code that uses them (`orchestrate archs -l` shows them). `validate()` checks a knob dict
 against those declarations without building anything, so a sweep file is rejected before a single
 Ray worker starts; `create()` validates and then builds.
 """
