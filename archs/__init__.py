@@ -7,14 +7,14 @@
 Each family lives in its own module and registers its builders and knobs on import.
 """
 
-from archs.registry import (Arch, Knob, KnobError, count_flops, count_params, create, families,
-                            get, names, validate)
+from archs.registry import (Arch, Knob, KnobError, count_flops, count_params, create, create_on_meta,
+                            families, get, names, validate)
 
-# Importing a family module registers it. Order is the order `orchestrate archs` lists them in.
+# Importing a family module registers its archs (names() lists them sorted, whatever this order).
 from archs import (  # noqa: E402,F401
     parnet, shufflenet, resnet, resnext, senet, densenet, res2net, resnest, mobilenet,
     efficientnet, alexnet, vgg, googlenet,
 )
 
-__all__ = ["Arch", "Knob", "KnobError", "count_flops", "count_params", "create", "families", "get",
-           "names", "validate"]
+__all__ = ["Arch", "Knob", "KnobError", "count_flops", "count_params", "create", "create_on_meta",
+           "families", "get", "names", "validate"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from archs.common import init_weights, scaled
-from archs.registry import Knob, register, width_knob
+from archs.registry import WIDTH, Knob, register
 
 PAPER = ("Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep Convolutional "
          "Neural Networks (NeurIPS 2012)")
@@ -51,8 +51,8 @@ class AlexNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register("alexnet", family="AlexNet", paper=PAPER,
-          knobs=[width_knob(),
+@register(family="AlexNet", paper=PAPER,
+          knobs=[WIDTH,
                  Knob("dropout", float, 0.5, low=0.0, high=0.9,
                       help="dropout probability before the first two linear layers")],
           smallest={"width": 0.125})

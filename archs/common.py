@@ -54,6 +54,10 @@ class SqueezeExcite(nn.Module):
 
 def init_weights(model: nn.Module) -> None:
     """Kaiming-normal convs, unit BatchNorm, small normal linear: the torchvision convention."""
+    if any(p.is_meta for p in model.parameters()):
+        # Built on torch's meta device (shapes only, to count parameters and FLOPs): there are no
+        # values to set, and torch's meta normal_ alone costs ~1 s of imports on first use.
+        return
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from archs.common import init_weights, scaled
-from archs.registry import Knob, KnobError, register, width_knob
+from archs.registry import WIDTH, Knob, KnobError, register
 
 PAPER = "Huang et al. 2017, Densely Connected Convolutional Networks (arXiv:1608.06993)"
 
@@ -105,16 +105,16 @@ COMPRESSION = Knob("compression", float, 0.5, low=0.1, high=1.0,
                    help="theta: share of channels a transition keeps (0 < theta <= 1)")
 
 
-@register("densenet121", family="DenseNet", paper=PAPER,
-          knobs=[width_knob(), Knob("growth_rate", int, 32, low=1, high=64, help=GROWTH_HELP), COMPRESSION],
+@register(family="DenseNet", paper=PAPER,
+          knobs=[WIDTH, Knob("growth_rate", int, 32, low=1, high=64, help=GROWTH_HELP), COMPRESSION],
           check=_check_for(lambda knobs: (6, 12, 24, 16)), smallest={"width": 0.125})
 def densenet121(num_classes: int = 10, width: float = 1.0, growth_rate: int = 32,
                 compression: float = 0.5) -> DenseNet:
     return DenseNet((6, 12, 24, 16), growth_rate, compression, num_classes, width)
 
 
-@register("densenet_bc", family="DenseNet", paper=PAPER,
-          knobs=[width_knob(), Knob("depth", int, 100, low=10, high=250, help="L = 6n + 4"),
+@register(family="DenseNet", paper=PAPER,
+          knobs=[WIDTH, Knob("depth", int, 100, low=10, high=250, help="L = 6n + 4"),
                  Knob("growth_rate", int, 12, low=1, high=64, help=GROWTH_HELP), COMPRESSION],
           check=_check_for(lambda knobs: bc_blocks(knobs["depth"])),
           smallest={"width": 0.125, "depth": 10})

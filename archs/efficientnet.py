@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from archs.common import SqueezeExcite, conv_bn, init_weights, scaled
-from archs.registry import Knob, register, width_knob
+from archs.registry import WIDTH, Knob, register
 
 PAPER = ("Tan & Le 2019, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks "
          "(arXiv:1905.11946)")
@@ -110,8 +110,8 @@ class EfficientNet(nn.Module):
         return self.fc(self.dropout(x))
 
 
-@register("efficientnet_b0", family="EfficientNet", paper=PAPER,
-          knobs=[width_knob(),
+@register(family="EfficientNet", paper=PAPER,
+          knobs=[WIDTH,
                  Knob("depth_coefficient", float, 1.0, low=0.25, high=4.0,
                       help="multiplies every stage's number of blocks (rounded up)"),
                  Knob("drop_connect_rate", float, 0.2, low=0.0, high=0.5,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from archs.common import init_weights, scaled
-from archs.registry import register, width_knob
+from archs.registry import WIDTH, register
 
 PAPER = "Szegedy et al. 2015, Going Deeper with Convolutions (arXiv:1409.4842)"
 
@@ -79,7 +79,7 @@ class GoogLeNet(nn.Module):
         return self.fc(self.pool(self.inceptions(self.stem(x))).flatten(1))
 
 
-@register("googlenet", family="GoogLeNet", knobs=[width_knob()], paper=PAPER,
+@register(family="GoogLeNet", knobs=[WIDTH], paper=PAPER,
           smallest={"width": 0.125})
 def googlenet(num_classes: int = 10, width: float = 1.0) -> GoogLeNet:
     return GoogLeNet(num_classes, width)

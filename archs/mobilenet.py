@@ -25,7 +25,7 @@ from __future__ import annotations
 from torch import nn
 
 from archs.common import conv_bn, init_weights, scaled
-from archs.registry import Knob, register, width_knob
+from archs.registry import WIDTH, Knob, register
 
 PAPER_V1 = ("Howard et al. 2017, MobileNets: Efficient Convolutional Neural Networks for Mobile "
             "Vision Applications (arXiv:1704.04861)")
@@ -69,7 +69,7 @@ class MobileNetV1(nn.Module):
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
 
 
-@register("mobilenet_v1", family="MobileNet", knobs=[width_knob()], paper=PAPER_V1,
+@register(family="MobileNet", knobs=[WIDTH], paper=PAPER_V1,
           smallest={"width": 0.125})
 def mobilenet_v1(num_classes: int = 10, width: float = 1.0) -> MobileNetV1:
     return MobileNetV1(num_classes, width)
@@ -123,8 +123,8 @@ class MobileNetV2(nn.Module):
         return self.fc(self.pool(self.head(self.blocks(self.stem(x)))).flatten(1))
 
 
-@register("mobilenet_v2", family="MobileNet", paper=PAPER_V2,
-          knobs=[width_knob(),
+@register(family="MobileNet", paper=PAPER_V2,
+          knobs=[WIDTH,
                  Knob("expansion", int, 6, low=1, high=8,
                       help="expansion factor t of the inverted residual blocks (the first block keeps t=1)")],
           # t stays at the paper's 6 so the quickstart model is a real MobileNet v2: width 0.125 is cheap

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archs.common import channel_shuffle, conv_bn, init_weights
-from archs.registry import Knob, register, width_knob
+from archs.registry import WIDTH, Knob, register
 
 PAPER = "Goyal et al. 2021, Non-deep Networks (arXiv:2110.07641)"
 
@@ -190,7 +190,7 @@ DEPTH = Knob("depth", int, 12, low=8, high=16,
              help="layers on the longest input-to-logit path (12 in the paper)")
 
 
-@register("parnet", family="ParNet", knobs=[width_knob(), DEPTH], paper=PAPER,
+@register(family="ParNet", knobs=[WIDTH, DEPTH], paper=PAPER,
           smallest={"width": 0.125, "depth": 8})
 def parnet(num_classes: int = 10, width: float = 1.0, depth: int = 12) -> ParNet:
     n = depth - 7

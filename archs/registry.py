@@ -1,7 +1,8 @@
 """The model registry: arch name -> builder, plus the knobs each family accepts.
 
-Every family module registers its builders with `@register(...)`, declaring its knobs (name, type,
-default, allowed values or range) beside the code that uses them. `validate()` checks a knob dict
+Every family module registers each builder with `@register(...)`, under the builder's own name,
+declaring its knobs (name, type, default, allowed values or range, what it means) and its paper
+beside the code that uses them (`orchestrate archs -l` shows them). `validate()` checks a knob dict
 against those declarations without building anything, so a sweep file is rejected before a single
 Ray worker starts; `create()` validates and then builds.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 
 
@@ -56,8 +58,8 @@ class Knob:
         return f"{self.type.__name__} in [{self.low}, {self.high}]"
 
 
-def width_knob(default: float = 1.0, low: float = 0.125, high: float = 4.0) -> Knob:
-    return Knob("width", float, default, low=low, high=high, help="channel multiplier")
+# The knob every family but ShuffleNet (whose paper fixes its scale factors) takes as it is.
+WIDTH = Knob("width", float, 1.0, low=0.125, high=4.0, help="channel multiplier")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +81,17 @@ class Arch:
 _REGISTRY: dict[str, Arch] = {}
 
 
-def register(name: str, *, family: str, knobs: Iterable[Knob], paper: str,
+def register(*, family: str, knobs: Iterable[Knob], paper: str,
              check: Callable[[dict[str, Any]], KnobError | None] | None = None,
              smallest: dict[str, Any] | None = None):
-    """Decorator: `@register("resnet18", family="ResNet", knobs=[width_knob()], paper="...")`."""
+    """Decorator registering a builder under its own name, as timm's `register_model` does:
+
+        @register(family="ResNet", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+        def resnet18(num_classes: int = 10, width: float = 1.0) -> ResNet: ...
+    """
 
     def decorate(builder: Callable[..., nn.Module]):
+        name = builder.__name__
         if name in _REGISTRY:
             raise RuntimeError(f"arch {name!r} registered twice")
         _REGISTRY[name] = Arch(name, family, builder, tuple(knobs), paper, check, dict(smallest or {}))
@@ -141,13 +148,21 @@ def create(name: str, num_classes: int = 10, **knobs: Any) -> nn.Module:
     return get(name).builder(num_classes=num_classes, **resolved)
 
 
+def create_on_meta(name: str, num_classes: int = 10, **knobs: Any) -> nn.Module:
+    """`create` on torch's meta device: a model of shapes only, with no memory and no weight
+    initialisation, built in milliseconds; count_params and count_flops give the real model's
+    counts on it (tests/archs/test_registry.py checks every arch). Its weights hold no values: it is
+    for counting, not for training or inference."""
+    with torch.device("meta"):
+        return create(name, num_classes, **knobs)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 def count_flops(model: nn.Module, image_size: int = 32) -> int:
     """Forward FLOPs of one 3x`image_size`^2 image, counted by torch's own FlopCounterMode."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training

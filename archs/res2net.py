@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from archs.common import conv1x1, conv3x3, init_weights, scaled
-from archs.registry import Knob, KnobError, register, width_knob
+from archs.registry import WIDTH, Knob, KnobError, register
 from archs.resnet import make_stages, shortcut
 
 PAPER = "Gao et al. 2019, Res2Net: A New Multi-scale Backbone Architecture (arXiv:1904.01169)"
@@ -92,8 +92,8 @@ def check(knobs: dict) -> KnobError | None:
     return None
 
 
-@register("res2net50", family="Res2Net", paper=PAPER, check=check,
-          knobs=[width_knob(),
+@register(family="Res2Net", paper=PAPER, check=check,
+          knobs=[WIDTH,
                  Knob("scale", int, 4, low=2, high=8, help="s: groups the 3x3 conv is split into"),
                  Knob("base_width", int, 26, low=1, high=64, help="w at 64 planes: channels per group")],
           smallest={"width": 0.125, "scale": 2})

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from archs.common import conv1x1, conv3x3, init_weights, scaled
-from archs.registry import Knob, KnobError, register, width_knob
+from archs.registry import WIDTH, Knob, KnobError, register
 from archs.resnet import make_stages
 
 PAPER = "Zhang et al. 2020, ResNeSt: Split-Attention Networks (arXiv:2004.08955)"
@@ -157,8 +157,8 @@ def check_split_channels(knobs: dict[str, Any]) -> KnobError | None:
     return None
 
 
-@register("resnest50", family="ResNeSt", paper=PAPER, check=check_split_channels,
-          knobs=[width_knob(),
+@register(family="ResNeSt", paper=PAPER, check=check_split_channels,
+          knobs=[WIDTH,
                  Knob("radix", int, 2, low=1, high=MAX_RADIX, help="splits per cardinal group (R)"),
                  Knob("cardinality", int, 1, low=1, high=64, help="cardinal groups (C)"),
                  Knob("bottleneck_width", int, 64, low=1, high=256,

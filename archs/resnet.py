@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from archs.common import conv1x1, conv3x3, init_weights, scaled
-from archs.registry import register, width_knob
+from archs.registry import WIDTH, register
 
 PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"
 
@@ -94,20 +94,24 @@ class ResNet(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-DEPTHS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
-          50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3])}
+# Table 1 of the paper: the block and the blocks per stage of each depth.
 
 
-def _builder(depth: int):
-    block, layers = DEPTHS[depth]
-
-    def build(num_classes: int = 10, width: float = 1.0) -> ResNet:
-        return ResNet(block, layers, num_classes, width)
-
-    build.__name__ = f"resnet{depth}"
-    return build
+@register(family="ResNet", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def resnet18(num_classes: int = 10, width: float = 1.0) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, width)
 
 
-for _depth in DEPTHS:
-    register(f"resnet{_depth}", family="ResNet", knobs=[width_knob()], paper=PAPER,
-             smallest={"width": 0.125})(_builder(_depth))
+@register(family="ResNet", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def resnet34(num_classes: int = 10, width: float = 1.0) -> ResNet:
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, width)
+
+
+@register(family="ResNet", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def resnet50(num_classes: int = 10, width: float = 1.0) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width)
+
+
+@register(family="ResNet", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def resnet101(num_classes: int = 10, width: float = 1.0) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, width)

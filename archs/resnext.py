@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import nn
 
 from archs.common import conv1x1, conv3x3, init_weights, scaled
-from archs.registry import Knob, KnobError, register, width_knob
+from archs.registry import WIDTH, Knob, KnobError, register
 from archs.resnet import make_stages, shortcut
 
 PAPER = ("Xie et al. 2017, Aggregated Residual Transformations for Deep Neural Networks "
@@ -82,8 +82,8 @@ def check(knobs: dict) -> KnobError | None:
     return None
 
 
-@register("resnext29", family="ResNeXt", paper=PAPER, check=check,
-          knobs=[width_knob(),
+@register(family="ResNeXt", paper=PAPER, check=check,
+          knobs=[WIDTH,
                  Knob("cardinality", int, 2, low=1, high=64, help="C: groups of the 3x3 conv"),
                  Knob("bottleneck_width", int, 64, low=1, high=128,
                       help="d: channels per group in stage 1 (doubles per stage)")],

@@ -14,8 +14,8 @@ CIFAR stem and bias in the SE layers: 26,051,834 for 10 classes.
 from __future__ import annotations
 
 from archs.common import SqueezeExcite, scaled
-from archs.registry import Knob, KnobError, register, width_knob
-from archs.resnet import DEPTHS, ResNet
+from archs.registry import WIDTH, Knob, KnobError, register
+from archs.resnet import BasicBlock, Bottleneck, ResNet
 
 PAPER = "Hu et al. 2018, Squeeze-and-Excitation Networks (arXiv:1709.01507)"
 
@@ -32,7 +32,9 @@ def se_block_factory(block, reduction: int):
     return make
 
 
-def _check_for(block):
+def reduction_check(block):
+    """The cross-knob rule for SE-ResNets of `block`: stage 1's SE keeps at least one channel."""
+
     def check(knobs: dict) -> KnobError | None:
         # The narrowest SE sits in stage 1: it needs at least one channel after the reduction.
         channels = scaled(64, knobs["width"]) * block.expansion
@@ -46,18 +48,19 @@ def _check_for(block):
     return check
 
 
-def _builder(depth: int):
-    block, layers = DEPTHS[depth]
-
-    def build(num_classes: int = 10, width: float = 1.0, reduction: int = 16) -> ResNet:
-        return ResNet(block, layers, num_classes, width, block_factory=se_block_factory(block, reduction))
-
-    build.__name__ = f"se_resnet{depth}"
-    return build
+# ResNet-18 and -50 of archs.resnet, SE in every block. At width 0.125 stage 1 has 8 channels
+# (BasicBlock) or 32 (Bottleneck): the smallest settings take the largest reduction that leaves 1.
 
 
-for _depth in (18, 50):
-    _block = DEPTHS[_depth][0]
-    register(f"se_resnet{_depth}", family="SE-ResNet", knobs=[width_knob(), REDUCTION], paper=PAPER,
-             check=_check_for(_block),
-             smallest={"width": 0.125, "reduction": 8 if _block.expansion == 1 else 32})(_builder(_depth))
+@register(family="SE-ResNet", knobs=[WIDTH, REDUCTION], paper=PAPER,
+          check=reduction_check(BasicBlock), smallest={"width": 0.125, "reduction": 8})
+def se_resnet18(num_classes: int = 10, width: float = 1.0, reduction: int = 16) -> ResNet:
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, width,
+                  block_factory=se_block_factory(BasicBlock, reduction))
+
+
+@register(family="SE-ResNet", knobs=[WIDTH, REDUCTION], paper=PAPER,
+          check=reduction_check(Bottleneck), smallest={"width": 0.125, "reduction": 32})
+def se_resnet50(num_classes: int = 10, width: float = 1.0, reduction: int = 16) -> ResNet:
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, width,
+                  block_factory=se_block_factory(Bottleneck, reduction))

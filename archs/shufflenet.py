@@ -115,15 +115,13 @@ class ShuffleNetV1(nn.Module):
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes, bias=False)  # no bias, as the official classifier
-        for part in (self.stem, self.stages):
-            init_weights(part)
-        nn.init.normal_(self.fc.weight, 0, 0.01)  # init_weights' rule for linears, minus the bias
+        init_weights(self)
 
     def forward(self, x):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-@register("shufflenet_v1", family="ShuffleNet", paper=PAPER, check=check,
+@register(family="ShuffleNet", paper=PAPER, check=check,
           knobs=[Knob("groups", int, 3, choices=tuple(STAGE_OUT_CHANNELS), help="g: groups of the 1x1 convs"),
                  Knob("width", float, 1.0, choices=SCALES, help="scale factor s: channels x s")],
           smallest={"groups": 3, "width": 0.25})

@@ -13,20 +13,20 @@ from __future__ import annotations
 from torch import nn
 
 from archs.common import init_weights, scaled
-from archs.registry import register, width_knob
+from archs.registry import WIDTH, register
 
 PAPER = ("Simonyan & Zisserman 2015, Very Deep Convolutional Networks for Large-Scale Image "
          "Recognition (arXiv:1409.1556)")
 
-# Table 1 of the paper: conv widths, "M" = 2x2 max-pool.
+# Table 1 of the paper, columns A, B, D and E (11, 13, 16 and 19 weight layers): conv widths,
+# "M" = 2x2 max-pool.
 CONFIGS = {
-    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-         512, 512, 512, 512, "M"],
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+          512, 512, 512, 512, "M"],
 }
-
 
 def make_features(config: list, width: float) -> tuple[nn.Sequential, int]:
     """The conv stack of one configuration and its output channel count."""
@@ -55,14 +55,21 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-def _builder(depth: int):
-    def build(num_classes: int = 10, width: float = 1.0) -> VGG:
-        return VGG(CONFIGS[depth], num_classes, width)
-
-    build.__name__ = f"vgg{depth}"
-    return build
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def vgg11(num_classes: int = 10, width: float = 1.0) -> VGG:
+    return VGG(CONFIGS["A"], num_classes, width)
 
 
-for _depth in CONFIGS:
-    register(f"vgg{_depth}", family="VGG", knobs=[width_knob()], paper=PAPER,
-             smallest={"width": 0.125})(_builder(_depth))
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def vgg13(num_classes: int = 10, width: float = 1.0) -> VGG:
+    return VGG(CONFIGS["B"], num_classes, width)
+
+
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def vgg16(num_classes: int = 10, width: float = 1.0) -> VGG:
+    return VGG(CONFIGS["D"], num_classes, width)
+
+
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+def vgg19(num_classes: int = 10, width: float = 1.0) -> VGG:
+    return VGG(CONFIGS["E"], num_classes, width)

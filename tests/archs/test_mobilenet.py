@@ -4,11 +4,8 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archs.mobilenet import InvertedResidual
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 def final_feature_size(model) -> int:
@@ -32,7 +29,7 @@ def test_mobilenet_builds_and_trains_at_defaults_and_smallest(name):
 # (10 classes). Verified: that file was fetched, instantiated, and its weights loaded into ours in
 # order gave identical eval-mode logits.
 def test_mobilenet_v1_parameter_count_matches_kuangliu_cifar_mobilenet():
-    assert archs.count_params(archs.create("mobilenet_v1")) == 3_217_226
+    assert archs.count_params(archs.create_on_meta("mobilenet_v1")) == 3_217_226
 
 
 # torchvision.models.mobilenet_v2(num_classes=10) (torchvision 0.29.1): strides do not change the
@@ -41,7 +38,7 @@ def test_mobilenet_v1_parameter_count_matches_kuangliu_cifar_mobilenet():
 # it adds 1x1 projection shortcuts and keeps an expansion conv in the t=1 block, which the paper
 # and torchvision do not.
 def test_mobilenet_v2_parameter_count_matches_torchvision_mobilenet_v2():
-    assert archs.count_params(archs.create("mobilenet_v2")) == 2_236_682
+    assert archs.count_params(archs.create_on_meta("mobilenet_v2")) == 2_236_682
 
 
 def test_mobilenet_v1_width_multiplier_scales_every_layer():

@@ -1,4 +1,5 @@
-"""The registry as a whole: every family builds and trains a step; bad knobs never build."""
+"""The registry as a whole: every family builds and trains a step, is counted the same on the meta
+device as for real; bad knobs never build."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ FAMILIES = {"ParNet", "ShuffleNet", "ResNet", "ResNeXt", "SE-ResNet", "DenseNet"
             "MobileNet", "EfficientNet", "AlexNet", "VGG", "GoogLeNet"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Batch-2 steps: threads only add synchronisation cost.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Sweep files, MLflow runs and checkpoints name an arch by these strings, so none may change; each
+# is its builder's function name (archs/registry.py's `register`).
+ARCH_NAMES = ["alexnet", "densenet121", "densenet_bc", "efficientnet_b0", "googlenet", "mobilenet_v1",
+              "mobilenet_v2", "parnet", "res2net50", "resnest50", "resnet101", "resnet18", "resnet34",
+              "resnet50", "resnext29", "se_resnet18", "se_resnet50", "shufflenet_v1", "vgg11", "vgg13",
+              "vgg16", "vgg19"]
+
+
+def test_arch_names_are_the_ones_sweep_files_and_runs_already_use():
+    assert archs.names() == ARCH_NAMES
+    assert [archs.get(name).builder.__name__ for name in ARCH_NAMES] == ARCH_NAMES
 
 
 def test_all_thirteen_families_are_registered():
@@ -43,9 +48,17 @@ def test_every_arch_declares_a_width_knob_and_valid_defaults(name):
     assert archs.validate(name, arch.smallest)
 
 
+@pytest.mark.parametrize("name", archs.names())
+def test_every_arch_names_its_paper_and_says_what_each_knob_means(name):
+    # `orchestrate archs -l` shows both.
+    arch = archs.get(name)
+    assert " et al. " in arch.paper or " & " in arch.paper
+    assert all(knob.help for knob in arch.knobs)
+
+
 def test_resnet18_cifar_has_the_reference_parameter_count():
     # kuangliu/pytorch-cifar ResNet18(): 11,173,962 parameters for 10 classes.
-    assert archs.count_params(archs.create("resnet18")) == 11_173_962
+    assert archs.count_params(archs.create_on_meta("resnet18")) == 11_173_962
 
 
 @pytest.mark.parametrize("name,count", [
@@ -54,13 +67,26 @@ def test_resnet18_cifar_has_the_reference_parameter_count():
     ("resnet101", 42_512_970),  # kuangliu/pytorch-cifar ResNet101()
 ])
 def test_deeper_resnets_match_the_reference_counts(name, count):
-    assert archs.count_params(archs.create(name)) == count
+    assert archs.count_params(archs.create_on_meta(name)) == count
 
 
 def test_resnet18_forward_flops_at_32x32_are_about_0_56_gflops():
     # conv FLOPs (2 x MACs) of CIFAR ResNet-18: 0.556 GMACs -> 1.11 GFLOPs as FlopCounterMode counts.
     flops = archs.count_flops(archs.create("resnet18"))
     assert 1.10e9 < flops < 1.13e9
+
+
+@pytest.mark.parametrize("name", archs.names())
+def test_a_meta_device_model_counts_the_real_models_parameters_and_flops(name):
+    # `orchestrate archs` and the pinned parameter counts of these tests count on meta models, the
+    # engine on real ones. Checked here at the smallest knobs, where a real forward is cheap; at the
+    # defaults, `orchestrate archs --flops` printed what the listing of real models printed before.
+    knobs = archs.get(name).smallest
+    meta = archs.create_on_meta(name, num_classes=7, **knobs)
+    real = archs.create(name, num_classes=7, **knobs)
+    assert all(p.is_meta for p in meta.parameters())
+    assert archs.count_params(meta) == archs.count_params(real)
+    assert archs.count_flops(meta) == archs.count_flops(real)
 
 
 def test_unknown_arch_and_unknown_knob_are_rejected_with_what_is_allowed():
@@ -82,3 +108,8 @@ def test_width_out_of_range_and_wrong_type_are_rejected():
 def test_shufflenet_rejects_groups_5_naming_the_allowed_values():
     with pytest.raises(archs.KnobError, match="groups: 5 is not one of 1, 2, 3, 4, 8"):
         archs.create("shufflenet_v1", groups=5)
+
+
+def test_arch_tests_run_on_one_intra_op_thread():
+    # tests/archs/conftest.py's autouse fixture, which every module in this folder gets.
+    assert torch.get_num_threads() == 1

@@ -4,11 +4,8 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archs.resnest import SplitAttention
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_resnest50_parameter_count_matches_the_authors_resnest50(default_model):
 # ResNet(Bottleneck, [3, 4, 6, 3], radix=2, groups=2, bottleneck_width=40, deep_stem=True,
 # stem_width=32, avg_down=True, avd=True, num_classes=10). Verified by instantiating it.
 def test_resnest50_2s2x40d_parameter_count_matches_the_authors_code():
-    model = archs.create("resnest50", radix=2, cardinality=2, bottleneck_width=40)
+    model = archs.create_on_meta("resnest50", radix=2, cardinality=2, bottleneck_width=40)
     assert archs.count_params(model) == 24_915_282
 
 

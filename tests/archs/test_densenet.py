@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 
 import archs
-import archtest
 from archs import densenet
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 NAMES = ["densenet121", "densenet_bc"]
 
@@ -27,7 +24,7 @@ def test_densenet_builds_and_backpropagates_at_defaults_and_smallest(name, setti
 def test_densenet121_parameter_count_matches_kuangliu():
     # Source: kuangliu/pytorch-cifar models/densenet.py DenseNet121() (blocks 6/12/24/16, k=32,
     # reduction 0.5, 3x3 stem to 2k). Checked: same count by instantiating it.
-    assert archs.count_params(archs.create("densenet121")) == 6_956_298
+    assert archs.count_params(archs.create_on_meta("densenet121")) == 6_956_298
 
 
 @pytest.mark.parametrize("depth, growth_rate, expected", [
@@ -38,7 +35,7 @@ def test_densenet_bc_parameter_counts_match_bamos(depth, growth_rate, expected):
     # Source: bamos/densenet.pytorch densenet.py, DenseNet(growthRate, depth, reduction=0.5,
     # nClasses=10, bottleneck=True). Checked: same counts, and (BC-100) equal log-probabilities with
     # our weights loaded.
-    model = archs.create("densenet_bc", depth=depth, growth_rate=growth_rate)
+    model = archs.create_on_meta("densenet_bc", depth=depth, growth_rate=growth_rate)
     assert archs.count_params(model) == expected
 
 

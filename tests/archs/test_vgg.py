@@ -4,10 +4,7 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 NAMES = ["vgg11", "vgg13", "vgg16", "vgg19"]
 
@@ -30,7 +27,7 @@ def test_vgg_honours_num_classes():
 @pytest.mark.parametrize("name,params", [("vgg11", 9_231_114), ("vgg13", 9_416_010),
                                          ("vgg16", 14_728_266), ("vgg19", 20_040_522)])
 def test_vgg_parameter_count_matches_kuangliu_cifar_vgg(name, params):
-    assert archs.count_params(archs.create(name)) == params
+    assert archs.count_params(archs.create_on_meta(name)) == params
 
 
 def test_vgg_width_scales_every_conv():

@@ -7,11 +7,8 @@ import torch
 from torch import nn
 
 import archs
-import archtest
 from archs import parnet
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])
@@ -24,7 +21,7 @@ def test_parnet_m_parameter_count_matches_the_official_code():
     # SimpNet(planes=[128, 256, 512, 2048], num_blocks=[5, 6, 6, 1], additional_branches=['swish'])
     # and a 10-class head: 36,924,746. Checked against that code (blocks 1-2 rebuilt at our CIFAR
     # stride 1, which changes no weights): same count, and equal logits with our weights loaded.
-    assert archs.count_params(archs.create("parnet")) == 36_924_746
+    assert archs.count_params(archs.create_on_meta("parnet")) == 36_924_746
 
 
 def test_parnet_depth_sets_the_stream_lengths_as_the_paper_counts_depth():

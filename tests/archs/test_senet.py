@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 
 import archs
-import archtest
 from archs.common import SqueezeExcite
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 NAMES = ["se_resnet18", "se_resnet50"]
 
@@ -28,7 +25,7 @@ def test_se_resnet18_parameter_count_matches_kuangliu_senet_with_basic_blocks():
     # Source: kuangliu/pytorch-cifar models/senet.py, SENet(BasicBlock, [2, 2, 2, 2]) - its
     # post-activation block (SE as 1x1 convs with bias, planes // 16). Checked: same count, and equal
     # logits with our weights loaded. (Its SENet18() uses PreActBlock, a different network.)
-    assert archs.count_params(archs.create("se_resnet18")) == 11_263_042
+    assert archs.count_params(archs.create_on_meta("se_resnet18")) == 11_263_042
 
 
 def test_se_resnet50_parameter_count_matches_moskomule_with_the_cifar_stem_and_se_biases():
@@ -36,7 +33,7 @@ def test_se_resnet50_parameter_count_matches_moskomule_with_the_cifar_stem_and_s
     # SEBottleneck), 26,043,466 for 10 classes. Ours differs in two documented ways, both counted
     # by instantiating it: the CIFAR stem (3x3 conv instead of 7x7: 7,680 fewer weights) and bias in
     # the SE layers (moskomule's are bias-free: 16,048 more). 26,043,466 - 7,680 + 16,048.
-    assert archs.count_params(archs.create("se_resnet50")) == 26_051_834
+    assert archs.count_params(archs.create_on_meta("se_resnet50")) == 26_051_834
 
 
 @pytest.mark.parametrize("reduction, hidden", [(16, 4), (4, 16)])

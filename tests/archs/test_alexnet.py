@@ -4,10 +4,7 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("knobs", [{}, {"width": 0.125}, {"width": 0.5, "dropout": 0.0}])
@@ -33,7 +30,7 @@ def test_alexnet_has_five_convs_three_linears_and_a_4x4_map_into_the_classifier(
 # 10 classes, verified by instantiating it. Our only change is a stride-1 first conv, so 4x4 instead of
 # 2x2 features reach the first linear layer: 3 x 1024 x 4096 = 12,582,912 more weights.
 def test_alexnet_parameter_count_is_icpm_cifar_alexnet_plus_the_larger_first_linear():
-    assert archs.count_params(archs.create("alexnet")) == 23_272_266 + 3 * 1024 * 4096 == 35_855_178
+    assert archs.count_params(archs.create_on_meta("alexnet")) == 23_272_266 + 3 * 1024 * 4096 == 35_855_178
 
 
 def test_alexnet_dropout_acts_only_in_training():

@@ -1,15 +1,8 @@
-"""Helpers shared by the per-family architecture tests, tests/test_arch_*.py.
+"""Helpers the architecture tests in tests/archs/ share (their thread limit is in conftest.py):
 
-A test module takes the thread limit by binding the fixture at module level; an autouse fixture
-applies to the module it is found in, and this file is neither a test module nor a conftest, so
-nothing here applies by itself:
+    from archtest import builds_and_trains, rejects, train_step
 
-    import archtest
-    from archtest import rejects, train_step
-
-    one_thread = archtest.one_thread
-
-pytest does not rewrite the asserts in this file either, so each carries its own message.
+pytest does not rewrite the asserts in this file, so each carries its own message.
 """
 
 from __future__ import annotations
@@ -20,16 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import archs
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Batch-2 CIFAR convs gain nothing from intra-op threads, and on a shared CPU the idle OpenMP
-    # workers' spin-waiting made them 10-30x slower; the previous setting is restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def train_step(model: nn.Module, num_classes: int = 10) -> torch.Tensor:

@@ -4,11 +4,8 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archs.efficientnet import MBConv, StochasticDepth
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 def blocks(model):
@@ -27,7 +24,7 @@ def test_efficientnet_builds_and_trains_at_defaults_and_smallest():
 # identical eval-mode logits (verified). kuangliu/pytorch-cifar models/efficientnet.py has 3,599,686:
 # it has no 1280-wide head conv and keeps an unused expansion conv in the t=1 block.
 def test_efficientnet_b0_parameter_count_matches_torchvision_efficientnet_b0():
-    assert archs.count_params(archs.create("efficientnet_b0")) == 4_020_358
+    assert archs.count_params(archs.create_on_meta("efficientnet_b0")) == 4_020_358
 
 
 def test_efficientnet_depth_coefficient_rounds_each_stage_up():

@@ -4,10 +4,7 @@ import pytest
 import torch
 
 import archs
-import archtest
 from archtest import rejects, train_step
-
-one_thread = archtest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 
 import archs
-import archtest
 from archtest import builds_and_trains, rejects
-
-one_thread = archtest.one_thread
 
 
 @pytest.mark.parametrize("setting", ["defaults", "smallest"])
@@ -27,14 +24,14 @@ def test_resnext29_builds_and_backpropagates_at_defaults_and_smallest(setting):
 ])
 def test_resnext29_parameter_counts_match_kuangliu_with_the_papers_3x3_stem(cardinality, bottleneck_width,
                                                                             expected):
-    model = archs.create("resnext29", cardinality=cardinality, bottleneck_width=bottleneck_width)
+    model = archs.create_on_meta("resnext29", cardinality=cardinality, bottleneck_width=bottleneck_width)
     assert archs.count_params(model) == expected
 
 
 def test_resnext29_8x64d_has_the_papers_34_4m_parameters():
     # Source: Xie et al. 2017, Table 7 (CIFAR): ResNeXt-29, 8x64d, 34.4M. Our count is self-computed;
     # the paper gives only three significant figures.
-    count = archs.count_params(archs.create("resnext29", cardinality=8, bottleneck_width=64))
+    count = archs.count_params(archs.create_on_meta("resnext29", cardinality=8, bottleneck_width=64))
     assert count == 34_426_698
     assert round(count / 1e6, 1) == 34.4
 
