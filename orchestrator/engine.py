@@ -106,7 +106,7 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch:
     """Per-step schedule. One-cycle: warm-up to `lr`, cosine down; cosine: linear warm-up, then
     cosine to 0; constant: `lr` throughout."""
     total = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = int(round(cfg.effective_warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
         pct = min(max(warmup / total, 1e-3), 0.5)

@@ -138,7 +138,7 @@ CASES = [
          "search.grace_period", ("5 is more than train.epochs (3)",), subprocess=True),
     Case("zero_samples_is_rejected",
          sweep_yaml(search="{num_samples: 0}"),
-         "search.num_samples", ("0 must be >= 1",)),
+         "search.num_samples", ("0 is not in [1, 10000]",)),
     Case("unknown_metric_is_rejected",
          sweep_yaml(search="{metric: accuracy}"),
          "search.metric", ("'accuracy' is not one of val_acc",)),
