@@ -40,7 +40,8 @@ __all__ = ["ConfigError", "ModelEntry", "SweepSpec", "load", "parse", "default_t
 class ConfigError(ValueError):
     def __init__(self, file: str, key: str, message: str):
         self.file, self.key, self.message = file, key, message
-        super().__init__(schema.cut(f"{file}: {key}: {message}" if key else f"{file}: {message}", schema.MAX_LINE_CHARS))
+        line = f"{file}: {key}: {message}" if key else f"{file}: {message}"
+        super().__init__(schema.cut(line, schema.MAX_LINE_CHARS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +205,8 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
         if k in ("arch", "knobs"):
             continue
         if k not in train_types:
-            raise ConfigError(file, f"{key}.{show_key(k)}", "unknown key; allowed: arch, knobs, " + ", ".join(TRAIN_FIELDS))
+            raise ConfigError(file, f"{key}.{show_key(k)}",
+                              "unknown key; allowed: arch, knobs, " + ", ".join(TRAIN_FIELDS))
         _check_space(file, f"{key}.{k}", v)
         typ = train_types[k][0]
         _check_continuous(file, f"{key}.{k}", v, typ is float, "an int" if typ is int else f"a {typ.__name__}")
@@ -394,7 +396,8 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
     storage = raw.get("storage")
     if isinstance(storage, dict):
         if set(storage) - {"path"}:
-            raise ConfigError(path, f"storage.{show_key(next(iter(set(storage) - {'path'})))}", "unknown key; allowed: path")
+            raise ConfigError(path, f"storage.{show_key(next(iter(set(storage) - {'path'})))}",
+                              "unknown key; allowed: path")
         storage = storage.get("path")
     if storage is not None and not isinstance(storage, str):
         raise ConfigError(path, "storage", f"{show(storage)} is not a path")

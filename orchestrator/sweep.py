@@ -28,7 +28,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
-from orchestrator import config, live, ray_train, storage, tracking
+from orchestrator import config, live, preflight, ray_train, storage, tracking
 from orchestrator.config import ConfigError, SweepSpec
 from orchestrator.reports import COMPARE_COLUMNS, format_rows, print_table
 from orchestrator.schema import Resources, Trial
@@ -116,14 +116,9 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
         out=sys.stdout) -> int:
     """verbosity -1: only the summary; 0: our live trial view; 1: Ray's own trial reporter and
     every worker's log lines instead."""
-    reason = tracking.check_reachable(spec.tracking_uri)
-    if reason:
-        raise ConfigError(spec.file, "tracking.uri", reason)
-    restore_name = storage.find_resumable(spec.storage_path, spec.name) if resume else None
-    if resume and restore_name is None:
-        raise ConfigError(spec.file, "name", f"--resume: no earlier run of {spec.name!r} under {spec.storage_path}")
-
-    address = address or os.environ.get("RAY_ADDRESS")
+    # Every place the sweep uses (store, storage, earlier run, cluster) is checked before Ray
+    # starts and before any MLflow run exists.
+    restore_name, address = preflight.check_sweep(spec, address=address, resume=resume)
     started_here = not address
     if started_here:
         # Token auth stays on (Ray's default for local clusters); only its notice about that is
@@ -209,8 +204,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 verbose=1 if verbosity > 0 else 0),  # Ray's own reporter only with -v
         )
         if verbosity >= 0:
-            print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in {spec.tracking_uri} "
-                  f"(parent run {parent})", file=out, flush=True)
+            print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in "
+                  f"{preflight.show_uri(spec.tracking_uri)} (parent run {parent})", file=out, flush=True)
     if verbosity <= 0:
         # Ray's own console output off: its experiment box and snapshot warnings would break up
         # the live view (`-v` brings them back, with the worker logs).
@@ -220,10 +215,10 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         tuner.fit()
     if stopped.signum is not None:
         tracker.interrupt()
-        uri = spec.tracking_uri
         print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
-              f"marked interrupted. Continue it with:\n  orchestrate sweep {spec.file} --resume "
-              f"--tracking-uri '{uri}' --storage '{spec.storage_path}'", file=out, flush=True)
+              f"marked interrupted. Continue it with:\n  " + preflight.command_line(
+                  "orchestrate", "sweep", spec.file, "--resume", "--tracking-uri", spec.tracking_uri,
+                  "--storage", spec.storage_path), file=out, flush=True)
         return 128 + stopped.signum
     rows, version = tracker.finish_parent(register_as=spec.registered_model)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
@@ -279,4 +274,5 @@ def print_summary(rows: list[dict], spec: SweepSpec, trained: bool, out) -> None
             print(f"  {r['name']} ({r['run_id']}): {r['error'] or 'see its run'}", file=out)
     if not trained:
         print("\nNo trial completed (exit code 1).", file=out)
-    print(f"\nOpen the MLflow UI:  orchestrate ui --tracking-uri '{spec.tracking_uri}'", file=out, flush=True)
+    print("\nOpen the MLflow UI:  " + preflight.command_line("orchestrate", "ui", "--tracking-uri", spec.tracking_uri),
+          file=out, flush=True)
