@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any, Sequence
 
 from orchestrator import schema  # torch-free: the settings and their rules
+from orchestrator.schema import show
 
 
 class UsageError(Exception):
@@ -23,20 +26,63 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def _knob_value(text: str) -> Any:
+def _parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(text)
+    from orchestrator import config
 
-
-def _parse_knobs(pairs: Sequence[str]) -> dict[str, Any]:
     knobs = {}
     for pair in pairs:
         if "=" not in pair:
-            raise UsageError(f"--knob: {pair!r} is not NAME=VALUE")
+            raise UsageError(f"train: --knob: {show(pair)} is not NAME=VALUE")
         key, value = pair.split("=", 1)
-        knobs[key.strip()] = _knob_value(value)
+        try:
+            knobs[key.strip()] = config.yaml_value(value)  # the sweep file's reader: same values, same limits
+        except yaml.YAMLError as e:
+            raise UsageError(f"train: --knob {schema.show_key(key.strip())}: {show(value)} is not a YAML value "
+                             f"({getattr(e, 'problem', None) or 'malformed'})") from None
     return knobs
+
+
+# Option types: a bad value is argparse's one line, before any command runs.
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{show(text)} is not a whole number >= 1")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{show(text)} is not a port in 1..65535")
+    return int(text)
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has: cpu, cuda, cuda:N or mps."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{show(text)} is not a device; allowed: cpu, cuda, cuda:N, mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{show(text)}: this machine has no CUDA device; allowed: cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{show(text)}: this machine has {count} CUDA device(s), "
+                                             f"cuda:0..cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{show(text)}: MPS is not available here; allowed: cpu")
+    return text
 
 
 # The `train` options are the schema's fields: a field added to TrainConfig or DataSpec is an
@@ -58,10 +104,11 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         if typ is bool:
             group.add_argument(_option(cls, f.name), dest=dest, action=argparse.BooleanOptionalAction,
                                default=f.default, help=help_text)
-        else:
+        else:  # a None default is explained by the help text
             group.add_argument(_option(cls, f.name), dest=dest, type=typ, default=f.default,
                                choices=f.metadata.get("choices"), metavar=None if f.metadata.get("choices") else
-                               f.name.upper(), help=f"{help_text} (default {f.default})")
+                               f.name.upper(),
+                               help=help_text + ("" if f.default is None else f" (default {f.default})"))
 
 
 def _from_options(cls: type, args):
@@ -123,18 +170,32 @@ def cmd_train(args) -> int:
     try:
         knobs = archs.validate(args.arch, knobs)
     except archs.KnobError as e:
-        raise UsageError(f"train: {'--arch' if e.knob == 'arch' else '--knob ' + e.knob}: {e.value!r} {e.allowed}")
+        raise UsageError(f"train: {'--arch' if e.knob == 'arch' else '--knob ' + schema.show_key(e.knob)}: "
+                         f"{show(e.value)} {e.allowed}") from None
     cfg = _from_options(schema.TrainConfig, args)
     spec = _from_options(schema.DataSpec, args)
+    if args.resume and not os.path.isfile(os.path.join(args.resume, engine.STATE_FILE)):
+        raise UsageError(f"train: --resume: {show(args.resume)} holds no checkpoint ({engine.STATE_FILE}); "
+                         f"give the --checkpoint-dir of an earlier run")
     try:
         splits = data.load_splits(spec)
     except data.DataError as e:
         raise UsageError(f"train: {e}") from None
+    images = len(splits.train.labels)
+    if cfg.batch_size > images:  # every epoch would have no full batch to train on
+        raise UsageError(f"train: --batch-size: {cfg.batch_size} is more than the {images} training images "
+                         f"of {spec.name}; allowed: 1..{images}")
     run = engine.Engine(cfg, engine.ModelSpec(args.arch, knobs), splits, device=args.device)
+    if args.resume:
+        try:
+            run.restore(args.resume)
+        except Exception as e:  # noqa: BLE001 - torch.load's and load_state_dict's many errors
+            raise UsageError(f"train: --resume: {show(args.resume)} is not a checkpoint of this model "
+                             f"({schema.cut(str(e))})") from None
     print(f"{args.arch} {knobs}  params {run.param_count:,}  FLOPs {run.flops:,}  device {run.device}  "
-          f"path {run.data_path}  train {len(splits.train.labels)}  val {len(splits.val.labels)}", flush=True)
+          f"path {run.data_path}  train {images}  val {len(splits.val.labels)}", flush=True)
     reporter = engine.PrintReporter(checkpoint_dir=args.checkpoint_dir)
-    final = run.fit(reporter, resume_from=args.resume)
+    final = run.fit(reporter)
     if args.checkpoint_dir:
         print(f"checkpoint: {args.checkpoint_dir}")
     if final:
@@ -148,14 +209,43 @@ def _tracking_uri(arg: str | None) -> str:
     return arg or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def _check_store(args) -> None:
+    """compare, evaluate and ui read a tracking store: it must be there and answer (MLflow would
+    create a missing sqlite store, empty, wherever the command happened to run)."""
+    from orchestrator import preflight
+
+    reason = preflight.check_tracking(_tracking_uri(args.tracking_uri), existing=True)
+    if reason:
+        source = ("--tracking-uri: " if args.tracking_uri else
+                  "MLFLOW_TRACKING_URI: " if os.environ.get("MLFLOW_TRACKING_URI") else "")
+        raise UsageError(f"{args.command}: {source}{reason}")
+
+
+def _check_port_free(args) -> None:
+    """ui: the address must be this machine's and the port free (mlflow would otherwise retry or
+    exit with its own traceback)."""
+    try:
+        family = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind((args.host, args.port))
+    except socket.gaierror:
+        raise UsageError(f"ui: --host: {show(args.host)} is not an address of this machine") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UsageError(f"ui: --port: {args.port} is in use on {args.host}; pick another with --port") from None
+        raise UsageError(f"ui: --host/--port: cannot listen on {show(args.host)}:{args.port} ({e.strerror})") from None
+
+
 def cmd_sweep(args) -> int:
     from orchestrator import config
 
     try:
         spec = config.load(args.file, {"tracking_uri": args.tracking_uri, "storage_path": args.storage})
-        from orchestrator import sweep
+        from orchestrator import preflight, sweep
 
-        if args.dry_run:
+        if args.dry_run:  # the same checks as a run: "valid" means it would start
+            preflight.check_sweep(spec, address=args.address, resume=args.resume)
             _print_preview(args.file, spec, sweep.preview(spec))
             return 0
         return sweep.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet)
@@ -163,17 +253,23 @@ def cmd_sweep(args) -> int:
         raise UsageError(str(e)) from None
 
 
+PREVIEW_ROWS = 50  # a dry run lists this many trials, then says how many more
+
+
 def _print_preview(file: str, spec, trials) -> None:
-    from orchestrator import reports
+    from orchestrator import preflight, reports
 
     print(f"{file}: valid; {len(trials)} trial(s) (random dimensions sampled with seed "
-          f"{spec.search.seed}); tracking {spec.tracking_uri}; storage {spec.storage_path}")
+          f"{spec.search.seed}); tracking {preflight.show_uri(spec.tracking_uri)}; "
+          f"storage {preflight.show_uri(spec.storage_path)}")
     table = [("#", "arch", "knobs", "lr", "epochs", "batch_size", "optimizer")]
-    for i, t in enumerate(trials):
+    for i, t in enumerate(trials[:PREVIEW_ROWS]):
         knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items()))
         table.append((i, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.epochs, t.train.batch_size,
                       t.train.optimizer))
     reports.print_table(table)
+    if len(trials) > PREVIEW_ROWS:
+        print(f"... and {len(trials) - PREVIEW_ROWS} more trial(s)")
 
 
 def cmd_compare(args) -> int:
@@ -235,33 +331,49 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
+
+
 def cmd_ui(args) -> int:
+    from orchestrator import preflight
+
     uri = _tracking_uri(args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    # Its own process group: mlflow starts uvicorn and job-runner children, and stopping this
-    # command (Ctrl-C or SIGTERM) must end all of them, not orphan them.
-    # The UI needs no background job runner (MLflow's GenAI jobs): 7 fewer processes.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
 
-    def stop(*_):
+    def terminated(*_):
+        raise _Terminated
+
+    # Before the server exists: no moment where SIGTERM would orphan it. The handler only unwinds
+    # the wait below; the stopping happens there (a wait inside the handler would block on the lock
+    # the interrupted wait holds).
+    signal.signal(signal.SIGTERM, terminated)
+    server = None
+    try:
+        print(f"MLflow UI for {preflight.show_uri(uri)} on http://{args.host}:{args.port}  (Ctrl-C stops it)",
+              flush=True)
+        # Its own process group: mlflow starts uvicorn and job-runner children, and stopping this
+        # command (Ctrl-C or SIGTERM) must end all of them, not orphan them.
+        # The UI needs no background job runner (MLflow's GenAI jobs): 7 fewer processes.
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+        server = subprocess.Popen(cmd, start_new_session=True, env=env)
+        return server.wait()
+    except KeyboardInterrupt:
+        signum = signal.SIGINT
+    except _Terminated:
+        signum = signal.SIGTERM
+    for s in (signal.SIGINT, signal.SIGTERM):  # stopping takes a moment: do not die half-way
+        signal.signal(s, signal.SIG_IGN)
+    if server is not None:
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(server.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        stop()
-    return 0
+    return 128 + signum  # 130 / 143, as documented
 
 
 EXIT_CODES = """exit codes:
@@ -303,7 +415,7 @@ def build_parser() -> Parser:
     t.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE", help="arch knob (repeatable)")
     add_options(t, schema.TrainConfig)
     add_options(t, schema.DataSpec)
-    t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    t.add_argument("--device", type=_device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     t.add_argument("--checkpoint-dir", help="keep the latest checkpoint here")
     t.add_argument("--resume", help="continue from a checkpoint directory")
     t.set_defaults(func=cmd_train)
@@ -329,35 +441,39 @@ def build_parser() -> Parser:
     c.add_argument("--by", default="trial", choices=("trial", "arch"),
                    help="a row per trial, or per model entry (arch): its best configuration, mean and 95%% "
                         "interval over its seed runs, tied leaders marked")
-    c.set_defaults(func=cmd_compare)
+    c.set_defaults(func=cmd_compare, checks=(_check_store,))
 
     e = sub.add_parser("evaluate", help="score a logged model on a dataset split")
     e.add_argument("run_id")
     e.add_argument("--dataset", help="dataset name (default: the run's own)")
     e.add_argument("--root", help="dataset root (default: the run's own)")
     e.add_argument("--split", default="test", choices=("test", "val", "train"))
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=_positive_int, default=256)
     e.add_argument("--tracking-uri")
-    e.add_argument("--device")
+    e.add_argument("--device", type=_device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     e.add_argument("--log", action="store_true", help="record <split>_loss/_acc/_top5 on the run")
     e.add_argument("--allow-pickle", action="store_true",
                    help="load a pickled model (one torch.export could not trace): runs code from the store")
-    e.set_defaults(func=cmd_evaluate)
+    e.set_defaults(func=cmd_evaluate, checks=(_check_store,))
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")
     u.add_argument("--tracking-uri")
     u.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: not exposed)")
-    u.add_argument("--port", type=int, default=5000)
-    u.set_defaults(func=cmd_ui)
+    u.add_argument("--port", type=_port, default=5000)
+    u.set_defaults(func=cmd_ui, checks=(_check_store, _check_port_free))
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        for check in getattr(args, "checks", ()):  # what a command reads must be there before it runs
+            check(args)
         return args.func(args)
     except UsageError as e:
-        print(str(e).splitlines()[0] if str(e) else "orchestrate: bad input", file=sys.stderr)
+        # whatever went into a message, the user gets one bounded line
+        print(schema.cut(str(e).splitlines()[0] if str(e) else "orchestrate: bad input", schema.MAX_LINE_CHARS),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

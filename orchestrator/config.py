@@ -9,19 +9,25 @@ knobs against the arch registry. Every error is a `ConfigError` whose str() is o
 Search spaces map 1:1 onto ray.tune primitives. A value is a literal or a one-key mapping:
     {grid: [..]} {choice: [..]} {uniform: [lo, hi]} {loguniform: [lo, hi]} {randint: [lo, hi]}
 (randint's upper bound is exclusive, as in tune.randint).
+
+The YAML is read by a SafeLoader that also refuses what a sweep file never needs and a hostile
+one uses: aliases expanding to more than MAX_YAML_VALUES values (a "billion laughs" file of a few
+hundred bytes), nesting deeper than MAX_YAML_DEPTH, duplicate keys (YAML lets the last one win
+silently) and files over MAX_FILE_BYTES.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 from typing import Any
 
 import yaml
 
 from orchestrator import schema
-from orchestrator.schema import DataSpec, Failure, Resources, Search, TrainConfig, Trial
+from orchestrator.schema import DataSpec, Failure, Resources, Search, TrainConfig, Trial, show, show_key
 
 SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 TOP_KEYS = ("name", "dataset", "train", "resources", "search", "failure", "tracking", "storage", "models")
@@ -34,7 +40,8 @@ __all__ = ["ConfigError", "ModelEntry", "SweepSpec", "load", "parse", "default_t
 class ConfigError(ValueError):
     def __init__(self, file: str, key: str, message: str):
         self.file, self.key, self.message = file, key, message
-        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        line = f"{file}: {key}: {message}" if key else f"{file}: {message}"
+        super().__init__(schema.cut(line, schema.MAX_LINE_CHARS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,11 +115,11 @@ def section(file: str, name: str, raw: Any, cls: type, extra: dict[str, Any] | N
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(file, name, f"{raw!r} is not a mapping")
+        raise ConfigError(file, name, f"{show(raw)} is not a mapping")
     fields = schema.field_types(cls)
     for key, value in raw.items():
         if key not in fields:
-            raise ConfigError(file, f"{name}.{key}", f"unknown key; allowed: {', '.join(fields)}")
+            raise ConfigError(file, f"{name}.{show_key(key)}", f"unknown key; allowed: {', '.join(fields)}")
         err = schema.check_field(cls, key, value)
         if err:
             raise ConfigError(file, f"{name}.{key}", err)
@@ -133,17 +140,20 @@ def is_space(value: Any) -> bool:
 def _check_space(file: str, key: str, value: Any) -> None:
     """Shape of a space leaf: the right argument list for its kind."""
     if isinstance(value, dict) and not is_space(value):
-        raise ConfigError(file, key, f"{value!r} is not a value or one of {{{': ..}, {'.join(SPACE_KINDS)}: ..}}")
+        raise ConfigError(file, key, f"{show(value)} is not a value or one of {{{': ..}, {'.join(SPACE_KINDS)}: ..}}")
     if not is_space(value):
         return
     kind, args = next(iter(value.items()))
     if kind in ("grid", "choice"):
         if not isinstance(args, list) or not args:
-            raise ConfigError(file, f"{key}.{kind}", f"{args!r} is not a non-empty list")
+            raise ConfigError(file, f"{key}.{kind}", f"{show(args)} is not a non-empty list")
     else:
-        if (not isinstance(args, list) or len(args) != 2
-                or not all(schema.type_ok(a, int if kind == "randint" else float) for a in args)):
-            raise ConfigError(file, f"{key}.{kind}", f"{args!r} is not [low, high] numbers")
+        if not isinstance(args, list) or len(args) != 2:
+            raise ConfigError(file, f"{key}.{kind}", f"{show(args)} is not [low, high] numbers")
+        for bound in args:
+            wrong = schema.type_problem(bound, int if kind == "randint" else float)
+            if wrong:
+                raise ConfigError(file, f"{key}.{kind}", f"{show(args)}: {wrong}")
         if not args[0] < args[1]:
             raise ConfigError(file, f"{key}.{kind}", f"low {args[0]} is not below high {args[1]}")
         if kind == "loguniform" and args[0] <= 0:
@@ -199,12 +209,12 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
 
     key = f"models[{index}]"
     if not isinstance(raw, dict):
-        raise ConfigError(file, key, f"{raw!r} is not a mapping with an 'arch'")
+        raise ConfigError(file, key, f"{show(raw)} is not a mapping with an 'arch'")
     if "arch" not in raw:
         raise ConfigError(file, f"{key}.arch", "missing; choose one of " + ", ".join(archs.names()))
     arch_name = raw["arch"]
     if not isinstance(arch_name, str) or arch_name not in archs.names():
-        raise ConfigError(file, f"{key}.arch", f"{arch_name!r} is not one of " + ", ".join(archs.names()))
+        raise ConfigError(file, f"{key}.arch", f"{show(arch_name)} is not one of " + ", ".join(archs.names()))
 
     train_types = schema.field_types(TrainConfig)
     overrides: dict[str, Any] = {}
@@ -212,7 +222,8 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
         if k in ("arch", "knobs"):
             continue
         if k not in train_types:
-            raise ConfigError(file, f"{key}.{k}", "unknown key; allowed: arch, knobs, " + ", ".join(TRAIN_FIELDS))
+            raise ConfigError(file, f"{key}.{show_key(k)}",
+                              "unknown key; allowed: arch, knobs, " + ", ".join(TRAIN_FIELDS))
         _check_space(file, f"{key}.{k}", v)
         typ = train_types[k][0]
         _check_continuous(file, f"{key}.{k}", v, typ is float, "an int" if typ is int else f"a {typ.__name__}")
@@ -232,7 +243,7 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
 
     knobs = raw.get("knobs") or {}
     if not isinstance(knobs, dict):
-        raise ConfigError(file, f"{key}.knobs", f"{knobs!r} is not a mapping of knob: value-or-space")
+        raise ConfigError(file, f"{key}.knobs", f"{show(knobs)} is not a mapping of knob: value-or-space")
     _check_knobs(file, key, arch_name, knobs)
     entry = ModelEntry(arch_name, dict(knobs), overrides)
     if _grid_size(entry.point_space()) == 0:
@@ -246,17 +257,19 @@ def _check_knobs(file: str, key: str, arch_name: str, knobs: dict[str, Any]) -> 
     declared = {k.name: k for k in archs.get(arch_name).knobs}
     for name, v in knobs.items():
         if name not in declared:
-            raise ConfigError(file, f"{key}.knobs.{name}",
+            raise ConfigError(file, f"{key}.knobs.{show_key(name)}",
                               f"is not a knob of {arch_name}; its knobs are " + (", ".join(declared) or "none"))
         _check_space(file, f"{key}.knobs.{name}", v)
         knob = declared[name]
         _check_continuous(file, f"{key}.knobs.{name}", v, knob.type is float and knob.choices is None,
                           knob.describe())
         for value in _leaf_bounds(v):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(file, f"{key}.knobs.{name}", f"{show(value)} is not a finite number")
             try:
                 knob.check(value)
             except archs.KnobError as e:
-                raise ConfigError(file, f"{key}.knobs.{name}", f"{e.value!r} {e.allowed}") from None
+                raise ConfigError(file, f"{key}.knobs.{name}", f"{show(e.value)} {e.allowed}") from None
     # Cross-knob rules over every discrete combination (ranges are checked at their ends above).
     discrete = {n: _leaf_values(v) for n, v in knobs.items()}
     names = [n for n, vals in discrete.items() if vals is not None]
@@ -264,19 +277,100 @@ def _check_knobs(file: str, key: str, arch_name: str, knobs: dict[str, Any]) -> 
         try:
             archs.validate(arch_name, dict(zip(names, combo)))
         except archs.KnobError as e:
-            raise ConfigError(file, f"{key}.knobs.{e.knob}", f"{e.value!r} {e.allowed}"
-                              + (f" (with {dict(zip(names, combo))})" if len(names) > 1 else "")) from None
+            raise ConfigError(file, f"{key}.knobs.{e.knob}", f"{show(e.value)} {e.allowed}"
+                              + (f" (with {show(dict(zip(names, combo)))})" if len(names) > 1 else "")) from None
 
 
 # ---------------------------------------------------------------------------------------------
 # The file
 
+# A real sweep file has a few hundred values, nested five or six deep, in a few kilobytes.
+MAX_FILE_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000  # after aliases are expanded: a shared anchor counts at every use
+MAX_YAML_DEPTH = 32
+
+
+class YamlRefused(yaml.MarkedYAMLError):
+    """Well-formed YAML that a sweep file may not be (an alias bomb, deep nesting, a duplicate key)."""
+
+
+class SweepLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (data only, never code) that measures each node as it is composed: its
+    values counted with every alias expanded, and its depth, from its children's measures (so
+    measuring costs no more than composing, however far the aliases would expand). Anchors and
+    aliases stay allowed within those bounds: sharing one `knobs:` mapping between entries is
+    legitimate YAML."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._measures: dict[int, tuple[Any, int, int]] = {}  # id(node) -> (node, values, depth)
+        self._open = 0  # collections being composed around the current node
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            if id(node) not in self._measures:  # its anchor is still being composed: a cycle
+                raise YamlRefused(None, None, "an alias refers to its own anchor (a recursive structure)", mark)
+            return node
+        mark = self.peek_event().start_mark
+        self._open += 1
+        if self._open > MAX_YAML_DEPTH:
+            raise YamlRefused(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+        node = super().compose_node(parent, index)
+        self._open -= 1
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        measured = [self._measures[id(c)] for c in children]
+        values = 1 + sum(m[1] for m in measured)
+        depth = 1 + max((m[2] for m in measured), default=0)
+        if values > MAX_YAML_VALUES:
+            raise YamlRefused(None, None, f"this value expands to more than {MAX_YAML_VALUES:,} values through its "
+                                          f"aliases (an alias bomb?); allowed: up to {MAX_YAML_VALUES:,}", mark)
+        if depth > MAX_YAML_DEPTH:
+            raise YamlRefused(None, None, f"nests more than {MAX_YAML_DEPTH} levels deep with its aliases", mark)
+        self._measures[id(node)] = (node, values, depth)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: overriding it is the point
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # unhashable: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise YamlRefused(None, None, f"duplicate key {show(key)} (first on line {first + 1}); "
+                                                  f"a key may appear once per mapping", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_value(text: str) -> Any:
+    """YAML text -> data, through SweepLoader (yaml.YAMLError if it is malformed or refused)."""
+    loader = SweepLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: str) -> Any:
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(path, "", f"is larger than {MAX_FILE_BYTES // 1024} KiB; a sweep file is a few KiB")
+    return yaml_value(data.decode("utf-8"))
+
 
 def load(path: str, overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Read and validate a sweep file. `overrides`: CLI values for tracking_uri / storage_path."""
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)  # never yaml.load: a sweep file is data, not code
+        raw = _read_yaml(path)  # a SafeLoader, never yaml.load: a sweep file is data, not code
     except FileNotFoundError:
         raise ConfigError(path, "", "no such file") from None
     except OSError as e:  # a directory, no permission ...
@@ -287,7 +381,8 @@ def load(path: str, overrides: dict[str, Any] | None = None) -> SweepSpec:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(path, "", f"malformed YAML: {where}{problem}") from None
+        kind = "" if isinstance(e, YamlRefused) else "malformed YAML: "
+        raise ConfigError(path, "", f"{kind}{where}{problem}") from None
     return parse(raw, path, overrides)
 
 
@@ -297,10 +392,12 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
         raise ConfigError(path, "", "the file must be a mapping with name, dataset, train, models ...")
     for key in raw:
         if key not in TOP_KEYS:
-            raise ConfigError(path, str(key), "unknown key; allowed: " + ", ".join(TOP_KEYS))
+            raise ConfigError(path, show_key(key), "unknown key; allowed: " + ", ".join(TOP_KEYS))
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(path, "name", f"{name!r} must be a non-empty string (the MLflow experiment)")
+    name = name.strip() if isinstance(name, str) else name
+    wrong = schema.mlflow_name(name)
+    if wrong:
+        raise ConfigError(path, "name", f"{wrong} (the MLflow experiment and the storage folder)")
 
     dataset = _dataset(path, raw.get("dataset"))
     train = section(path, "train", raw.get("train"), TrainConfig)
@@ -316,10 +413,11 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
     storage = raw.get("storage")
     if isinstance(storage, dict):
         if set(storage) - {"path"}:
-            raise ConfigError(path, f"storage.{next(iter(set(storage) - {'path'}))}", "unknown key; allowed: path")
+            raise ConfigError(path, f"storage.{show_key(next(iter(set(storage) - {'path'})))}",
+                              "unknown key; allowed: path")
         storage = storage.get("path")
     if storage is not None and not isinstance(storage, str):
-        raise ConfigError(path, "storage", f"{storage!r} is not a path")
+        raise ConfigError(path, "storage", f"{show(storage)} is not a path")
     storage_path = overrides.get("storage_path") or storage or os.path.join(os.getcwd(), "ray_results")
     if "://" not in storage_path:
         storage_path = os.path.abspath(os.path.expanduser(storage_path))
@@ -330,9 +428,14 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
     models = tuple(_check_model(path, i, m, train) for i, m in enumerate(models_raw))
     _check_search(path, search, models)
 
-    return SweepSpec(file=path, name=name.strip(), dataset=dataset, train=train, resources=resources,
+    spec = SweepSpec(file=path, name=name, dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
-                     models=models, registered_model=tracking.registered_model or name.strip())
+                     models=models, registered_model=tracking.registered_model or name)
+    if spec.trial_count() > schema.MAX_TRIALS:
+        raise ConfigError(path, "models", f"{spec.trial_count():,} trials (grid points x search.num_samples "
+                                          f"{search.num_samples}) are more than {schema.MAX_TRIALS:,}; "
+                                          f"split the sweep or use random dimensions")
+    return spec
 
 
 def _check_search(file: str, search: Search, models: tuple[ModelEntry, ...]) -> None:

@@ -106,10 +106,12 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch:
     """Per-step schedule. One-cycle: warm-up to `lr`, cosine down; cosine: linear warm-up, then
     cosine to 0; constant: `lr` throughout."""
     total = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = int(round(cfg.effective_warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
         pct = min(max(warmup / total, 1e-3), 0.5)
+        if abs(pct * total - 1) < 1e-9:  # OneCycleLR divides by pct * total - 1 (a one-step warm-up)
+            pct = 1.5 / total if total >= 3 else 0.25
         return sched.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=pct,
                                 anneal_strategy="cos", cycle_momentum=False)
     if cfg.schedule == "cosine":

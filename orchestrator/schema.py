@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import reprlib
 import types
 import typing
 from typing import Any, Callable, Iterator, Mapping
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
+# More trials than this in one sweep is a typo (num_samples: 1000000000), not a plan: Tune's
+# driver and a dry run's preview would build every one of them.
+MAX_TRIALS = 10_000
 # What the engine reports every epoch (the run record logs each as a metric, step = epoch); any of
 # them may select trials, checkpoints and the logged model (`search.metric`).
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "best_val_acc", "lr", "imgs_per_s",
@@ -32,36 +37,99 @@ PHASE_SEARCH, PHASE_SEEDS = "search", "seeds"
 
 
 # ---------------------------------------------------------------------------------------------
+# Showing a value in a message
+
+SHOWN_CHARS = 80  # a value in a message is cut to this: input is never echoed unbounded
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 6, 10, 10, 6
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = SHOWN_CHARS
+
+
+def show(value: Any) -> str:
+    """repr() of `value` for a one-line message: cut to SHOWN_CHARS characters, never built in
+    full (a 1 MB string or a deep list costs what its first few items cost), control characters
+    escaped (repr writes a newline as \\n)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
+
+
+MAX_LINE_CHARS = 1000  # an error line's hard limit, whatever went into it
+
+
+def cut(text: str, limit: int = 120) -> str:
+    """Free text (a library's message inside ours, a whole error line) as one line of at most
+    `limit` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def show_key(key: Any) -> str:
+    """A key from the input as a message names it (`train.lr`): as written when it is a short,
+    printable string, else shown like a value."""
+    return key if isinstance(key, str) and key.isprintable() and 0 < len(key) <= SHOWN_CHARS else show(key)
+
+
+# ---------------------------------------------------------------------------------------------
 # Rules, each a function value -> None (fine) or what is wrong with it
 
 
 def positive(v) -> str | None:
-    return None if v > 0 else f"{v!r} must be > 0"
+    return None if v > 0 else f"{show(v)} must be > 0"
 
 
 def non_negative(v) -> str | None:
-    return None if v >= 0 else f"{v!r} must be >= 0"
+    return None if v >= 0 else f"{show(v)} must be >= 0"
 
 
 def at_least(low) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"{v!r} must be >= {low}"
+    return lambda v: None if v >= low else f"{show(v)} must be >= {low}"
 
 
 def above(low) -> Callable[[Any], str | None]:
-    return lambda v: None if v > low else f"{v!r} must be > {low}"
+    return lambda v: None if v > low else f"{show(v)} must be > {low}"
 
 
 def in_interval(low, high, *, low_open: bool, high_open: bool) -> Callable[[Any], str | None]:
     def check(v):
         ok = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
-        return None if ok else f"{v!r} is not in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return None if ok else f"{show(v)} is not in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     return check
 
 
 def gpu_share(v) -> str | None:
     """A fraction of one GPU (several trials share it) or whole GPUs: 0 < g <= 1, or an integer."""
     if v <= 0 or (v > 1 and v != int(v)):
-        return f"{v!r} must be in (0, 1] (a share of one GPU) or a whole number of GPUs"
+        return f"{show(v)} must be in (0, 1] (a share of one GPU) or a whole number of GPUs"
+    return None
+
+
+# numpy's RandomState (Tune's random search, the engine's numpy seeding) takes exactly these;
+# torch.manual_seed and random.seed take more, and the engine's derived seeds (seed * 100_003 +
+# epoch) stay far inside torch's 64 bits.
+SEED_MAX = 2**32 - 1
+seed_range = in_interval(0, SEED_MAX, low_open=False, high_open=False)
+
+# What MLflow (3.x, mlflow/utils/validation.py) accepts as a Model Registry name — not blank, no
+# '/' or ':', not a path that normalises to another name — and what one folder name can hold
+# (the storage folder of a sweep is named after it): at most NAME_CHARS printable characters.
+# The tests check this against MLflow's own validators, which are not imported here (torch- and
+# MLflow-free; importing mlflow costs seconds).
+NAME_CHARS = 200
+
+
+def mlflow_name(v) -> str | None:
+    """A sweep `name` (the MLflow experiment, the storage folder) or a Model Registry name."""
+    if not isinstance(v, str) or not v.strip():
+        return f"{show(v)} must be a non-empty string"
+    if len(v) > NAME_CHARS:
+        return f"{show(v)} is {len(v)} characters; at most {NAME_CHARS}"
+    if not v.isprintable():
+        bad = next(c for c in v if not c.isprintable())
+        return f"{show(v)} holds the unprintable character {bad!r}; use printable characters"
+    if "/" in v or ":" in v:
+        return f"{show(v)} holds '/' or ':', which MLflow's Model Registry refuses"
+    if v.strip() == "." or v.strip().startswith(".."):
+        return f"{show(v)} reads as a path ('.' or '..'), which MLflow refuses"
     return None
 
 
@@ -88,7 +156,7 @@ class DataSpec:
                                   check=in_interval(0, 0.5, low_open=True, high_open=False))
     subset: int | None = setting(None, "keep only this many training images (seeded, before the split)",
                                  check=at_least(2))
-    split_seed: int = setting(0, "seed of the subset and the train/val split")
+    split_seed: int = setting(0, "seed of the subset and the train/val split", check=seed_range)
     download: bool = setting(False, "cifar: let torchvision fetch the batches into root")
     synthetic_size: int = setting(512, "synthetic: training images (the test split is a quarter)",
                                   check=at_least(4))
@@ -113,7 +181,8 @@ class TrainConfig:
     nesterov: bool = setting(True, "Nesterov momentum (sgd)")
     weight_decay: float = setting(5e-4, "not applied to norm weights and biases", check=non_negative)
     schedule: str = setting("onecycle", "per-step lr schedule", choices=("onecycle", "cosine", "constant"))
-    warmup_epochs: float = setting(1.0, "epochs of lr warm-up", check=non_negative)
+    warmup_epochs: float | None = setting(None, "epochs of lr warm-up (default: 1, or a quarter of a run "
+                                                       "shorter than 4 epochs)", check=non_negative)
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing",
                                      check=in_interval(0, 1, low_open=False, high_open=True))
     precision: str = setting("auto", "auto: bf16 on GPUs that support it, else fp32",
@@ -121,7 +190,7 @@ class TrainConfig:
     channels_last: bool = setting(True, "NHWC memory format")
     compile: bool = setting(False, "torch.compile the model")
     grad_clip: float = setting(0.0, "max global grad norm; 0 disables", check=non_negative)
-    seed: int = setting(0, "seed of init, order and augmentation")
+    seed: int = setting(0, "seed of init, order and augmentation", check=seed_range)
     deterministic: bool = setting(False, "torch.use_deterministic_algorithms (slower on GPU)")
     data_path: str = setting("auto", "device: whole dataset on the device (GPU fast path); loader: DataLoader; "
                                      "auto: device on CUDA, loader on CPU", choices=("auto", "device", "loader"))
@@ -130,8 +199,16 @@ class TrainConfig:
     checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch always checkpoints",
                                     check=positive)
 
+    @property
+    def effective_warmup_epochs(self) -> float:
+        """The warm-up the schedule uses. Unset: one epoch (the usual CIFAR warm-up), but at most a
+        quarter of the run, so `--epochs 1` works and a short run keeps most of its steps for the
+        decay (one-cycle's own default peak is at 30%)."""
+        return self.warmup_epochs if self.warmup_epochs is not None else min(1.0, self.epochs / 4)
+
     def problems(self) -> Iterator[tuple[str, str]]:
-        if self.schedule != "constant" and self.warmup_epochs >= self.epochs:
+        # Only a warm-up the user set can be too long: the default fits any epoch count.
+        if self.schedule != "constant" and self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
             yield "warmup_epochs", (f"warmup_epochs {self.warmup_epochs} must be < epochs {self.epochs} "
                                     f"(schedule {self.schedule})")
 
@@ -187,15 +264,17 @@ class Search:
                                        "study per model entry); grid allows grid leaves only",
                              choices=("grid", "random", "tpe"))
     num_samples: int = setting(1, "trials per grid point of each entry (each a new seed and new samples)",
-                               check=at_least(1))
+                               check=in_interval(1, MAX_TRIALS, low_open=False, high_open=False))
     trials_per_model: int = setting(0, "trials each model entry gets, its grid points taken in turn "
-                                       "(0: its grid points x num_samples)", check=non_negative)
+                                       "(0: its grid points x num_samples)",
+                                   check=in_interval(0, MAX_TRIALS, low_open=False, high_open=False))
     seeds: int = setting(0, "after the search, train each entry's best configuration again with this many fresh "
-                            "seeds (full budget, never stopped early): the leaderboard's spread", check=non_negative)
+                            "seeds (full budget, never stopped early): the leaderboard's spread",
+                        check=in_interval(0, MAX_TRIALS, low_open=False, high_open=False))
     max_concurrent_trials: int = setting(0, "0: as many as the cluster fits", check=non_negative)
     metric: str = setting("val_acc", "what selects trials, checkpoints and the logged model", choices=METRICS)
     mode: str = setting("max", "max or min", choices=("max", "min"))
-    seed: int = setting(0, "seed of the random search dimensions")
+    seed: int = setting(0, "seed of the random search dimensions", check=seed_range)
 
     def better(self, a: float, b: float | None) -> bool:
         """Whether metric value `a` beats `b` (None: nothing yet)."""
@@ -217,7 +296,7 @@ class Tracking:
 
     uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     registered_model: str | None = setting(None, "Model Registry name of the sweep's best model, alias `best` "
-                                                 "(default: the sweep's name)")
+                                                 "(default: the sweep's name)", check=mlflow_name)
 
 
 SECTIONS: dict[str, type] = {"dataset": DataSpec, "train": TrainConfig, "resources": Resources,
@@ -247,12 +326,26 @@ def choices(cls: type, name: str) -> tuple | None:
     return next(f.metadata["choices"] for f in dataclasses.fields(cls) if f.name == name)
 
 
+INT_LIMIT = 2**63  # ints are 64-bit wherever they go (numpy, torch, Tune's randint)
+
+
+def type_problem(value: Any, typ: type) -> str | None:
+    """None if `value` is a `typ` a setting can hold, else what is wrong. Numbers must be finite
+    (no .inf / .nan) and ints 64-bit: every float field, int field and space bound goes through here."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is float and number or typ is int and isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{show(value)} is not a finite number"
+        if isinstance(value, int) and not -INT_LIMIT <= value < INT_LIMIT:
+            return f"{show(value)} is outside the 64-bit integer range"
+        return None
+    if typ not in (int, float) and isinstance(value, typ):
+        return None
+    return f"{show(value)} is not a {typ.__name__}"
+
+
 def type_ok(value: Any, typ: type) -> bool:
-    if typ is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typ is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, typ)
+    return type_problem(value, typ) is None
 
 
 def check_field(cls: type, name: str, value: Any) -> str | None:
@@ -260,11 +353,12 @@ def check_field(cls: type, name: str, value: Any) -> str | None:
     typ, optional = field_types(cls)[name]
     if value is None:
         return None if optional else f"None is not a {typ.__name__}"
-    if not type_ok(value, typ):
-        return f"{value!r} is not a {typ.__name__}"
+    wrong_type = type_problem(value, typ)
+    if wrong_type:
+        return wrong_type
     meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
     if meta["choices"] is not None and value not in meta["choices"]:
-        return f"{value!r} is not one of {', '.join(map(str, meta['choices']))}"
+        return f"{show(value)} is not one of {', '.join(map(str, meta['choices']))}"
     return meta["check"](value) if meta["check"] is not None else None
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow
 import pyarrow.fs
 
+from orchestrator.preflight import mask
+
 STATE_FILE = "orchestrate_sweep.json"
 
 
@@ -25,6 +27,10 @@ def storage_fs(uri: str):
 
 
 def write_state(storage_path: str, run_name: str, meta: dict[str, Any]) -> None:
+    """Our state beside Tune's. A tracking URI is stored with its password masked: --resume takes
+    the real one from the sweep file, --tracking-uri or MLFLOW_TRACKING_URI, as the first run did."""
+    if "tracking_uri" in meta:
+        meta = {**meta, "tracking_uri": mask(meta["tracking_uri"])}
     fs, root = storage_fs(storage_path)
     fs.create_dir(f"{root}/{run_name}", recursive=True)
     with fs.open_output_stream(f"{root}/{run_name}/{STATE_FILE}") as f:

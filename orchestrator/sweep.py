@@ -1,9 +1,10 @@
 """`orchestrate sweep`: validated spec -> Ray cluster -> MLflow parent run -> Tuner -> summary.
 
 Everything that can be wrong with the user's input is found before anything is written: the file
-(config.py), the tracking server (a health probe) and whether the cluster can ever hold one trial.
-Only then is the parent run created and the Tuner started. A local Ray cluster started here is
-shut down on every exit path.
+(config.py), and every place the sweep uses (preflight.py: the tracking store, the storage, an
+earlier run to resume, the Ray address, whether this machine can ever hold one trial). Only then
+is the parent run created and the Tuner started. A local Ray cluster started here is shut down on
+every exit path.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from orchestrator import live, ray_train, runs, search, storage, tracking
-from orchestrator.config import ConfigError, SweepSpec
+from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
+from orchestrator.config import SweepSpec
 from orchestrator.reports import leaderboard_table, render
 from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial
@@ -45,26 +46,6 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "sweep"
 
 
-def cluster_fits(spec: SweepSpec, resources: dict[str, float]) -> str | None:
-    """None if one trial fits the cluster's total resources, else why not."""
-    r = spec.resources
-    need_cpu = r.per_trial()["CPU"]
-    have_cpu = resources.get("CPU", 0)
-    if need_cpu > have_cpu + 1e-9:
-        driver = "" if r.in_process else f" + {r.driver_cpus} driver CPU"
-        return (f"{r.num_workers} workers x {r.cpus_per_worker} CPU{driver} = {need_cpu:g} CPUs, "
-                f"but the cluster has {have_cpu:g}")
-    if r.use_gpu:
-        need_gpu, have_gpu = r.per_trial()["GPU"], resources.get("GPU", 0)
-        if need_gpu > have_gpu + 1e-9:
-            return f"{r.num_workers} workers x {r.gpus_per_worker} GPU = {need_gpu:g} GPUs, but the cluster has {have_gpu:g}"
-    if r.placement_strategy == "STRICT_SPREAD":
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        if len(nodes) < r.num_workers:
-            return f"STRICT_SPREAD needs {r.num_workers} nodes, the cluster has {len(nodes)}"
-    return None
-
-
 def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
     """How many trials fit at once, counting everything a trial holds (its workers, and the
     driver of a DDP trial) against the cluster's CPUs and GPUs, and the line that says so."""
@@ -81,14 +62,9 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     every worker's log lines instead."""
     if verbosity <= 0:
         tracking.quiet_mlflow()
-    reason = tracking.check_reachable(spec.tracking_uri)
-    if reason:
-        raise ConfigError(spec.file, "tracking.uri", reason)
-    restore_name = storage.find_resumable(spec.storage_path, spec.name) if resume else None
-    if resume and restore_name is None:
-        raise ConfigError(spec.file, "name", f"--resume: no earlier run of {spec.name!r} under {spec.storage_path}")
-
-    address = address or os.environ.get("RAY_ADDRESS")
+    # Every place the sweep uses (store, storage, earlier run, cluster) is checked before Ray
+    # starts and before any MLflow run exists.
+    restore_name, address = preflight.check_sweep(spec, address=address, resume=resume)
     # A local cluster (started here, or already running in this process, e.g. a benchmark's)
     # cannot grow: refuse what it can never hold and never start more trials than fit. A cluster
     # joined by address may autoscale, so there only the user's cap applies.
@@ -108,10 +84,6 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
             ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
     try:
         cluster = ray.cluster_resources()
-        if local:
-            why = cluster_fits(spec, cluster)
-            if why:
-                raise ConfigError(spec.file, "resources.num_workers", why)
         fits, line = packing(spec.resources, cluster)
         if verbosity >= 0:
             print(line, file=out, flush=True)
@@ -173,8 +145,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 verbose=1 if verbosity > 0 else 0),  # Ray's own reporter only with -v
         )
         if verbosity >= 0:
-            print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in {spec.tracking_uri} "
-                  f"(parent run {parent})", file=out, flush=True)
+            print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in "
+                  f"{preflight.show_uri(spec.tracking_uri)} (parent run {parent})", file=out, flush=True)
     if verbosity <= 0:
         # Ray's own console output off: its experiment box and snapshot warnings would break up
         # the live view (`-v` brings them back, with the worker logs).
@@ -184,10 +156,10 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         tuner.fit()
     if stopped.signum is not None:
         record.interrupt()
-        uri = spec.tracking_uri
         print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
-              f"marked interrupted. Continue it with:\n  orchestrate sweep {spec.file} --resume "
-              f"--tracking-uri '{uri}' --storage '{spec.storage_path}'", file=out, flush=True)
+              f"marked interrupted. Continue it with:\n  " + preflight.command_line(
+                  "orchestrate", "sweep", spec.file, "--resume", "--tracking-uri", spec.tracking_uri,
+                  "--storage", spec.storage_path), file=out, flush=True)
         return 128 + stopped.signum
     results, version = record.finish(register_as=spec.registered_model)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
@@ -248,4 +220,5 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
             print(f"  {r.name} ({r.run_id}): {r.error or 'see its run'}", file=out)
     if not trained:
         print("\nNo trial completed (exit code 1).", file=out)
-    print(f"\nOpen the MLflow UI:  orchestrate ui --tracking-uri '{spec.tracking_uri}'", file=out, flush=True)
+    print("\nOpen the MLflow UI:  " + preflight.command_line("orchestrate", "ui", "--tracking-uri", spec.tracking_uri),
+          file=out, flush=True)
