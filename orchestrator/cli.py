@@ -275,23 +275,21 @@ def _print_preview(file: str, spec, trials) -> None:
 def cmd_compare(args) -> int:
     from mlflow import MlflowClient
 
-    from orchestrator import reports, runs, tracking
+    from orchestrator import preflight, reports, runs
 
-    uri = _tracking_uri(args.tracking_uri)
-    reason = tracking.check_reachable(uri)
-    if reason:
-        raise UsageError(f"compare: --tracking-uri: {reason}")
+    uri = _tracking_uri(args.tracking_uri)  # checked by the command's _check_store
+    shown = preflight.show_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     if args.experiment:
         exp = client.get_experiment_by_name(args.experiment)
         if exp is None:
             names = [e.name for e in client.search_experiments()]
-            raise UsageError(f"compare: experiment {args.experiment!r} not found in {uri}; "
+            raise UsageError(f"compare: experiment {schema.show(args.experiment)} not found in {shown}; "
                              f"known: {', '.join(names) or 'none'}")
     else:
         exps = [e for e in client.search_experiments(order_by=["last_update_time DESC"]) if e.name != "Default"]
         if not exps:
-            raise UsageError(f"compare: no experiments in {uri}; run `orchestrate sweep FILE` first")
+            raise UsageError(f"compare: no experiments in {shown}; run `orchestrate sweep FILE` first")
         exp = exps[0]
     parent = None
     if not args.all_sweeps:
@@ -307,7 +305,7 @@ def cmd_compare(args) -> int:
         ranked = (f", ranked by {results[0].metric}, trials that trained to their full budget first"
                   if results and args.by == "trial" else f", by model entry, by {results[0].metric}" if results else "")
         print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
-              + f" ({len(results)} trials{ranked}; {uri})")
+              + f" ({len(results)} trials{ranked}; {shown})")
     print(text, end="" if args.format != "json" else "\n")
     return 0
 

@@ -26,7 +26,8 @@ from mlflow.exceptions import MlflowException
 
 from orchestrator import data, engine, runs
 from orchestrator.runs import Artifact
-from orchestrator.schema import DataSpec
+from orchestrator.preflight import show_uri
+from orchestrator.schema import DataSpec, show
 
 
 class EvaluateError(ValueError):
@@ -69,7 +70,7 @@ def evaluate_run(run_id: str, tracking_uri: str, *, dataset: str | None = None, 
         run = client.get_run(run_id)
         trial = runs.decode(run)
     except MlflowException:
-        raise EvaluateError(f"no run {run_id!r} in {tracking_uri}") from None
+        raise EvaluateError(f"no run {show(run_id)} in {show_uri(tracking_uri)}") from None
     except runs.NotATrialRun as e:
         raise EvaluateError(str(e)) from None
     try:

@@ -114,7 +114,7 @@ def encode(trial: Trial, knobs: dict[str, Any], family: str) -> tuple[dict[str, 
     in by archs.validate), `family` the arch's family: the caller has the registry, this module
     does not import torch."""
     params = {"arch": trial.arch, **{f"knobs.{k}": v for k, v in knobs.items()},
-              **dataclasses.asdict(trial.train),
+              **dataclasses.asdict(trial.train), "warmup_epochs": trial.train.effective_warmup_epochs,
               **{f"dataset.{k}": v for k, v in dataclasses.asdict(trial.dataset).items()},
               **{f"resources.{k}": v for k, v in dataclasses.asdict(trial.resources).items()},
               "world_size": trial.resources.num_workers}

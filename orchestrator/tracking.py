@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from orchestrator import reports, runs, storage
+from orchestrator import preflight, reports, runs, storage
 from orchestrator.runs import Artifact, Status, Tag
 from orchestrator.schema import EPOCH_METRICS, DataSpec, Trial
 
@@ -104,24 +104,6 @@ def dataset_input(spec: DataSpec, sizes: dict[str, int]):
     dataset = MetaDataset(source, name=spec.name, digest=dataset_digest(spec))
     tags = [InputTag("mlflow.data.context", "training")] + [InputTag(k, str(v)) for k, v in sizes.items()]
     return DatasetInput(dataset._to_mlflow_entity(), tags)
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> str | None:
-    """None if the tracking store answers, else a one-line reason. HTTP servers get a health
-    probe with a short timeout (MLflow's own client retries for minutes)."""
-    if uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-                return None if r.status == 200 else f"{uri}/health answered {r.status}"
-        except Exception as e:  # noqa: BLE001 - any failure means unreachable
-            return f"{uri} is unreachable ({getattr(e, 'reason', e)})"
-    if uri.startswith("sqlite:///"):
-        folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
-        if not os.path.isdir(folder):
-            return f"{uri}: folder {folder} does not exist"
-    return None
 
 
 def artifact_location_for(uri: str) -> str | None:
@@ -424,7 +406,13 @@ class SweepRecord:
         params = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(params), 100):
             client.log_batch(record.parent_run_id, params=params[i:i + 100])
-        client.log_artifact(record.parent_run_id, sweep_file)
+        # The file as it is, but for any password in a URI (a tracking.uri with credentials must
+        # not land in the store it unlocks).
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = os.path.join(tmp, os.path.basename(sweep_file))
+            with open(copy, "w", encoding="utf-8") as f:
+                f.write(preflight.masked_sweep_text(sweep_file))
+            client.log_artifact(record.parent_run_id, copy)
         return record
 
     def resume(self) -> None:

@@ -5,111 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-ORCHESTRATE = [sys.executable, "-m", "orchestrator"]
-
-
-def run_cli(args, cwd, env=None, timeout=900):
-    """`orchestrate ARGS` as a user runs it: a real subprocess."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run(ORCHESTRATE + list(args), cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """`pid: cmdline` of live processes whose command line contains `text` (Ray's own processes
-    carry their RAY_TMPDIR, so a test can find exactly the cluster it started)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{pid}: {cmdline[:200]}")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# The e2e sweep: 2 trials (an lr grid), 2 DDP workers each on gloo, 3 epochs on digits.
-DDP_SWEEP = textwrap.dedent("""\
-    name: e2e-ddp
-    dataset: {name: digits, val_fraction: 0.1}
-    train: {epochs: 3, batch_size: 32, lr: 0.1, warmup_epochs: 0.5, seed: 0}
-    resources: {num_workers: 2, cpus_per_worker: 0.5, driver_cpus: 0.1}
-    search: {scheduler: fifo, num_samples: 1, max_concurrent_trials: 1}
-    models:
-      - arch: resnet18
-        knobs: {width: 0.125}
-        lr: {grid: [0.05, 0.1]}
-    """)
-
-
-# Two single-worker trials (trained in their Tune trial processes), side by side on 2 CPUs.
-PAIR_SWEEP = textwrap.dedent("""\
-    name: e2e-pair
-    dataset: {name: digits}
-    train: {epochs: 3, batch_size: 32, lr: 0.1, warmup_epochs: 0.5, seed: 0}
-    resources: {num_workers: 1, cpus_per_worker: 1}
-    search: {scheduler: fifo}
-    models:
-      - arch: resnet18
-        knobs: {width: 0.125}
-        lr: {grid: [0.05, 0.1]}
-    """)
-
-
-class Sweep:
-    def __init__(self, folder: Path, result: subprocess.CompletedProcess, uri: str, experiment: str):
-        self.folder, self.result, self.uri, self.experiment = folder, result, uri, experiment
-
-    def client(self):
-        import mlflow
-
-        return mlflow.MlflowClient(tracking_uri=self.uri)
-
-    def runs(self):
-        c = self.client()
-        exp = c.get_experiment_by_name(self.experiment)
-        return c.search_runs([exp.experiment_id], max_results=100)
-
-    def trials(self):
-        from orchestrator.runs import ROLE_TRIAL, Tag
-
-        return [r for r in self.runs() if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL]
-
-
-def _sweep(tmp_path_factory, name: str, text: str, uri: str | None = None) -> Sweep:
-    folder = tmp_path_factory.mktemp(name)
-    (folder / "sweep.yaml").write_text(text)
-    uri = uri or f"sqlite:///{folder}/mlflow.db"
-    result = run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri], cwd=folder)
-    experiment = text.split("name:", 1)[1].split("\n", 1)[0].strip()
-    sweep = Sweep(folder, result, uri, experiment)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return sweep
+from support import DDP_SWEEP, Sweep, free_port, run_sweep
 
 
 @pytest.fixture(scope="session")
 def ddp_sweep(tmp_path_factory) -> Sweep:
-    return _sweep(tmp_path_factory, "ddp", DDP_SWEEP)
+    return run_sweep(tmp_path_factory, "ddp", DDP_SWEEP)
 
 
 @pytest.fixture(scope="session")

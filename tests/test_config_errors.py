@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ORCHESTRATE, REPO, free_port, processes_mentioning
+from support import ORCHESTRATE, REPO, free_port, processes_mentioning
 from orchestrator import cli, config
 from orchestrator.preflight import local_cpus
 
@@ -141,7 +141,7 @@ CASES = [
          "search.num_samples", ("0 is not in [1, 10000]",)),
     Case("unknown_metric_is_rejected",
          sweep_yaml(search="{metric: accuracy}"),
-         "search.metric", ("'accuracy' is not one of val_acc",)),
+         "search.metric", ("'accuracy' is not one of train_loss, train_acc, val_loss, val_acc",)),
     # --- resources
     Case("use_gpu_as_text_is_rejected",
          sweep_yaml(resources="{use_gpu: 'yes'}"),
@@ -332,7 +332,7 @@ def test_parse_fills_defaults_for_a_minimal_file():
     assert spec.resources == config.Resources()
     assert spec.search == config.Search()
     assert spec.failure == config.Failure()
-    assert [(m.arch, m.index, m.knobs, m.overrides) for m in spec.models] == [("resnet18", 0, {}, {})]
+    assert [(m.arch, m.knobs, m.overrides) for m in spec.models] == [("resnet18", {}, {})]
     assert spec.storage_path == os.path.join(os.getcwd(), "ray_results")
     assert spec.trial_count() == 1
 

@@ -30,7 +30,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import ORCHESTRATE, REPO, free_port, processes_mentioning
+from support import ORCHESTRATE, REPO, free_port, processes_mentioning
 from orchestrator import cli, config, preflight, schema, storage
 from test_config_errors import sweep_yaml  # a valid sweep, a section replaced per row
 

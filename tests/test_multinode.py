@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DDP_SWEEP, REPO, run_cli
+from support import DDP_SWEEP, REPO, run_cli
 from orchestrator.runs import ROLE_TRIAL, Tag
 
 pytestmark = pytest.mark.ray

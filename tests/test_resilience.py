@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from conftest import DDP_SWEEP, ORCHESTRATE, PAIR_SWEEP, REPO, processes_mentioning, run_cli
+from support import DDP_SWEEP, ORCHESTRATE, PAIR_SWEEP, REPO, processes_mentioning, run_cli
 from orchestrator.runs import ROLE_SWEEP, ROLE_TRIAL, Tag
 
 pytestmark = pytest.mark.ray

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from conftest import PAIR_SWEEP, _sweep, run_cli
+from support import PAIR_SWEEP, run_sweep, run_cli
 from orchestrator.runs import ROLE_SWEEP, Tag
 
 pytestmark = pytest.mark.ray
@@ -147,7 +147,7 @@ ASHA_SWEEP = textwrap.dedent("""\
 
 @pytest.fixture(scope="module")
 def asha_sweep(tmp_path_factory):
-    return _sweep(tmp_path_factory, "asha", ASHA_SWEEP)
+    return run_sweep(tmp_path_factory, "asha", ASHA_SWEEP)
 
 
 def test_asha_stops_the_bad_lr_trial_before_its_last_epoch(asha_sweep):
@@ -179,7 +179,7 @@ def test_a_trial_whose_loss_goes_nan_is_tagged_failed_and_the_sweep_finishes(ash
 
 @pytest.fixture(scope="module")
 def pair_sweep(tmp_path_factory):
-    return _sweep(tmp_path_factory, "pair", PAIR_SWEEP)
+    return run_sweep(tmp_path_factory, "pair", PAIR_SWEEP)
 
 
 def epoch_intervals(client, run_id):

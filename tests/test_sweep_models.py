@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import _sweep, run_cli
+from support import run_sweep, run_cli
 from orchestrator.runs import Tag
 
 pytestmark = pytest.mark.ray
@@ -60,7 +60,7 @@ def model_size(arch, num_classes, **knobs):
 def cifar100_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("c100data")
     write_cifar100(root)
-    return _sweep(tmp_path_factory, "c100", textwrap.dedent(f"""\
+    return run_sweep(tmp_path_factory, "c100", textwrap.dedent(f"""\
         name: c100
         dataset: {{name: cifar100, root: '{root}'}}
         train: {{epochs: 1, batch_size: 32, warmup_epochs: 0.5}}
@@ -75,7 +75,7 @@ def three_class_sweep(tmp_path_factory):
     model taken from the last epoch would be caught."""
     root = tmp_path_factory.mktemp("folderdata")
     write_three_class_zip(root / "three.zip")
-    return _sweep(tmp_path_factory, "three", textwrap.dedent(f"""\
+    return run_sweep(tmp_path_factory, "three", textwrap.dedent(f"""\
         name: three
         dataset: {{name: imagefolder, root: '{root}/three.zip', val_fraction: 0.25}}
         train: {{epochs: 3, batch_size: 16, lr: 0.05, warmup_epochs: 0.5}}

@@ -6,13 +6,8 @@ memory, no weight init), which test_registry.py shows counts as the real model d
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -23,19 +18,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def pytest_plugin_registered(plugin, manager):
-    # pytest imports every conftest.py outside a package as the one module "conftest", so loading
-    # this file replaced tests/conftest.py in sys.modules, and `from conftest import ...` in a test
-    # module collected after this folder (tests/test_*.py sort after "archs") would find this file.
-    # Once this file is registered, give the name back to tests/conftest.py.
-    if _is_file(plugin, Path(__file__).resolve()):
-        for other in manager.get_plugins():
-            if _is_file(other, ROOT_CONFTEST):
-                sys.modules["conftest"] = other
-
-
-def _is_file(module, path: Path) -> bool:
-    file = getattr(module, "__file__", None)
-    return file is not None and Path(file).resolve() == path
