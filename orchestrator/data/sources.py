@@ -1,27 +1,13 @@
-"""Datasets, the train/val split and the two input paths the engine uses.
+"""Where a dataset's images come from: one loader per `DataSpec.name`, each returning
+(train ImageSet, test ImageSet or None, class names) as uint8 [N, 3, 32, 32] tensors.
 
-    splits = load_splits(DataSpec("cifar10", root="data/"))
-    loaders = make_loaders(splits, batch_size=256, rank=rank, world_size=world_size, seed=0)
+- `cifar10`/`cifar100`: the python-pickle batches (torchvision downloads them on request);
+- `imagefolder`: a `train/<class>/*.jpg|png` tree, as a directory or a .zip read in memory, its
+  decoded tensors cached per machine (`CACHE_ENV`) so a sweep's trials decode it once;
+- `digits`: scikit-learn's bundled 8x8 digits, upscaled (works offline);
+- `synthetic`: seeded coloured noise a model can learn, for tests and smoke runs.
 
-Every dataset here is CIFAR-sized (32x32 RGB, at most tens of thousands of images), so a split is
-held whole in memory as a uint8 tensor `[N, 3, 32, 32]` (50,000 images are 150 MB). That keeps one
-representation for both input paths:
-
-- the CPU path: `AugmentedImageSet` + `DataLoader` (+ `DistributedSampler` under DDP), per-sample
-  torchvision transforms;
-- the device path: `DeviceBatches` moves the uint8 tensors to the device once and calls
-  `augment_batch`, which pads, crops and flips a whole batch there without a Python loop.
-
-Both normalise with the one `normalize`.
-
-Datasets: `cifar10`/`cifar100` (the python-pickle batches; torchvision downloads them on request),
-`imagefolder` (a `train/<class>/*.jpg|png` tree, as a directory or a .zip read in memory),
-`digits` (scikit-learn's bundled 8x8 digits, upscaled; works offline) and `synthetic` (seeded
-coloured noise a model can learn, for tests and smoke runs).
-
-The validation split is always carved from the training data with `split_seed`, stratified by
-class; the official test split (where one exists) is returned separately and never used for
-selection. No Ray or MLflow here.
+Nothing here splits or normalises: see `splits` and `inputs`.
 """
 
 from __future__ import annotations
@@ -29,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import math
 import os
 import pickle
 import tempfile
@@ -40,16 +25,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from torchvision.transforms import v2
 
-from orchestrator.schema import DATASETS, DataSpec, problems
-
-__all__ = ["DATASETS", "DataError", "DataSpec", "ImageSet", "Splits", "load_splits", "check_source", "normalize",
-           "AugmentedImageSet", "Loaders", "make_loaders", "eval_loader", "augment_batch", "DeviceBatches"]
+from orchestrator.schema import DataSpec, problems
 
 IMAGE_SIZE = 32
-PAD = 4  # pixels of zero padding before the random 32x32 crop, as in the ResNet CIFAR recipe
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 # Fixed seeds that must not follow `split_seed`: the digits test split and the synthetic images
@@ -76,89 +55,14 @@ class ImageSet:
         return len(self.labels)
 
 
-@dataclasses.dataclass
-class Splits:
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet | None  # official test split where one exists; never used for selection
-    classes: list[str]
-    mean: tuple[float, float, float]  # per channel, [0, 1] units, from the train split
-    std: tuple[float, float, float]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-def load_splits(spec: DataSpec) -> Splits:
-    """Load `spec.name`, carve the validation split from its training data and measure the train
-    split's channel statistics. Raises DataError with a one-line message on any user error."""
-    for key, message in problems(spec):  # the schema's rules, as for a sweep file
-        raise DataError(f"{spec.name}: {key}: {message}")
-
-    loader = {"cifar10": _load_cifar, "cifar100": _load_cifar, "imagefolder": _load_imagefolder,
-              "digits": _load_digits, "synthetic": _load_synthetic}[spec.name]
-    train_data, test, classes = loader(spec)
-
-    generator = torch.Generator().manual_seed(spec.split_seed)
-    if spec.subset is not None:
-        if spec.subset > len(train_data):
-            raise DataError(f"{spec.name}: subset {spec.subset} is larger than the "
-                            f"{len(train_data)} training images")
-        keep = torch.randperm(len(train_data), generator=generator)[: spec.subset].sort().values
-        train_data = _take(train_data, keep)
-    train_idx, val_idx = _stratified_split(train_data.labels, spec.val_fraction, generator)
-    if len(train_idx) == 0:
-        raise DataError(f"{spec.name}: {len(train_data)} training images leave none for training "
-                        f"after a val_fraction of {spec.val_fraction}")
-    train, val = _take(train_data, train_idx), _take(train_data, val_idx)
-    mean, std = _channel_stats(train.images)
-    return Splits(train=train, val=val, test=test, classes=list(classes), mean=mean, std=std)
-
-
-# ---------------------------------------------------------------------------------------------
-# Split and statistics
-
-
-def _take(data: ImageSet, indices: torch.Tensor) -> ImageSet:
+def take(data: ImageSet, indices: torch.Tensor) -> ImageSet:
     return ImageSet(data.images.index_select(0, indices), data.labels.index_select(0, indices))
 
 
-def _stratified_split(labels: torch.Tensor, val_fraction: float,
-                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train_indices, val_indices): exactly round(N * val_fraction) (at least 1) go to val, each
-    class contributing in proportion to its size.
-
-    Shuffle, rank every sample within its class, and order all samples by their fractional rank
-    (rank + 0.5) / class_size: taking the first n of that order takes about the same fraction of
-    every class, and the total is exact (rounding class by class would not be)."""
-    n = len(labels)
-    n_val = min(max(1, round(n * val_fraction)), n)
-    perm = torch.randperm(n, generator=generator)
-    shuffled = labels[perm]
-    counts = torch.bincount(shuffled)
-    by_class = torch.sort(shuffled, stable=True).indices  # grouped by class, shuffled within
-    class_start = torch.cumsum(counts, 0) - counts
-    rank = torch.empty(n, dtype=torch.int64)
-    rank[by_class] = torch.arange(n) - class_start[shuffled[by_class]]
-    fractional_rank = (rank.double() + 0.5) / counts[shuffled].double()
-    order = perm[torch.sort(fractional_rank, stable=True).indices]
-    return order[n_val:].sort().values, order[:n_val].sort().values
-
-
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """Per-channel mean and std in [0, 1] units, from each channel's exact 256-bin histogram:
-    fast, and bit-identical on every machine (the numbers end up in checkpoints)."""
-    values = torch.arange(256, dtype=torch.float64)
-    mean, std = [], []
-    for channel in range(3):
-        counts = torch.bincount(images[:, channel].reshape(-1), minlength=256).double()
-        total = counts.sum()
-        channel_mean = (counts * values).sum() / total
-        variance = ((counts * (values - channel_mean) ** 2).sum() / total).item()
-        mean.append(channel_mean.item() / 255)
-        std.append(max(variance ** 0.5, 0.25) / 255)  # a constant channel must not divide by zero
-    return tuple(mean), tuple(std)
+def load_source(spec: DataSpec) -> tuple[ImageSet, ImageSet | None, list[str]]:
+    """(training images, the official test split or None, class names) of `spec`, whole and
+    unsplit. Raises DataError with a one-line message."""
+    return LOADERS[spec.name](spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,8 +378,8 @@ def _load_digits(spec: DataSpec):
     # The test split is fixed (independent of split_seed) so every run scores on the same images.
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(DIGITS_TEST_SEED))
     n_test = round(len(data) * DIGITS_TEST_FRACTION)
-    test = _take(data, perm[:n_test].sort().values)
-    train = _take(data, perm[n_test:].sort().values)
+    test = take(data, perm[:n_test].sort().values)
+    train = take(data, perm[n_test:].sort().values)
     return train, test, [str(d) for d in range(10)]
 
 
@@ -496,148 +400,8 @@ def _load_synthetic(spec: DataSpec):
     return train, test, [f"class_{i}" for i in range(spec.num_classes)]
 
 
-# ---------------------------------------------------------------------------------------------
-# The CPU input path
-
-
-def normalize(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float32 in [0, 1], minus `mean`, over `std` (per channel; tuples,
-    or the tensors of `channel_tensors`, which the input paths make once). The one normalisation
-    both input paths use."""
-    mean, std = channel_tensors(mean, std, images_uint8.device)
-    return (images_uint8.float().div_(255) - mean) / std
-
-
-def channel_tensors(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel statistics as [3, 1, 1] float32 tensors, made once per input pipeline."""
-    return (torch.as_tensor(mean, dtype=torch.float32, device=device).view(3, 1, 1),
-            torch.as_tensor(std, dtype=torch.float32, device=device).view(3, 1, 1))
-
-
-class AugmentedImageSet(Dataset):
-    """(image, label) pairs: for training a 4-pixel zero pad, random 32x32 crop and random
-    horizontal flip, then normalisation; for evaluation normalisation only. Randomness comes from
-    torch's global RNG, so it is reproducible under torch.manual_seed (and per DataLoader worker)."""
-
-    def __init__(self, data: ImageSet, mean, std, train: bool):
-        self.data, self.train = data, train
-        self.mean, self.std = channel_tensors(mean, std)
-        self.augment = v2.Compose([v2.RandomCrop(IMAGE_SIZE, padding=PAD), v2.RandomHorizontalFlip()])
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int):
-        image = self.data.images[index]
-        if self.train:
-            image = self.augment(image)
-        return normalize(image, self.mean, self.std), self.data.labels[index]
-
-
-@dataclasses.dataclass
-class Loaders:
-    train: DataLoader
-    val: DataLoader
-    train_sampler: DistributedSampler | None  # call set_epoch(epoch) before each epoch
-
-
-def make_loaders(splits: Splits, batch_size: int, *, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 num_workers: int = 0, drop_last: bool = True) -> Loaders:
-    """Training and validation loaders for one rank.
-
-    world_size 1: the training order comes from a generator seeded with `seed`, so a run is
-    reproducible. world_size > 1: a DistributedSampler gives every rank an equal, disjoint share
-    of a per-epoch shuffle (its tail dropped so the ranks take the same number of steps). The
-    validation split is sharded without padding (rank r takes r, r + W, ...), so the ranks'
-    summed counts equal the split exactly; shards may differ by one sample and one batch, so
-    evaluate the unwrapped model (no DDP collectives) and all-reduce sums afterwards."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in a world of size {world_size}")
-    train_set = AugmentedImageSet(splits.train, splits.mean, splits.std, train=True)
-    val_set = AugmentedImageSet(splits.val, splits.mean, splits.std, train=False)
-    common = dict(num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=num_workers > 0)
-    if world_size > 1:
-        sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
-                                     seed=seed, drop_last=True)
-        train = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                           generator=torch.Generator().manual_seed(seed + rank), **common)
-        val_set = Subset(val_set, range(rank, len(val_set), world_size))
-    else:
-        sampler = None
-        train = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=drop_last,
-                           generator=torch.Generator().manual_seed(seed), **common)
-    val = DataLoader(val_set, batch_size=batch_size, shuffle=False, **common)
-    return Loaders(train=train, val=val, train_sampler=sampler)
-
-
-def eval_loader(data: ImageSet, mean, std, batch_size: int) -> DataLoader:
-    """Normalised, in order, nothing dropped: for evaluating any split on one process."""
-    return DataLoader(AugmentedImageSet(data, mean, std, train=False), batch_size=batch_size, shuffle=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# The device input path
-
-
-def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The training augmentation of `AugmentedImageSet` for a whole uint8 batch [B, 3, H, W] at
-    once, on the batch's device: zero-pad 4 pixels, crop a random HxW window, flip half the images
-    horizontally. One gather, no per-image Python loop. `generator` may live on the CPU or on the
-    batch's device; with a seeded one the result is reproducible."""
-    b, c, h, w = images_uint8.shape
-    device = images_uint8.device
-    draw_device = generator.device if generator is not None else device
-    offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device=draw_device).to(device)
-    flip = torch.randint(0, 2, (b,), generator=generator, device=draw_device).to(device).bool()
-    padded = torch.nn.functional.pad(images_uint8, (PAD, PAD, PAD, PAD))
-    rows = offsets[0, :, None] + torch.arange(h, device=device)  # [B, H] rows of the padded image
-    cols_ascending = torch.arange(w, device=device)
-    cols = offsets[1, :, None] + torch.where(flip[:, None], cols_ascending.flip(0), cols_ascending)  # [B, W]
-    batch_index = torch.arange(b, device=device).view(b, 1, 1, 1)
-    channel_index = torch.arange(c, device=device).view(1, c, 1, 1)
-    return padded[batch_index, channel_index, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
-
-
-class DeviceBatches:
-    """The whole uint8 split on the device; each epoch a seeded permutation, sharded by rank,
-    augmented in batches on the device. Nothing here synchronises with the host."""
-
-    def __init__(self, data: ImageSet, mean, std, batch_size: int, device: torch.device,
-                 train: bool, rank: int, world_size: int, seed: int):
-        self.images = data.images.to(device, non_blocking=True)
-        self.labels = data.labels.to(device, non_blocking=True)
-        self.mean, self.std = channel_tensors(mean, std, device)
-        self.batch_size, self.device, self.train = batch_size, device, train
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.epoch = 0
-        n = len(self.labels)
-        if train:  # equal steps on every rank (DDP needs it): drop the ragged tail
-            self.per_rank = n // world_size
-            self.steps = self.per_rank // batch_size
-        else:  # exact partition of val: rank r takes r, r+W, ...
-            self.per_rank = len(range(rank, n, world_size))
-            self.steps = math.ceil(self.per_rank / batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self):
-        return self.steps
-
-    def __iter__(self):
-        n = len(self.labels)
-        if self.train:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)[self.rank::self.world_size][: self.per_rank]
-            order = order.to(self.device)
-            aug_gen = torch.Generator(device=self.device).manual_seed(self.seed * 7919 + self.epoch * 31 + self.rank)
-        else:
-            order = torch.arange(self.rank, n, self.world_size, device=self.device)
-        for i in range(self.steps):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.images.index_select(0, idx)
-            if self.train:
-                x = augment_batch(x, generator=aug_gen)
-            x = normalize(x, self.mean, self.std)
-            yield x, self.labels.index_select(0, idx)
+# One loader per dataset name in schema.DATASETS (a test holds the two equal).
+LOADERS: dict[str, Callable[[DataSpec], tuple[ImageSet, ImageSet | None, list[str]]]] = {
+    "cifar10": _load_cifar, "cifar100": _load_cifar, "imagefolder": _load_imagefolder,
+    "digits": _load_digits, "synthetic": _load_synthetic,
+}
