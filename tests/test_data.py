@@ -2,53 +2,18 @@
 paths and the errors a user sees."""
 
 import os
-import pickle
 import urllib.error
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from datafiles import (COLOURS, cifar_images, private_cache, write_cifar10, write_cifar100,  # noqa: F401
+                       write_tree, zip_tree)
 
 from orchestrator import data, schema
 from orchestrator.data import (DataError, DataSpec, ImageSet, Splits, augment_batch, eval_loader, load_splits,
                                make_loaders, normalize)
-
-# Solid colours per class: PNG keeps them exactly, JPEG within a few levels.
-COLOURS = {"cat": (200, 30, 30), "airplane": (30, 200, 30), "dog": (30, 30, 200)}
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Decoded-image caching goes to the test's own folder, never to ~/.cache."""
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-
-
-def solid(colour, height=32, width=32) -> np.ndarray:
-    return np.broadcast_to(np.array(colour, dtype=np.uint8), (height, width, 3)).copy()
-
-
-def write_tree(root, split="train", per_class=3):
-    """split/<class>/ with PNGs, one JPEG, one 40x48 image and one grayscale image."""
-    for name, colour in COLOURS.items():
-        folder = root / split / name
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(solid(colour)).save(folder / f"{i}.png")
-    Image.fromarray(solid(COLOURS["cat"])).save(root / split / "cat" / "photo.jpg", quality=95)
-    Image.fromarray(solid(COLOURS["dog"], 40, 48)).save(root / split / "dog" / "big.png")
-    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(root / split / "airplane" / "grey.png")
-
-
-def zip_tree(source, target, top_folder=""):
-    with zipfile.ZipFile(target, "w") as archive:
-        for dirpath, _, filenames in os.walk(source):
-            for filename in filenames:
-                path = os.path.join(dirpath, filename)
-                archive.write(path, top_folder + os.path.relpath(path, source))
-    return target
 
 
 def all_images(splits: Splits) -> ImageSet:
@@ -186,28 +151,6 @@ def test_imagefolder_names_an_undecodable_file(tmp_path):
 # CIFAR
 
 
-def cifar_images(n, offset):
-    return ((np.arange(n * 3072, dtype=np.int64).reshape(n, 3072) + offset) % 251).astype(np.uint8)
-
-
-def write_cifar10(root, per_batch=4):
-    """The real layout: pickled dicts with `data` uint8 [N, 3072] (channel-major) and `labels`."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
-    for i, name in enumerate(names):
-        batch = {"batch_label": name, "data": cifar_images(per_batch, i),
-                 "labels": [(i + j) % 10 for j in range(per_batch)],
-                 "filenames": [f"{j}.png" for j in range(per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                            "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return folder
-
-
 def test_cifar10_reads_the_python_batches_as_nchw_uint8(tmp_path):
     write_cifar10(tmp_path)
     splits = load_splits(DataSpec("cifar10", root=str(tmp_path), val_fraction=0.25))
@@ -225,14 +168,7 @@ def test_cifar10_root_may_be_the_batches_folder_itself(tmp_path):
 
 
 def test_cifar100_reads_fine_labels(tmp_path):
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    for name, n in (("train", 10), ("test", 3)):
-        batch = {"data": cifar_images(n, 0), "fine_labels": list(range(n)), "coarse_labels": [0] * n}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    with open(folder / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": ["x"] * 20}, f)
+    write_cifar100(tmp_path)
     splits = load_splits(DataSpec("cifar100", root=str(tmp_path)))
     assert splits.num_classes == 100 and splits.test.labels.tolist() == [0, 1, 2]
     assert len(splits.train) + len(splits.val) == 10

@@ -16,13 +16,13 @@ No Ray or MLflow here: the engine runs this on machines that have only torch.
 """
 
 from orchestrator.data.inputs import (AugmentedImageSet, DeviceBatches, EpochLoader, Loaders, augment_batch,
-                                      channel_tensors, epoch_seed, eval_loader, input_path, make_inputs,
-                                      make_loaders, normalize)
-from orchestrator.data.sources import CACHE_ENV, IMAGE_SIZE, LOADERS, DataError, ImageSet, check_source
-from orchestrator.data.splits import Splits, load_splits
+                                      channel_tensors, check_fits, epoch_seed, eval_loader, input_path,
+                                      make_inputs, make_loaders, normalize, train_steps)
+from orchestrator.data.sources import CACHE_ENV, IMAGE_SIZE, LOADERS, MAX_IMAGE_PIXELS, DataError, ImageSet
+from orchestrator.data.splits import Splits, check_source, load_splits, train_size
 from orchestrator.schema import DATASETS, DataSpec
 
 __all__ = ["DATASETS", "DataError", "DataSpec", "ImageSet", "Splits", "load_splits", "check_source", "normalize",
            "channel_tensors", "AugmentedImageSet", "EpochLoader", "Loaders", "make_loaders", "eval_loader",
            "augment_batch", "DeviceBatches", "make_inputs", "input_path", "epoch_seed", "CACHE_ENV", "IMAGE_SIZE",
-           "LOADERS"]
+           "LOADERS", "MAX_IMAGE_PIXELS", "check_fits", "train_steps", "train_size"]

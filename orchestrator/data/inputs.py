@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
-from orchestrator.data.sources import IMAGE_SIZE, ImageSet
+from orchestrator.data.sources import IMAGE_SIZE, DataError, ImageSet
 from orchestrator.data.splits import Splits
 from orchestrator.schema import TrainConfig
 
@@ -50,6 +50,24 @@ def make_inputs(splits: Splits, cfg: TrainConfig, *, device: torch.device, rank:
     loaders = make_loaders(splits, cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
                            num_workers=cfg.loader_workers)
     return loaders.train, loaders.val
+
+
+def train_steps(images: int, batch_size: int, world_size: int) -> int:
+    """Training steps per epoch: every rank takes the same images // world_size (DDP needs equal
+    steps), in full batches only (the ragged last one is dropped), on either input path."""
+    return images // world_size // batch_size
+
+
+def check_fits(images: int, batch_size: int, world_size: int) -> None:
+    """DataError unless a training split of `images` gives each of `world_size` workers at least
+    one full batch of `batch_size` (else an epoch would train on nothing)."""
+    if train_steps(images, batch_size, world_size) == 0:
+        per_worker = images // world_size
+        workers = "" if world_size == 1 else f" x {world_size} workers"
+        share = "" if world_size == 1 else f" ({per_worker} per worker)"
+        allowed = f"at most {per_worker}" if per_worker else f"use fewer than {world_size} workers"
+        raise DataError(f"{batch_size}{workers} is more than the {images} images of the training split{share}: "
+                        f"an epoch would train on nothing; {allowed}", key="batch_size")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +209,7 @@ class DeviceBatches:
         n = len(self.labels)
         if train:  # equal steps on every rank (DDP needs it): drop the ragged tail
             self.per_rank = n // world_size
-            self.steps = self.per_rank // batch_size
+            self.steps = train_steps(n, batch_size, world_size)
         else:  # exact partition of val: rank r takes r, r+W, ...
             self.per_rank = len(range(rank, n, world_size))
             self.steps = math.ceil(self.per_rank / batch_size)

@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import pickle
+import socket
 import tempfile
 import warnings
 import zipfile
@@ -26,10 +27,13 @@ import numpy as np
 import torch
 import torchvision
 
-from orchestrator.schema import DataSpec, problems
+from orchestrator.schema import DataSpec
 
 IMAGE_SIZE = 32
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# The most pixels an image file may declare (4096 x 4096): far above any CIFAR-sized source, far
+# below a decompression bomb. Checked from the header, before decoding.
+MAX_IMAGE_PIXELS = 2 ** 24
 
 # Fixed seeds that must not follow `split_seed`: the digits test split and the synthetic images
 # are the same data in every run, so results across sweeps stay comparable.
@@ -39,11 +43,16 @@ SYNTHETIC_SEED = 1_234_567
 
 CACHE_ENV = "ORCHESTRATE_CACHE_DIR"  # where decoded imagefolder tensors go; "" turns caching off
 CACHE_FORMAT = 1  # bump when the cached content changes meaning
+DOWNLOAD_TIMEOUT_S = 30.0  # a connect or read of the CIFAR download that stalls this long fails it
 
 
 class DataError(ValueError):
     """A dataset that cannot be loaded as asked. str() is one line for the user: it names the
-    dataset or path and says what to do."""
+    dataset or path and says what to do; `key` is the `dataset:` setting to change."""
+
+    def __init__(self, message: str, key: str = "root"):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclasses.dataclass
@@ -100,46 +109,135 @@ def _cifar_missing_error(spec: DataSpec, info: dict, folder: str, needed: list[s
 
 def _load_cifar(spec: DataSpec):
     """Reads the batches directly (the format torchvision reads: pickled dicts whose `data` is
-    uint8 [N, 3072], channel-major, so a reshape gives NCHW). torchvision's dataset class is used
-    only to download, because its constructor also md5-checks all files on every load."""
+    uint8 [N, 3072], channel-major, so a reshape gives NCHW), through `_CifarUnpickler`, and checks
+    each batch's shape and labels. torchvision's dataset class is used only to download, because
+    its constructor also md5-checks all files on every load."""
     info, folder, needed = _cifar_files(spec)
 
     def missing() -> bool:
         return _cifar_missing_error(spec, info, folder, needed) is not None
 
     if missing() and spec.download:
-        download_root = os.path.dirname(os.path.normpath(folder))
-        dataset_class = getattr(torchvision.datasets, info["torchvision_class"])
-        try:
-            os.makedirs(download_root, exist_ok=True)
-            dataset_class(download_root, train=True, download=True)
-        except Exception as e:  # offline, disk full, bad checksum: all end the same way for the user
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"{spec.name}: downloading {info['title']} into {download_root} failed "
-                            f"({reason}); put the python batches under {folder}/ by hand") from e
+        _download_cifar(spec, info, folder)
     if missing():
         raise _cifar_missing_error(spec, info, folder, needed)
 
-    def read(name: str) -> dict:
+    def read(name: str) -> tuple[str, dict]:
         path = os.path.join(folder, name)
         try:
             with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")  # the files were pickled by Python 2
-        except Exception as e:
-            raise DataError(f"{spec.name}: {path} is not a readable CIFAR batch ({e}); "
+                entry = _CifarUnpickler(f, encoding="latin1").load()  # the files were pickled by Python 2
+        except _Refused as e:
+            raise DataError(f"{spec.name}: {path} refers to {e}, which no CIFAR batch does: refused, nothing "
+                            f"in it was run; download the batches again") from None
+        except Exception as e:  # truncated, not a pickle, ...
+            raise DataError(f"{spec.name}: {path} is not a readable CIFAR batch ({_one_line(e)}); "
                             f"download it again") from e
-        return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        if not isinstance(entry, dict):
+            raise DataError(f"{spec.name}: {path} holds a {type(entry).__name__}, not a CIFAR batch's dict; "
+                            f"download it again")
+        return path, {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
-    def read_split(names: list[str]) -> ImageSet:
+    def field(path: str, entry: dict, key: str):
+        if key not in entry:
+            raise DataError(f"{spec.name}: {path} has no {key!r}, which every {info['title']} batch has; "
+                            f"download it again")
+        return entry[key]
+
+    def read_split(names: list[str], num_classes: int) -> ImageSet:
         images, labels = [], []
         for name in names:
-            entry = read(name)
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
-            labels.append(np.asarray(entry[info["labels_key"]], dtype=np.int64))
+            path, entry = read(name)
+            data = field(path, entry, "data")
+            if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                    and data.shape[1] == 3 * IMAGE_SIZE * IMAGE_SIZE):
+                found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+                raise DataError(f"{spec.name}: {path}: 'data' is {found[:80]}, not uint8 [N, 3072] (N 32x32 RGB "
+                                f"images); download it again")
+            try:
+                batch_labels = np.asarray(field(path, entry, info["labels_key"]), dtype=np.int64)
+            except (TypeError, ValueError):
+                batch_labels = np.zeros((0, 0), dtype=np.int64)  # not integers: reported as the wrong shape
+            if batch_labels.shape != (len(data),):
+                raise DataError(f"{spec.name}: {path}: {info['labels_key']!r} is not {len(data)} integer labels, "
+                                f"one per image; download it again")
+            outside = batch_labels[(batch_labels < 0) | (batch_labels >= num_classes)]
+            if len(outside):
+                raise DataError(f"{spec.name}: {path}: label {outside[0]} is not one of the {num_classes} classes "
+                                f"of {info['meta']}; download the batches again")
+            images.append(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
+            labels.append(batch_labels)
         return ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in read(info["meta"])[info["names_key"]]]
-    return read_split(info["train"]), read_split([info["test"]]), classes
+    meta_path, meta = read(info["meta"])
+    names = field(meta_path, meta, info["names_key"])
+    if not isinstance(names, list) or not names or not all(isinstance(c, (str, bytes)) for c in names):
+        raise DataError(f"{spec.name}: {meta_path}: {info['names_key']!r} is not a list of class names; "
+                        f"download it again")
+    classes = [c.decode() if isinstance(c, bytes) else c for c in names]
+    return read_split(info["train"], len(classes)), read_split([info["test"]], len(classes)), classes
+
+
+def _download_cifar(spec: DataSpec, info: dict, folder: str) -> None:
+    download_root = os.path.dirname(os.path.normpath(folder))
+    dataset_class = getattr(torchvision.datasets, info["torchvision_class"])
+    # torchvision opens its URLs without a timeout: where packets are dropped, a connect would
+    # wait minutes (in the check before Ray, and in every trial). Offline it fails at once anyway.
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        os.makedirs(download_root, exist_ok=True)
+        dataset_class(download_root, train=True, download=True)
+    except Exception as e:  # offline, disk full, bad checksum: all end the same way for the user
+        raise DataError(f"{spec.name}: downloading {info['title']} into {download_root} failed "
+                        f"({_one_line(e)}); put the python batches under {folder}/ by hand", key="download") from e
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names a callable a CIFAR batch never holds; str() is its dotted name."""
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """How Python 3's pickle protocols 0-2 write bytes: `_codecs.encode(text, "latin1")`."""
+    if encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode(..., {encoding[:40]!r})")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR python batch may name: numpy's array reconstruction (under numpy 1's and 2's
+# module names, and protocol 5's `_frombuffer`), ndarray, dtype, and bytes as Python 3's protocols
+# 0-2 write them. Dicts, lists, str and int need no name. Anything else (os.system,
+# builtins.exec, ...) is refused before it is called: a crafted batch cannot run code.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
+_CIFAR_PICKLE_NAMES = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): lambda: b"",  # b"" in protocols 0-2: bytes() with no argument
+    ("builtins", "bytes"): lambda: b"",
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        found = _CIFAR_PICKLE_NAMES.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}"[:100])
+        return found
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut to `limit` characters (messages name files, never dump them)."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,27 +252,6 @@ def _imagefolder_root(spec: DataSpec) -> str:
     if not os.path.isdir(root) and not zipfile.is_zipfile(root):
         raise DataError(f"imagefolder: {root} is neither a directory nor a .zip file")
     return root
-
-
-def check_source(spec: DataSpec) -> None:
-    """Whether `spec`'s data is there and in its format, without decoding an image: the path
-    exists, a .zip is a zip, the train/<class>/ layout holds images, CIFAR's batch files are
-    present. A sweep calls it before Ray starts, so a wrong root is a one-line error, never a
-    failed trial. Raises DataError as load_splits would."""
-    for key, message in problems(spec):
-        raise DataError(f"{spec.name}: {key}: {message}")
-    if spec.name == "imagefolder":
-        root = _imagefolder_root(spec)
-        if os.path.isdir(root):
-            members, _ = _list_directory(root)
-        else:
-            with zipfile.ZipFile(root) as archive:
-                members, _ = _list_zip(root, archive)
-        _layout(root, members)
-    elif spec.name in _CIFAR and not spec.download:
-        error = _cifar_missing_error(spec, *_cifar_files(spec))
-        if error is not None:
-            raise error
 
 
 def _load_imagefolder(spec: DataSpec):
@@ -214,11 +291,21 @@ def _stat_key(path: str) -> tuple[int, int]:
 
 
 def _list_directory(root: str) -> tuple[list[str], Callable[[str], bytes]]:
+    """Members as in a zip (`train/cat/1.jpg`, and `train/cat/` for every folder). Links are
+    followed (a class folder may live elsewhere), but each real folder is listed once: a link back
+    up the tree (`train/cat/loop -> ..`) would otherwise make the walk endless."""
     members = []
     for folder in ("train", "test"):
         top = os.path.join(root, folder)
+        listed = {os.path.realpath(top)}
         for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            unseen = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real not in listed:
+                    listed.add(real)
+                    unseen.append(d)
+            dirnames[:] = unseen
             relative = os.path.relpath(dirpath, root).replace(os.sep, "/")
             members += [f"{relative}/{d}/" for d in dirnames]  # so empty class folders are seen
             members += [f"{relative}/{f}" for f in sorted(filenames)]
@@ -281,17 +368,25 @@ def _decode_files(root: str, files: list[tuple[str, str]], index: dict[str, int]
         for i, (member, _) in enumerate(files):
             try:
                 images[i] = _decode(read(member))
+            except _TooManyPixels as e:
+                raise DataError(f"imagefolder: {member} in {root} declares an image of {e} pixels; at most "
+                                f"{MAX_IMAGE_PIXELS:,} are decoded, so it is refused (shrink or remove it)") from None
             except Exception as e:
-                raise DataError(f"imagefolder: cannot decode {member} in {root} ({e})") from e
+                raise DataError(f"imagefolder: cannot decode {member} in {root} ({_one_line(e)})") from e
     return ImageSet(images, labels)
 
 
 _TORCHVISION_DECODE = getattr(torchvision.io, "decode_image", None)
 
 
+class _TooManyPixels(ValueError):
+    """An image header declaring more than MAX_IMAGE_PIXELS; str() says how many it declares."""
+
+
 def _decode(raw: bytes) -> torch.Tensor:
     """JPEG/PNG bytes -> uint8 [3, 32, 32]: grey becomes RGB, other sizes are resized
     (antialiased; the aspect ratio is not kept, as for any fixed-size CIFAR-style input)."""
+    _check_declared_pixels(raw)
     image = None
     if _TORCHVISION_DECODE is not None:
         try:
@@ -308,6 +403,25 @@ def _decode(raw: bytes) -> torch.Tensor:
     if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         image = torchvision.transforms.functional.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
     return image
+
+
+def _check_declared_pixels(raw: bytes) -> None:
+    """Raise _TooManyPixels for an image whose header declares more than MAX_IMAGE_PIXELS, before
+    anything is decoded: a file of a few bytes can declare an image that takes gigabytes to decode
+    (a decompression bomb). PIL's `Image.open` reads only the header (PNG's IHDR, JPEG's SOF)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(raw)) as pil:
+                width, height = pil.size
+        except Image.DecompressionBombError:  # PIL's own limit, far above ours
+            raise _TooManyPixels(f"more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,}") from None
+        except Image.UnidentifiedImageError:
+            raise ValueError("not an image: no JPEG or PNG header") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise _TooManyPixels(f"{width}x{height} = {width * height:,}")
 
 
 # Decoded imagefolder tensors are cached outside the repository, keyed by the source's path,
@@ -347,13 +461,14 @@ def _cache_store(key: str, value) -> None:
              "test_images": (test or no_test).images, "test_labels": (test or no_test).labels,
              "classes": list(classes)}
     try:
-        os.makedirs(directory, exist_ok=True)
+        # Private to the user, as the dataset may be: a folder only they can enter (when created
+        # here) and files only they can read (mkstemp's 0600, kept through the rename).
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         # Write beside the target and rename: trials starting together never read a half file.
         fd, temp = tempfile.mkstemp(dir=directory, prefix=".imagefolder-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(entry, f)
-            os.chmod(temp, 0o644)  # mkstemp makes it private; the decoded images are not secret
             os.replace(temp, os.path.join(directory, f"imagefolder-{key}.pt"))
         finally:
             if os.path.exists(temp):

@@ -32,25 +32,53 @@ class Splits:
 def load_splits(spec: DataSpec) -> Splits:
     """Load `spec.name`, carve the validation split from its training data and measure the train
     split's channel statistics. Raises DataError with a one-line message on any user error."""
-    for key, message in problems(spec):  # the schema's rules, as for a sweep file
-        raise DataError(f"{spec.name}: {key}: {message}")
-
+    _check_settings(spec)
     train_data, test, classes = load_source(spec)
+    train_size(spec, len(train_data))  # subset and val_fraction leave a training split
 
     generator = torch.Generator().manual_seed(spec.split_seed)
     if spec.subset is not None:
-        if spec.subset > len(train_data):
-            raise DataError(f"{spec.name}: subset {spec.subset} is larger than the "
-                            f"{len(train_data)} training images")
         keep = torch.randperm(len(train_data), generator=generator)[: spec.subset].sort().values
         train_data = take(train_data, keep)
     train_idx, val_idx = _stratified_split(train_data.labels, spec.val_fraction, generator)
-    if len(train_idx) == 0:
-        raise DataError(f"{spec.name}: {len(train_data)} training images leave none for training "
-                        f"after a val_fraction of {spec.val_fraction}")
     train, val = take(train_data, train_idx), take(train_data, val_idx)
     mean, std = _channel_stats(train.images)
     return Splits(train=train, val=val, test=test, classes=list(classes), mean=mean, std=std)
+
+
+def check_source(spec: DataSpec) -> int:
+    """Load `spec`'s data as a trial will and return how many images its training split holds:
+    CIFAR is downloaded if asked, and its batches are read and checked; an imagefolder is decoded
+    once, into the cache its trials then read. A sweep calls it before Ray starts, so bad data is a
+    one-line error, never a failed trial. Raises DataError as load_splits would."""
+    _check_settings(spec)
+    train_data, _, _ = load_source(spec)
+    return train_size(spec, len(train_data))
+
+
+def train_size(spec: DataSpec, images: int) -> int:
+    """How many of a source's `images` training images the training split holds, after `subset`
+    and the validation split; DataError where none would be left."""
+    if spec.subset is not None:
+        if spec.subset > images:
+            raise DataError(f"{spec.name}: subset {spec.subset} is larger than the {images} training images",
+                            key="subset")
+        images = spec.subset
+    trained = images - val_size(images, spec.val_fraction)
+    if trained == 0:
+        raise DataError(f"{spec.name}: {images} training images leave none for training after a "
+                        f"val_fraction of {spec.val_fraction}", key="val_fraction")
+    return trained
+
+
+def val_size(images: int, val_fraction: float) -> int:
+    """Exactly round(N * val_fraction) images, at least 1, go to validation."""
+    return min(max(1, round(images * val_fraction)), images)
+
+
+def _check_settings(spec: DataSpec) -> None:
+    for key, message in problems(spec):  # the schema's rules, as for a sweep file
+        raise DataError(f"{spec.name}: {key}: {message}", key=key)
 
 
 def _stratified_split(labels: torch.Tensor, val_fraction: float,
@@ -62,7 +90,7 @@ def _stratified_split(labels: torch.Tensor, val_fraction: float,
     (rank + 0.5) / class_size: taking the first n of that order takes about the same fraction of
     every class, and the total is exact (rounding class by class would not be)."""
     n = len(labels)
-    n_val = min(max(1, round(n * val_fraction)), n)
+    n_val = val_size(n, val_fraction)
     perm = torch.randperm(n, generator=generator)
     shuffled = labels[perm]
     counts = torch.bincount(shuffled)
