@@ -427,6 +427,7 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
         raise ConfigError(path, "models", "must be a non-empty list of {arch: ..., knobs: ..., lr: ...}")
     models = tuple(_check_model(path, i, m, train) for i, m in enumerate(models_raw))
     _check_search(path, search, models)
+    _check_data(path, dataset, train, resources, models)
 
     spec = SweepSpec(file=path, name=name, dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
@@ -471,15 +472,30 @@ def default_tracking_uri() -> str:
 
 
 def _dataset(path: str, raw: Any) -> DataSpec:
-    """The dataset section, its root made absolute (trials may run on other nodes), and its data
-    checked to be there and in its format (cheaply: nothing is decoded) before Ray starts."""
-    from orchestrator import data  # torch: see _check_model
-
+    """The dataset section, its root made absolute (trials may run on other nodes)."""
     spec = section(path, "dataset", raw, DataSpec)
     if spec.root is not None:
         spec = dataclasses.replace(spec, root=os.path.abspath(os.path.expanduser(spec.root)))
-    try:
-        data.check_source(spec)
-    except data.DataError as e:
-        raise ConfigError(path, "dataset.root", str(e).removeprefix(f"{spec.name}: ")) from None
     return spec
+
+
+def _check_data(path: str, spec: DataSpec, train: TrainConfig, resources: Resources,
+                models: tuple[ModelEntry, ...]) -> None:
+    """The data loaded as a trial will load it (decoded once; an imagefolder into the cache the
+    trials read, CIFAR downloaded if asked), and every batch size a model entry can take leaving
+    each worker a full batch of the training split. Before Ray starts, so bad data is one line,
+    never a failed trial; last in `parse`, being the slowest check."""
+    from orchestrator import data  # torch: see _check_model
+
+    try:
+        images = data.check_source(spec)
+    except data.DataError as e:
+        raise ConfigError(path, f"dataset.{e.key}", str(e).removeprefix(f"{spec.name}: ")) from None
+    for index, entry in enumerate(models):
+        overridden = "batch_size" in entry.overrides
+        for batch_size in _leaf_bounds(entry.overrides["batch_size"] if overridden else train.batch_size):
+            try:
+                data.check_fits(images, batch_size, resources.num_workers)
+            except data.DataError as e:
+                raise ConfigError(path, f"models[{index}].batch_size" if overridden else "train.batch_size",
+                                  str(e)) from None

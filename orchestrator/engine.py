@@ -249,21 +249,9 @@ class Engine:
         self.model = torch.compile(model) if cfg.compile else model
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
 
-        path = cfg.data_path
-        if path == "auto":
-            path = "device" if self.device.type == "cuda" else "loader"
-        self.data_path = path
-        if path == "device":
-            self.train_batches = data_mod.DeviceBatches(splits.train, splits.mean, splits.std, cfg.batch_size,
-                                               self.device, True, self.rank, self.world_size, cfg.seed)
-            self.val_batches = data_mod.DeviceBatches(splits.val, splits.mean, splits.std, cfg.batch_size * 2,
-                                             self.device, False, self.rank, self.world_size, cfg.seed)
-            self._sampler = self.train_batches
-        else:
-            loaders = data_mod.make_loaders(splits, cfg.batch_size, rank=self.rank, world_size=self.world_size,
-                                            seed=cfg.seed, num_workers=cfg.loader_workers)
-            self.train_batches, self.val_batches = loaders.train, loaders.val
-            self._sampler = loaders.train_sampler
+        self.data_path = data_mod.input_path(cfg.data_path, self.device)
+        self.train_batches, self.val_batches = data_mod.make_inputs(splits, cfg, device=self.device, rank=self.rank,
+                                                                    world_size=self.world_size)
         self.steps_per_epoch = len(self.train_batches)
         if cfg.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
@@ -322,11 +310,8 @@ class Engine:
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
-        if self._sampler is not None:
-            self._sampler.set_epoch(self.epoch)
-        elif getattr(self.train_batches, "generator", None) is not None:
-            # Reshuffle from a seed that depends only on the epoch: a resumed run sees the same order.
-            self.train_batches.generator.manual_seed(self.cfg.seed * 100_003 + self.epoch)
+        # An order that depends only on (seed, epoch): a resumed run sees the same batches.
+        self.train_batches.set_epoch(self.epoch)
         # Device-side accumulators: read once at the end, so the step never waits on the host.
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss*n, correct, n
         lr = self.optimizer.param_groups[0]["lr"]

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from support import ORCHESTRATE, REPO, free_port, processes_mentioning
+from datafiles import write_cifar10
 from orchestrator import cli, config
 from orchestrator.preflight import local_cpus
 
@@ -153,7 +154,8 @@ CASES = [
          sweep_yaml(resources="{num_workers: 0}"),
          "resources.num_workers", ("0 must be >= 1",)),
     Case("more_workers_than_this_machine_can_ever_hold_is_rejected_before_ray_starts",
-         sweep_yaml(resources="{num_workers: 64, cpus_per_worker: 1}"),
+         sweep_yaml(resources="{num_workers: 64, cpus_per_worker: 1}",  # batch 16: each worker's 20 images hold one
+                    train="{epochs: 3, batch_size: 16, lr: 0.1, warmup_epochs: 0.5}"),
          "resources.num_workers", ("64 workers x 1 CPU", f"but this machine has {local_cpus():g}"),
          subprocess=True),
     # --- dataset
@@ -346,10 +348,8 @@ def test_trial_count_is_grid_points_times_samples_and_random_dimensions_do_not_m
 
 
 def test_parse_makes_dataset_roots_absolute(tmp_path):
-    (tmp_path / "cifar-10-batches-py").mkdir()
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
-        (tmp_path / "cifar-10-batches-py" / name).touch()  # only their presence is checked up front
-    spec = parse(sweep_yaml(dataset=f"{{name: cifar10, root: '{tmp_path}/./'}}"))
+    write_cifar10(tmp_path)  # the batches are read and checked up front
+    spec = parse(sweep_yaml(dataset=f"{{name: cifar10, root: '{tmp_path}/./'}}", train="{epochs: 3, batch_size: 4}"))
     assert spec.dataset.root == str(tmp_path)
 
 
@@ -420,8 +420,8 @@ def test_every_schema_field_is_a_sweep_file_key_with_its_type_and_default(sectio
 
     assert field.default is not dataclasses.MISSING  # every setting has its default in the field
     good, bad = _good_and_bad(cls, field)
-    base = {"name": "schema", "models": [{"arch": "resnet18"}],
-            "train": {"epochs": 10}, "search": {"scheduler": "fifo"}}
+    base = {"name": "schema", "models": [{"arch": "resnet18"}],  # batch_size 1: even subset 2 leaves a batch
+            "train": {"epochs": 10, "batch_size": 1}, "search": {"scheduler": "fifo"}}
     ok = dict(base, **{section: {**base.get(section, {}), field.name: good}})
     if (section, field.name) == ("dataset", "name") and good in ("cifar10", "cifar100", "imagefolder"):
         good = "synthetic"

@@ -2,53 +2,17 @@
 paths and the errors a user sees."""
 
 import os
-import pickle
 import urllib.error
-import zipfile
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from datafiles import (COLOURS, cifar_images, private_cache, write_cifar10, write_cifar100,  # noqa: F401
+                       write_tree, zip_tree)
 
-from orchestrator import data
+from orchestrator import data, schema
 from orchestrator.data import (DataError, DataSpec, ImageSet, Splits, augment_batch, eval_loader, load_splits,
                                make_loaders, normalize)
-
-# Solid colours per class: PNG keeps them exactly, JPEG within a few levels.
-COLOURS = {"cat": (200, 30, 30), "airplane": (30, 200, 30), "dog": (30, 30, 200)}
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Decoded-image caching goes to the test's own folder, never to ~/.cache."""
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
-
-
-def solid(colour, height=32, width=32) -> np.ndarray:
-    return np.broadcast_to(np.array(colour, dtype=np.uint8), (height, width, 3)).copy()
-
-
-def write_tree(root, split="train", per_class=3):
-    """split/<class>/ with PNGs, one JPEG, one 40x48 image and one grayscale image."""
-    for name, colour in COLOURS.items():
-        folder = root / split / name
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            Image.fromarray(solid(colour)).save(folder / f"{i}.png")
-    Image.fromarray(solid(COLOURS["cat"])).save(root / split / "cat" / "photo.jpg", quality=95)
-    Image.fromarray(solid(COLOURS["dog"], 40, 48)).save(root / split / "dog" / "big.png")
-    Image.fromarray(np.full((32, 32), 128, dtype=np.uint8)).save(root / split / "airplane" / "grey.png")
-
-
-def zip_tree(source, target, top_folder=""):
-    with zipfile.ZipFile(target, "w") as archive:
-        for dirpath, _, filenames in os.walk(source):
-            for filename in filenames:
-                path = os.path.join(dirpath, filename)
-                archive.write(path, top_folder + os.path.relpath(path, source))
-    return target
 
 
 def all_images(splits: Splits) -> ImageSet:
@@ -123,7 +87,7 @@ def test_imagefolder_zip_is_decoded_once_then_read_from_the_cache(tmp_path, monk
     def no_decoding(raw):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data, "_decode", no_decoding)
+    monkeypatch.setattr(data.sources, "_decode", no_decoding)
     second = load_splits(DataSpec("imagefolder", root=str(archive), val_fraction=0.2))
     assert torch.equal(first.train.images, second.train.images) and first.classes == second.classes
 
@@ -137,7 +101,7 @@ def test_imagefolder_decodes_the_same_without_torchvision_codecs(tmp_path, monke
     write_tree(tmp_path / "tree")
     monkeypatch.setenv(data.CACHE_ENV, "")
     with_torchvision = load_splits(DataSpec("imagefolder", root=str(tmp_path / "tree"), val_fraction=0.2))
-    monkeypatch.setattr(data, "_TORCHVISION_DECODE", None)
+    monkeypatch.setattr(data.sources, "_TORCHVISION_DECODE", None)
     with_pil = load_splits(DataSpec("imagefolder", root=str(tmp_path / "tree"), val_fraction=0.2))
     assert torch.equal(with_pil.train.labels, with_torchvision.train.labels)
     difference = (with_pil.train.images.int() - with_torchvision.train.images.int()).abs()
@@ -186,28 +150,6 @@ def test_imagefolder_names_an_undecodable_file(tmp_path):
 # CIFAR
 
 
-def cifar_images(n, offset):
-    return ((np.arange(n * 3072, dtype=np.int64).reshape(n, 3072) + offset) % 251).astype(np.uint8)
-
-
-def write_cifar10(root, per_batch=4):
-    """The real layout: pickled dicts with `data` uint8 [N, 3072] (channel-major) and `labels`."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
-    for i, name in enumerate(names):
-        batch = {"batch_label": name, "data": cifar_images(per_batch, i),
-                 "labels": [(i + j) % 10 for j in range(per_batch)],
-                 "filenames": [f"{j}.png" for j in range(per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                            "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return folder
-
-
 def test_cifar10_reads_the_python_batches_as_nchw_uint8(tmp_path):
     write_cifar10(tmp_path)
     splits = load_splits(DataSpec("cifar10", root=str(tmp_path), val_fraction=0.25))
@@ -225,14 +167,7 @@ def test_cifar10_root_may_be_the_batches_folder_itself(tmp_path):
 
 
 def test_cifar100_reads_fine_labels(tmp_path):
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    for name, n in (("train", 10), ("test", 3)):
-        batch = {"data": cifar_images(n, 0), "fine_labels": list(range(n)), "coarse_labels": [0] * n}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    with open(folder / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": ["x"] * 20}, f)
+    write_cifar100(tmp_path)
     splits = load_splits(DataSpec("cifar100", root=str(tmp_path)))
     assert splits.num_classes == 100 and splits.test.labels.tolist() == [0, 1, 2]
     assert len(splits.train) + len(splits.val) == 10
@@ -294,7 +229,7 @@ def test_synthetic_is_fixed_and_learnable_by_nearest_class_colour():
 
 def test_split_is_stratified_disjoint_covering_and_exactly_sized():
     labels = torch.arange(1000) % 7
-    train, val = data._stratified_split(labels, 0.1, torch.Generator().manual_seed(0))
+    train, val = data.splits._stratified_split(labels, 0.1, torch.Generator().manual_seed(0))
     assert len(val) == 100 and len(train) == 900
     assert set(train.tolist()).isdisjoint(val.tolist())
     assert sorted(train.tolist() + val.tolist()) == list(range(1000))
@@ -400,6 +335,24 @@ def test_two_ranks_validate_on_shards_that_partition_the_val_split_exactly(small
     assert sum(len(y) for loader in shards for _, y in loader) == len(small_splits.val)
 
 
+@pytest.mark.parametrize("data_path", ["loader", "device"])
+def test_make_inputs_training_order_depends_only_on_seed_and_epoch_on_both_paths(small_splits, data_path):
+    cfg = schema.TrainConfig(batch_size=8, data_path=data_path, seed=3)
+
+    def labels_in(epoch, warm_up_epochs=()):
+        train, val = data.make_inputs(small_splits, cfg, device=torch.device("cpu"))
+        assert sum(len(y) for _, y in val) == len(small_splits.val)
+        for earlier in warm_up_epochs:  # a resumed run starts at `epoch` without the epochs before it
+            train.set_epoch(earlier)
+            list(train)
+        train.set_epoch(epoch)
+        return torch.cat([y for _, y in train])
+
+    assert len(labels_in(0)) == len(small_splits.train) // 8 * 8
+    assert torch.equal(labels_in(2), labels_in(2, warm_up_epochs=(0, 1)))
+    assert not torch.equal(labels_in(0), labels_in(1))
+
+
 def test_augmented_set_crops_and_flips_only_when_training(small_splits):
     train_set = data.AugmentedImageSet(small_splits.train, small_splits.mean, small_splits.std, train=True)
     eval_set = data.AugmentedImageSet(small_splits.train, small_splits.mean, small_splits.std, train=False)
@@ -448,21 +401,29 @@ def test_augment_batch_stays_on_the_gpu_with_a_gpu_generator():
     assert cpu.device == images.device
 
 
-def test_data_module_imports_only_torch_torchvision_numpy_and_the_standard_library():
-    """No Ray or MLflow: the engine and tests use this module without them (its DataSpec comes from
-    the torch-free orchestrator.schema). scikit-learn (digits)
-    and PIL (decoding fallback) are imported lazily inside the functions that need them."""
+def test_every_dataset_name_has_exactly_one_loader():
+    assert sorted(data.LOADERS) == sorted(schema.DATASETS)
+
+
+def test_data_package_imports_only_torch_torchvision_numpy_and_the_standard_library():
+    """No Ray or MLflow: the engine and tests use this package without them (its DataSpec comes
+    from the torch-free orchestrator.schema). scikit-learn (digits) and PIL (decoding fallback) are
+    imported lazily inside the functions that need them."""
     import ast
+    import pkgutil
     import sys
 
-    tree = ast.parse(open(data.__file__).read())
     allowed = {"torch", "torchvision", "numpy"} | set(sys.stdlib_module_names) | {"__future__"}
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-            for name in names:
-                top = name.split(".")[0]
-                if name == "orchestrator.schema":  # the torch-free settings (DataSpec)
-                    continue
-                lazily = node.col_offset > 0 and top in {"sklearn", "PIL"}
-                assert top in allowed or lazily, f"data.py imports {name}"
+    modules = ["__init__"] + [m.name for m in pkgutil.iter_modules(data.__path__)]
+    assert {"sources", "splits", "inputs"} <= set(modules)
+    for module in modules:
+        path = os.path.join(os.path.dirname(data.__file__), f"{module}.py")
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                for name in names:
+                    top = name.split(".")[0]
+                    if name == "orchestrator.schema" or name.startswith("orchestrator.data."):
+                        continue  # the torch-free settings (DataSpec), the package's own modules
+                    lazily = node.col_offset > 0 and top in {"sklearn", "PIL"}
+                    assert top in allowed or lazily, f"data/{module}.py imports {name}"

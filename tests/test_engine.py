@@ -202,12 +202,12 @@ def _ddp_worker(rank, world_size, port, out_dir, data_path):
         # The samples this rank trains on in epoch 0: the loader path shards with
         # DistributedSampler, the device path by slicing a shared permutation.
         if data_path == "loader":
-            sampler = run._sampler
+            sampler = run.train_batches.sampler
             sampler.set_epoch(0)
             seen = list(iter(sampler))
         else:
             run.train_batches.set_epoch(0)
-            g = torch.Generator().manual_seed(cfg.seed * 100_003)
+            g = torch.Generator().manual_seed(data.epoch_seed(cfg.seed, 0))
             seen = torch.randperm(len(splits.train.labels), generator=g)[rank::world_size][: run.train_batches.per_rank].tolist()
         reporter = CollectingReporter()
         run.fit(reporter)

@@ -202,7 +202,8 @@ PROBES = [
     # --- places: what this machine holds (no --address: a local cluster)
     Probe("more_cpus_per_worker_than_the_machine", **sweep(sweep_yaml(resources="{cpus_per_worker: 4096}"), run=True),
           says=("resources.cpus_per_worker: 1 workers x 4096 CPU = 4096 CPUs, but this machine has",)),
-    Probe("a_thousand_workers", **sweep(sweep_yaml(resources="{num_workers: 1000, cpus_per_worker: 1}")),
+    Probe("a_thousand_workers", **sweep(sweep_yaml(resources="{num_workers: 1000, cpus_per_worker: 1}",
+                                                   train="{epochs: 3, batch_size: 1, lr: 0.1}")),
           says=("resources.num_workers: 1000 workers x 1 CPU + 0.1 driver CPU = 1000.1 CPUs, but this machine has",)),
     Probe("more_gpus_than_the_machine", **sweep(sweep_yaml(resources="{use_gpu: true, gpus_per_worker: 4096}")),
           says=("resources.gpus_per_worker: 1 workers x 4096 GPU = 4096 GPUs, but this machine has",)),
