@@ -48,7 +48,8 @@ def deployable(model: nn.Module) -> nn.Module:
 class Speed:
     """Median and interquartile range of one call at `latency_batch` images, and images per second
     at `throughput_batch`. The IQR is over torch.utils.benchmark's blocks (each the mean of enough
-    calls to make the timer's own overhead negligible), not over single calls."""
+    calls to make the timer's own overhead negligible), not over single calls; it is 0 when one
+    block filled the whole run time (a slow call, or a short `min_run_time_s`)."""
 
     latency_batch: int
     latency_ms: float
@@ -102,7 +103,7 @@ def time_forward(run_on: Callable[[int], Callable[[], Any]], batch_sizes: tuple[
 
 def check_batch_sizes(batch_sizes) -> tuple[int, int]:
     sizes = tuple(batch_sizes)
-    if len(sizes) != 2 or not all(isinstance(n, int) and n >= 1 for n in sizes):
+    if len(sizes) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes):
         raise ValueError(f"batch_sizes: {str(batch_sizes)[:80]} is not (latency batch, throughput batch), "
                          "two whole numbers >= 1")
     return sizes
