@@ -329,6 +329,31 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from mlflow import MlflowClient
+
+    from orchestrator import deploy, export, runs
+
+    client = MlflowClient(tracking_uri=_tracking_uri(args.tracking_uri))
+    try:
+        run = deploy.resolve(client, args.run)
+        done = deploy.export_run(client, run, args.format, args.out, log=not args.no_log)
+    except (deploy.DeployError, export.ExportError, runs.NotATrialRun) as e:
+        raise UsageError(f"export: {e}") from None
+    size_mb = os.path.getsize(done.path) / 2**20
+    print(f"{done.path}  ({args.format}, {size_mb:.1f} MB, batch axis dynamic) from run {done.run_id}")
+    print(f"checked on {deploy.CHECK_IMAGES} validation images against the trained model: max |logit diff| "
+          f"{done.max_abs_diff:.2e}, top-1 agreement {done.top1_agreement:.2%}")
+    if done.check is not None:
+        speed = done.check.speed
+        print(f"ONNX Runtime on this CPU ({done.check.num_threads} threads): batch 1 {speed.latency_ms:.3f} ms "
+              f"(IQR {speed.latency_iqr_ms:.3f}), batch {speed.throughput_batch} {speed.imgs_per_s:,.0f} img/s")
+    if not args.no_log:
+        print(f"logged on run {done.run_id}" + (" (metrics, and the ONNX file as its `onnx` model)"
+                                                if done.check is not None else " (metrics, and the file)"))
+    return 0
+
+
 class _Terminated(Exception):
     """SIGTERM, raised in the main thread like KeyboardInterrupt is for SIGINT."""
 
@@ -453,6 +478,15 @@ def build_parser() -> Parser:
     e.add_argument("--allow-pickle", action="store_true",
                    help="load a pickled model (one torch.export could not trace): runs code from the store")
     e.set_defaults(func=cmd_evaluate, checks=(_check_store,))
+
+    x = sub.add_parser("export", help="a trial's model as ONNX or a torch.export archive, checked against the "
+                                      "trained model and logged to its run")
+    x.add_argument("run", help="a run id, or a registered model: models:/NAME@best, models:/NAME/VERSION")
+    x.add_argument("--format", default="onnx", choices=("onnx", "pt2"))
+    x.add_argument("--out", default=".", help="folder to write <run name>.<format> into (default: here)")
+    x.add_argument("--tracking-uri")
+    x.add_argument("--no-log", action="store_true", help="do not record the check on the run")
+    x.set_defaults(func=cmd_export, checks=(_check_store,))
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")
     u.add_argument("--tracking-uri")

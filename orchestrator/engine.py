@@ -33,6 +33,7 @@ from torch import nn
 
 import archs
 from orchestrator import data as data_mod
+from orchestrator import inference
 from orchestrator.schema import TrainConfig
 
 STATE_FILE = "state.pt"
@@ -264,12 +265,26 @@ class Engine:
         self.epoch = 0  # epochs completed
         self.best_val_acc = 0.0
         self.history: list[dict[str, Any]] = []  # every epoch's metrics, carried in each checkpoint
+        self._described = False
 
     @functools.cached_property
     def flops(self) -> int:
         """Forward FLOPs per image: counted once, when first asked for (by rank 0 when it saves),
         not by every rank at start-up."""
         return archs.count_flops(unwrap(self.model))
+
+    def describe(self) -> dict[str, Any]:
+        """What a run's numbers depend on besides its config: the data (a digest of its content),
+        the device, and the trained model's inference cost on that device in its deployed form.
+        The cost is measured here, after the first epoch, not after the last: it does not depend
+        on the weights, and an early-stopped trial gets it too."""
+        facts: dict[str, Any] = {"dataset_digest": self.splits.digest(), **environment(self.device)}
+        if self.cfg.benchmark_inference:
+            cost = inference.measure(unwrap(self.model), self.device,
+                                     batch_sizes=(1, self.cfg.inference_batch_size),
+                                     precision="bf16" if self.amp_dtype == torch.bfloat16 else "fp32")
+            facts.update(inference.as_metrics(cost), **inference.as_params(cost))
+        return facts
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -368,6 +383,9 @@ class Engine:
             if self.rank == 0:  # the model's true size for this data set's classes, and the split sizes
                 metrics.update(param_count=self.param_count, flops=self.flops,
                                train_size=len(self.splits.train), val_size=len(self.splits.val))
+                if not self._described:  # once per run of this process (a resumed trial too)
+                    metrics.update(self.describe())
+                    self._described = True
             last = metrics
             self.history.append(dict(metrics))
             if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs:
@@ -379,6 +397,24 @@ class Engine:
             else:
                 reporter.report(metrics, None)
         return last
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """The device a run trained on and the software under it: device_name, and on a GPU the CUDA
+    runtime torch was built with and the driver's version."""
+    env = {"device_name": inference.device_name(device)}
+    if device.type == "cuda":
+        env["cuda_version"] = str(torch.version.cuda)
+        try:
+            import subprocess
+
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            if out.returncode == 0 and out.stdout.strip():
+                env["driver_version"] = out.stdout.split()[0]
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return env
 
 
 def confusion_report(confusion: torch.Tensor, classes: list[str]) -> dict[str, Any]:

@@ -136,13 +136,14 @@ class Table:
 FORMATS = {"params": lambda v: f"{v / 1e6:.2f}M", "flops": lambda v: f"{v / 1e6:.0f}M",
            "val_acc": "{:.4f}".format, "val_loss": "{:.4f}".format, "val_top5": "{:.4f}".format,
            "mean": "{:.4f}".format, "std": "{:.4f}".format, "ci95_low": "{:.4f}".format, "ci95_high": "{:.4f}".format,
-           "imgs_per_s": "{:.0f}".format, "device_hours": "{:.4f}".format, "lr": "{:.4g}".format}
+           "imgs_per_s": "{:.0f}".format, "infer_imgs_per_s": "{:.0f}".format, "latency_ms": "{:.2f}".format,
+           "device_hours": "{:.4f}".format, "lr": "{:.4g}".format}
 
 # One row per trial. val_acc, the sweep's own metric (when it is another) and epoch are the
 # logged model's: the best epoch by the sweep's metric and mode. `epochs` is how many the trial
 # trained, of how many planned: trials that trained to the full budget are ranked first.
 COMPARE_COLUMNS = ("name", "arch", "knobs", "lr", "params", "flops", "val_acc", "epoch", "epochs", "imgs_per_s",
-                   "device_hours", "status", "run_id")
+                   "latency_ms", "infer_imgs_per_s", "device_hours", "status", "run_id")
 
 
 def trial_table(results: Sequence) -> Table:
@@ -179,7 +180,7 @@ def render(results: Sequence, fmt: str) -> str:
 # runs (mean, sample std, 95% t interval of the mean, n). `rank`: the leader, and the entries whose
 # interval overlaps the leader's (statistically tied with it).
 LEADERBOARD_COLUMNS = ("rank", "entry", "arch", "config", "metric", "mean", "std", "ci95_low", "ci95_high", "n",
-                       "params", "flops", "device_hours", "trials")
+                       "params", "flops", "latency_ms", "infer_imgs_per_s", "device_hours", "trials")
 
 
 def leaderboard_table(standings: Sequence) -> Table:
@@ -187,7 +188,8 @@ def leaderboard_table(standings: Sequence) -> Table:
         return "leader" if s.leader else ("tied" if s.tied else "")
 
     return Table(LEADERBOARD_COLUMNS, [[rank(s), s.entry, s.arch, s.config, s.metric, s.mean, s.std, s.low, s.high,
-                                        s.n, s.params, s.flops, s.device_hours, s.trials] for s in standings])
+                                        s.n, s.params, s.flops, s.latency_ms, s.infer_imgs_per_s, s.device_hours,
+                                        s.trials] for s in standings])
 
 
 def write_comparison(results: Sequence, standings: Sequence, folder: str) -> list[str]:

@@ -54,6 +54,7 @@ class Tag:
     EPOCHS_COMPLETED = "epochs_completed"
     SWEEP_FILE = "sweep_file"  # parent run
     REGISTERED_MODEL = "registered_model"  # parent run: NAME/VERSION of the registered best model
+    ONNX_MODEL_ID = "onnx_model_id"  # `orchestrate export --format onnx`: the run's ONNX LoggedModel
 
 
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
@@ -79,12 +80,21 @@ class Artifact:
     BEST_CHECKPOINT = "best_checkpoint"
     MODEL = "model"  # the LoggedModel's name: runs:/<run_id>/model resolves to it
     MODEL_META = "model_meta.json"
+    ONNX = "onnx"  # the LoggedModel `orchestrate export` logs, in MLflow's onnx flavour
+    EXPORT = "export"  # other exported files (a pt2 archive)
 
 
-# Facts about the trained model and its data that the engine reports with its first epoch; logged
-# once, as params.
+# Facts the engine reports with its first epoch (engine.describe), logged once: the model it built
+# for the data set's classes, the split sizes, what the numbers depend on (a digest of the data's
+# content, the device and its software), and the model's inference cost on that device
+# (orchestrator/inference.py: latency at batch 1, throughput at a large batch, peak memory).
 MODEL_FACTS = ("param_count", "flops")
 SPLIT_SIZES = ("train_size", "val_size")
+PROVENANCE = ("dataset_digest", "device_name", "cuda_version", "driver_version")
+INFERENCE_PARAMS = ("infer_precision", "infer_device", "infer_latency_batch", "infer_throughput_batch",
+                    "infer_num_threads")
+INFERENCE_METRICS = ("infer_latency_b1_ms", "infer_latency_b1_iqr_ms", "infer_imgs_per_s", "infer_peak_mem_mb")
+ONCE_PARAMS = MODEL_FACTS + SPLIT_SIZES + PROVENANCE + INFERENCE_PARAMS
 
 
 def model_metric(name: str) -> str:
@@ -199,7 +209,9 @@ class Result:
     epoch: int | None  # the model's (best) epoch
     epochs: int | None
     epochs_planned: int | None
-    imgs_per_s: float | None
+    imgs_per_s: float | None  # training throughput (last epoch)
+    latency_ms: float | None  # inference, batch 1, on the trial's device (median)
+    infer_imgs_per_s: float | None  # inference throughput at a large batch
     device_hours: float
     status: str
     run_id: str
@@ -236,7 +248,8 @@ def result(run: Run, metric: str) -> Result:
         epoch=int(t[Tag.BEST_EPOCH]) if t.get(Tag.BEST_EPOCH) else None,
         epochs=int(t[Tag.EPOCHS_COMPLETED]) if t.get(Tag.EPOCHS_COMPLETED) else None,
         epochs_planned=trial.train.epochs if trial else None,
-        imgs_per_s=m.get("imgs_per_s"), device_hours=seconds * world / 3600.0,
+        imgs_per_s=m.get("imgs_per_s"), latency_ms=m.get("infer_latency_b1_ms"),
+        infer_imgs_per_s=m.get("infer_imgs_per_s"), device_hours=seconds * world / 3600.0,
         status=t.get(Tag.STATUS, ""), run_id=run.info.run_id, error=t.get(Tag.ERROR),
         model_id=t.get(Tag.LOGGED_MODEL_ID), seed=trial.train.seed if trial else None,
         entry=trial.entry if trial else None, phase=trial.phase if trial else None)
@@ -297,6 +310,8 @@ class Standing:
     n: int
     params: int | None
     flops: int | None
+    latency_ms: float | None  # inference of the best configuration, batch 1, on its trial's device
+    infer_imgs_per_s: float | None
     device_hours: float  # every trial of the entry: search and seeds
     trials: int
     leader: bool = False
@@ -339,7 +354,8 @@ def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list
         scores = [r.score for r in seeds] if seeds else [best.score]
         mean, std, low, high = t_interval(scores)
         standings.append(Standing(entry, best.arch, _base_name(best.name), best.metric, mean, std, low, high,
-                                  len(scores), best.params, best.flops, sum(r.device_hours for r in rs), len(rs)))
+                                  len(scores), best.params, best.flops, best.latency_ms, best.infer_imgs_per_s,
+                                  sum(r.device_hours for r in rs), len(rs)))
     sign = -1.0 if mode == "max" else 1.0
     standings.sort(key=lambda s: sign * s.mean)
     if not standings:

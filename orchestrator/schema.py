@@ -196,6 +196,9 @@ class TrainConfig:
                                      "auto: device on CUDA, loader on CPU", choices=("auto", "device", "loader"))
     loader_workers: int = setting(0, "DataLoader worker processes (loader path)", check=non_negative)
     steps_per_epoch: int = setting(0, "cap on train steps per epoch; 0 = the whole split", check=non_negative)
+    benchmark_inference: bool = setting(True, "measure the model's inference cost once per trial on its own "
+                                              "device: latency at batch 1, throughput at inference_batch_size")
+    inference_batch_size: int = setting(256, "the large batch of the inference benchmark", check=positive)
     checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch always checkpoints",
                                     check=positive)
 

@@ -13,7 +13,6 @@ needs to reach the tracking server.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import queue
@@ -76,19 +75,9 @@ def context_tags(sweep_file: str) -> dict[str, str]:
     return tags
 
 
-def dataset_digest(spec: DataSpec) -> str:
-    """A short digest of what a trial trained on: the data spec, and a file source's size and
-    modification time (so a changed zip is a different dataset)."""
-    identity = json.dumps(dataclasses.asdict(spec), sort_keys=True)
-    if spec.root and os.path.exists(spec.root):
-        stat = os.stat(spec.root)
-        identity += f"{stat.st_size}:{stat.st_mtime_ns}"
-    return hashlib.sha256(identity.encode()).hexdigest()[:12]
-
-
-def dataset_input(spec: DataSpec, sizes: dict[str, int]):
-    """The trial's dataset as an MLflow input (`log_inputs`' entity): name, source, digest, and the
-    split sizes as input tags."""
+def dataset_input(spec: DataSpec, digest: str, sizes: dict[str, int]):
+    """The trial's dataset as an MLflow input (`log_inputs`' entity): name, source, the digest of
+    its content (data.Splits.digest), and the split sizes as input tags."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -101,7 +90,7 @@ def dataset_input(spec: DataSpec, sizes: dict[str, int]):
     else:
         source = CodeDatasetSource({"mlflow.source.name": {"digits": "sklearn.datasets.load_digits"}.get(
             spec.name, "orchestrator.data (seeded synthetic)")})
-    dataset = MetaDataset(source, name=spec.name, digest=dataset_digest(spec))
+    dataset = MetaDataset(source, name=spec.name, digest=digest)
     tags = [InputTag("mlflow.data.context", "training")] + [InputTag(k, str(v)) for k, v in sizes.items()]
     return DatasetInput(dataset._to_mlflow_entity(), tags)
 
@@ -214,11 +203,12 @@ class TrialRecord:
 
     def __init__(self, sweep: SweepRecord, trial: Trial, run_id: str, model_id: str, *,
                  history: list[dict[str, Any]] | None = None, best: Best | None = None,
-                 status: str = Status.RUNNING, sized: bool = False):
+                 status: str = Status.RUNNING, logged: Any = ()):
         self.sweep, self.trial, self.run_id, self.model_id = sweep, trial, run_id, model_id
         self.history = list(history or [])
-        self.best, self.status, self.sized = best, status, sized
-        self.dataset_digest = dataset_digest(trial.dataset)
+        self.best, self.status = best, status
+        self.logged = set(logged)  # params already on the run: facts are logged once
+        self.dataset_digest: str | None = None  # of the data's content, as the engine reports it
 
     @property
     def client(self) -> MlflowClient:
@@ -251,7 +241,7 @@ class TrialRecord:
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                          tags=[RunTag(Tag.LOGGED_MODEL_ID, model_id)])
         client.log_dict(run_id, runs.trial_to_dict(trial), Artifact.TRIAL)
-        return cls(sweep, trial, run_id, model_id)
+        return cls(sweep, trial, run_id, model_id, logged=params)
 
     @classmethod
     def reopen(cls, sweep: SweepRecord, run, trial: Trial | None = None) -> TrialRecord:
@@ -264,7 +254,8 @@ class TrialRecord:
             best = Best(int(tags[Tag.BEST_EPOCH]), float(tags[Tag.BEST_VALUE]), tags[Tag.BEST_CHECKPOINT])
         record = cls(sweep, trial or runs.decode(run), run.info.run_id, tags.get(Tag.LOGGED_MODEL_ID, ""),
                      history=runs.history(client, run.info.run_id), best=best,
-                     status=tags.get(Tag.STATUS, Status.RUNNING), sized="param_count" in run.data.params)
+                     status=tags.get(Tag.STATUS, Status.RUNNING), logged=run.data.params)
+        record.dataset_digest = run.data.params.get("dataset_digest")
         if not record.trained:
             if run.info.status != "RUNNING":
                 client.update_run(record.run_id, status="RUNNING")
@@ -302,17 +293,20 @@ class TrialRecord:
     def _log_epoch(self, metrics: dict[str, Any]) -> None:
         step, now = int(metrics["epoch"]), int(time.time() * 1000)
         dataset = self.trial.dataset
+        facts = {k: str(int(v) if k in runs.MODEL_FACTS + runs.SPLIT_SIZES else v)
+                 for k in runs.ONCE_PARAMS if k not in self.logged and (v := metrics.get(k)) is not None}
+        keys = EPOCH_METRICS + (runs.INFERENCE_METRICS if "infer_precision" in facts else ())
+        if "dataset_digest" in facts:
+            # The first report (engine.describe): the data's content digest, and the dataset as
+            # the run's input with it, before any metric is linked to that dataset.
+            self.dataset_digest = facts["dataset_digest"]
+            self.client.log_inputs(self.run_id, datasets=[dataset_input(
+                dataset, self.dataset_digest, {k: int(metrics[k]) for k in runs.SPLIT_SIZES if k in metrics})])
         batch = [Metric(k, float(metrics[k]), now, step, model_id=self.model_id or None, dataset_name=dataset.name,
                         dataset_digest=self.dataset_digest)
-                 for k in EPOCH_METRICS if k in metrics]
-        params = []
-        if not self.sized and all(k in metrics for k in runs.MODEL_FACTS):
-            # The model's true size for this data set's classes, as the engine built it.
-            params = [Param(k, str(int(metrics[k]))) for k in runs.MODEL_FACTS + runs.SPLIT_SIZES if k in metrics]
-            self.client.log_inputs(self.run_id, datasets=[dataset_input(
-                dataset, {k: int(metrics[k]) for k in runs.SPLIT_SIZES if k in metrics})])
-            self.sized = True
-        self.client.log_batch(self.run_id, metrics=batch, params=params)
+                 for k in keys if k in metrics]
+        self.client.log_batch(self.run_id, metrics=batch, params=[Param(k, v) for k, v in facts.items()])
+        self.logged.update(facts)
         self.history.append(metrics)
 
     def checkpoint(self, epoch: int, path: str) -> None:

@@ -14,6 +14,18 @@ import pytest
 from support import DDP_SWEEP, Sweep, free_port, run_sweep
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small CIFAR models gain nothing from intra-op threads, and on a shared CPU idle OpenMP
+    workers spin: one thread for the module that asks (`pytest.mark.usefixtures`), then back."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def ddp_sweep(tmp_path_factory) -> Sweep:
     return run_sweep(tmp_path_factory, "ddp", DDP_SWEEP)

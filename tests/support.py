@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
 ORCHESTRATE = [sys.executable, "-m", "orchestrator"]
 
@@ -104,3 +106,13 @@ def run_sweep(tmp_path_factory, name: str, text: str, uri: str | None = None) ->
     return sweep
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """`model` in eval mode with each BatchNorm's running statistics set to `images`' own (one
+    training-mode pass with a cumulative average), so its logits have a trained model's scale."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()(images)
+    return model.eval()

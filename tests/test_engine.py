@@ -41,7 +41,7 @@ def test_engine_reaches_95_percent_on_digits_with_a_small_resnet(digits):
 
 
 def _run(splits, epochs, resume_from=None, checkpoint_every=1, data_path="loader"):
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=0.05, warmup_epochs=1, seed=3,
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=0.05, warmup_epochs=1, seed=3, benchmark_inference=False,
                       deterministic=True, checkpoint_every=checkpoint_every, data_path=data_path)
     reporter = CollectingReporter()
     kept = []
@@ -69,7 +69,7 @@ def test_resume_after_two_epochs_matches_four_straight_epochs(synthetic, data_pa
     straight, straight_hist, _ = _run(synthetic, 4, data_path=data_path)
     # A 4-epoch run killed after its epoch-2 checkpoint, then resumed from that checkpoint.
     _, first_hist, kept4 = _run_until(synthetic, 4, stop_after=2, data_path=data_path)
-    timing = ("imgs_per_s", "train_s", "epoch_s")
+    timing = ("imgs_per_s", "train_s", "epoch_s", "infer_latency_b1_ms", "infer_latency_b1_iqr_ms", "infer_imgs_per_s")
     assert [{k: v for k, v in m.items() if k not in timing} for m in first_hist] == \
         [{k: v for k, v in m.items() if k not in timing} for m in straight_hist[:2]]
     resumed, resumed_hist, _ = _run(synthetic, 4, resume_from=kept4[-1], data_path=data_path)
@@ -83,7 +83,7 @@ def test_resume_after_two_epochs_matches_four_straight_epochs(synthetic, data_pa
 
 def _run_until(splits, epochs, stop_after, data_path):
     """A run of `epochs` epochs killed after `stop_after` (its reporter raises)."""
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=0.05, warmup_epochs=1, seed=3,
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=0.05, warmup_epochs=1, seed=3, benchmark_inference=False,
                       deterministic=True, data_path=data_path)
     kept, hist = [], []
 
@@ -226,3 +226,17 @@ def test_ddp_two_gloo_ranks_see_disjoint_shards_and_end_with_equal_parameters(tm
     assert len(r0["seen"]) == len(r1["seen"]) > 0
     assert torch.equal(r0["params"], r1["params"])  # DDP all-reduced gradients: identical steps
     assert r0["metrics"]["val_acc"] == r1["metrics"]["val_acc"]  # metrics reduced across ranks
+
+
+def test_the_first_report_describes_the_data_the_device_and_the_models_inference_cost(synthetic):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05, steps_per_epoch=2, inference_batch_size=8, data_path="device")
+    reporter = CollectingReporter()
+    Engine(cfg, TINY, synthetic, device="cpu").fit(reporter)
+    first, second = reporter.history
+    assert first["dataset_digest"] == synthetic.digest() and first["device_name"].startswith("cpu")
+    assert first["infer_latency_b1_ms"] > 0 and first["infer_imgs_per_s"] > 0 and first["infer_peak_mem_mb"] > 0
+    assert (first["infer_precision"], first["infer_throughput_batch"]) == ("fp32", "8")
+    assert "infer_latency_b1_ms" not in second and "dataset_digest" not in second  # once per run
+    # The digest is the content's: the same splits loaded again give it, other data does not.
+    assert data.load_splits(data.DataSpec("synthetic", synthetic_size=256)).digest() == synthetic.digest()
+    assert data.load_splits(data.DataSpec("synthetic", synthetic_size=260)).digest() != synthetic.digest()

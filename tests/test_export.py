@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 import archs
-import archtest
 from orchestrator import export, inference
-from test_inference import calibrate_batchnorm
+from support import calibrate_batchnorm
 
-one_thread = archtest.one_thread
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,23 +10,11 @@ import torch
 from torch import nn
 
 import archs
-import archtest
 from archs import parnet
 from orchestrator import inference
+from support import calibrate_batchnorm
 
-one_thread = archtest.one_thread
-
-
-@torch.no_grad()
-def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """`model` in eval mode with each BatchNorm's running statistics set to `images`' own (one
-    training-mode pass with a cumulative average), so its logits have a trained model's scale."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()(images)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

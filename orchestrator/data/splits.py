@@ -8,6 +8,7 @@ selection.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import torch
 
@@ -27,6 +28,15 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def digest(self) -> str:
+        """A digest of the data itself (the train and val images and labels, and the class
+        names): the same splits give the same digest on any machine, whatever the files' dates."""
+        h = hashlib.sha256()
+        for part in (self.train.images, self.train.labels, self.val.images, self.val.labels):
+            h.update(part.contiguous().numpy().tobytes())
+        h.update("\n".join(self.classes).encode())
+        return h.hexdigest()[:16]
 
 
 def load_splits(spec: DataSpec) -> Splits:

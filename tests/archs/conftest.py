@@ -7,14 +7,10 @@ memory, no weight init), which test_registry.py shows counts as the real model d
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Batch-2 CIFAR convs gain nothing from intra-op threads, and on a shared CPU the idle OpenMP
-    # workers' spin-waiting made them 10-30x slower; the previous setting is restored afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def every_arch_test_on_one_thread(one_thread):
+    """tests/conftest.py's one_thread, for every module here (batch-2 convs gain nothing from
+    intra-op threads, and idle OpenMP workers spinning on a shared CPU made them 10-30x slower)."""
     yield
-    torch.set_num_threads(previous)

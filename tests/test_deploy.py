@@ -1,0 +1,96 @@
+"""`orchestrate export`: a finished trial's model (here recorded by the run record itself, from a
+real engine run, in a real sqlite store) written as ONNX or a torch.export archive, checked
+against the trained model on the run's validation images, and logged back to the run."""
+
+from __future__ import annotations
+
+import shutil
+
+import onnx
+import pytest
+import torch
+
+from orchestrator import cli, config, engine, tracking
+from orchestrator.data import load_splits
+from orchestrator.runs import Artifact, Tag
+
+SWEEP = """\
+name: deploy
+dataset: {name: synthetic, synthetic_size: 64, num_classes: 4}
+train: {epochs: 2, batch_size: 16, lr: 0.05}
+search: {scheduler: fifo}
+models:
+  - {arch: parnet, knobs: {width: 0.125, depth: 8}}
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One trial's run, finished with its model and registered as deploy@best."""
+    folder = tmp_path_factory.mktemp("deploy")
+    (folder / "deploy.yaml").write_text(SWEEP)
+    uri = f"sqlite:///{folder}/mlflow.db"
+    spec = config.load(str(folder / "deploy.yaml"), {"tracking_uri": uri, "storage_path": str(folder)})
+    trial = spec.trial(spec.models[0].point_space(), "t1")
+    torch.set_num_threads(1)
+    run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), load_splits(trial.dataset),
+                        device="cpu")
+    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(folder), {"search": {"metric": "val_acc"}})
+    record = sweep.open_trial(trial)
+
+    class Record:
+        def report(self, metrics, checkpoint_dir):
+            kept = shutil.copytree(checkpoint_dir, folder / f"epoch{metrics['epoch']}")
+            record.epoch(metrics)
+            record.checkpoint(metrics["epoch"], str(kept))
+
+    run.fit(Record())
+    record.finish()
+    sweep.finish(register_as="deploy")
+    return uri, record.run_id, folder
+
+
+def test_export_writes_onnx_that_matches_the_trained_model_and_logs_the_check_and_the_file(finished_run, tmp_path, capsys):
+    uri, run_id, _ = finished_run
+    assert cli.main(["export", "models:/deploy@best", "--format", "onnx", "--out", str(tmp_path),
+                     "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    (path,) = tmp_path.glob("*.onnx")
+    onnx.checker.check_model(str(path))
+    assert "top-1 agreement 100.00%" in out and "ONNX Runtime on this CPU" in out
+
+    client = tracking.MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)  # the registered best is this run
+    assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4 and run.data.metrics["onnx_top1_agreement"] == 1.0
+    assert run.data.metrics["onnx_latency_b1_ms"] > 0 and run.data.metrics["onnx_imgs_per_s"] > 0
+    model = client.get_logged_model(run.data.tags[Tag.ONNX_MODEL_ID])
+    assert model.name == Artifact.ONNX and model.source_run_id == run_id
+    assert {"MLmodel", "model.onnx"} <= {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+
+
+def test_export_writes_a_torch_export_archive_that_loads_with_torch_alone(finished_run, tmp_path):
+    uri, run_id, _ = finished_run
+    assert cli.main(["export", run_id, "--format", "pt2", "--out", str(tmp_path), "--tracking-uri", uri,
+                     "--no-log"]) == 0
+    (path,) = tmp_path.glob("*.pt2")
+    module = torch.export.load(str(path)).module()
+    assert module(torch.zeros(3, 3, 32, 32)).shape == (3, 4)  # the batch axis is free
+    assert "pt2_max_abs_diff" not in tracking.MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+
+
+def test_export_of_a_name_that_is_no_run_is_one_line_and_exit_2(finished_run, tmp_path, capsys):
+    uri, _, _ = finished_run
+    assert cli.main(["export", "models:/nothing@best", "--out", str(tmp_path), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("export: models:/nothing@best names no run")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_trials_run_carries_its_inference_cost_and_provenance(finished_run):
+    uri, run_id, _ = finished_run
+    run = tracking.MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.data.metrics["infer_latency_b1_ms"] > 0 and run.data.metrics["infer_imgs_per_s"] > 0
+    assert run.data.params["infer_precision"] == "fp32" and run.data.params["device_name"].startswith("cpu")
+    assert len(run.data.params["dataset_digest"]) == 16
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == run.data.params["dataset_digest"]  # the content's, not a file date's
