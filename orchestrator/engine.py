@@ -34,12 +34,17 @@ from torch import nn
 import archs
 from orchestrator import data as data_mod
 from orchestrator import inference
-from orchestrator.schema import TrainConfig
+from orchestrator.schema import TrainConfig, cut
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.json"  # how to rebuild the model: arch, knobs, classes, normalisation
 EVAL_FILE = "eval.json"  # per-class accuracy and confusion matrix on the val split
 HISTORY_FILE = "history.json"  # every epoch's reported metrics up to this checkpoint
+
+
+class CheckpointError(Exception):
+    """A checkpoint whose files cannot be read (cut short by a full disk or a process killed while
+    writing it): nothing of it was applied."""
 
 
 class Reporter(Protocol):
@@ -310,16 +315,24 @@ class Engine:
         return directory
 
     def restore(self, directory: str) -> None:
-        state = load_state(directory)
+        """Continue from a checkpoint. Its files are all read before anything is applied, so a
+        CheckpointError (an unreadable file) leaves this engine as it was."""
+        history_file = os.path.join(directory, HISTORY_FILE)
+        try:
+            state = load_state(directory)
+            history = None
+            if os.path.exists(history_file):
+                with open(history_file) as f:
+                    history = json.load(f)
+        except (OSError, EOFError, RuntimeError, ValueError) as e:  # torch.load's errors for a cut zip, JSON's
+            raise CheckpointError(f"{directory}: cannot be read ({type(e).__name__}: {cut(str(e))})") from e
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_val_acc = state["epoch"], state["best_val_acc"]
         set_rng_state(state["rng"])
-        history = os.path.join(directory, HISTORY_FILE)
-        if os.path.exists(history):
-            with open(history) as f:
-                self.history = json.load(f)
+        if history is not None:
+            self.history = history
 
     # -- one epoch ---------------------------------------------------------------------------
 

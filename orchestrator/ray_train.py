@@ -19,13 +19,14 @@ from __future__ import annotations
 import os
 import threading
 import traceback
+import warnings
 from typing import Any
 
 import ray.train
 import ray.tune
 import torch
 
-from orchestrator import data, engine
+from orchestrator import data, engine, storage
 from orchestrator.config import SweepSpec
 from orchestrator.schema import Resources, Trial
 
@@ -69,9 +70,26 @@ def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None) -> No
     run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), splits,
                         device=device, prepare_model=prepare_model)
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            run.restore(directory)
+        restore(run, checkpoint)
     run.fit(reporter)
+
+
+def restore(run: engine.Engine, checkpoint) -> None:
+    """`run` continued from `checkpoint`, or, when that one cannot be read (cut short by a full
+    disk or a kill while it was written), from the newest older checkpoint of the trial that can;
+    from the first epoch when none can. Retrained epochs are not logged twice: the driver keeps
+    each epoch's first report."""
+    candidates = [checkpoint] + [type(checkpoint)(path, filesystem=checkpoint.filesystem)
+                                 for path in storage.older_checkpoints(checkpoint.filesystem, checkpoint.path)]
+    for candidate in candidates:
+        try:
+            with candidate.as_directory() as directory:
+                run.restore(directory)
+            return
+        except engine.CheckpointError as e:
+            warnings.warn(f"{e}; trying an older checkpoint", stacklevel=2)
+    warnings.warn(f"no checkpoint of {os.path.dirname(checkpoint.path)} can be read: training from the first epoch",
+                  stacklevel=2)
 
 
 def worker_loop(config: dict[str, Any]) -> None:

@@ -63,6 +63,19 @@ def find_resumable(storage_path: str, experiment: str) -> str | None:
     return max(found)[1] if found else None
 
 
+def older_checkpoints(fs, path: str) -> list[str]:
+    """The checkpoints written before the one at `path` beside it (same trial, same folder), newest
+    first. Tune numbers its folders (checkpoint_000003), Ray Train stamps them with the time
+    (checkpoint_2026-12-02_01-10-00.123456): in both the name sorts by age."""
+    parent, name = path.rstrip("/").rsplit("/", 1)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        return []
+    return sorted((e.path for e in entries if e.type == pyarrow.fs.FileType.Directory
+                   and e.base_name.startswith("checkpoint_") and e.base_name < name), reverse=True)
+
+
 @contextlib.contextmanager
 def local_checkpoint(storage_path: str, path: str | None):
     """A local folder for a reported checkpoint path: as it is on a local or shared filesystem,

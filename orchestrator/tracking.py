@@ -317,7 +317,11 @@ class TrialRecord:
         if at is None or metric not in at:
             return
         value = float(at[metric])
-        if not self.trial.search.better(value, self.best.value if self.best else None):
+        if self.best and epoch == self.best.epoch and path != self.best.path:
+            # The best epoch trained again (its trial restored from an older checkpoint, the newer
+            # ones unreadable or unknown to Tune): the model comes from the copy written last.
+            value = self.best.value
+        elif not self.trial.search.better(value, self.best.value if self.best else None):
             return
         self.best = Best(epoch, value, path)
         self.client.log_batch(self.run_id, tags=[RunTag(Tag.BEST_CHECKPOINT, path), RunTag(Tag.BEST_EPOCH, str(epoch)),
