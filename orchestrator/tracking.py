@@ -171,7 +171,9 @@ def log_model(client: MlflowClient, run_id: str, model_id: str, checkpoint_dir: 
         fmt = save_model(model, local, reqs, {k: meta[k] for k in ("arch", "knobs", "classes", "mean", "std", "epoch")},
                          mlflow_model=description)
         client.log_model_artifacts(model_id, local)
-    client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
+    outputs = client.get_run(run_id).outputs
+    if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else ())):  # a retry: once
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
     client.finalize_logged_model(model_id, LoggedModelStatus.READY)
     client.log_batch(run_id, tags=[RunTag(Tag.MODEL_FORMAT, fmt)])
     client.log_dict(run_id, meta, Artifact.MODEL_META)
@@ -209,6 +211,9 @@ class TrialRecord:
         self.best, self.status = best, status
         self.logged = set(logged)  # params already on the run: facts are logged once
         self.dataset_digest: str | None = None  # of the data's content, as the engine reports it
+        # One timestamp per metric batch, kept: a batch sent again (the writer's retry after a lost
+        # answer) is then the same rows, which the store keeps once, not a second point per step.
+        self._stamps_ms: dict[Any, int] = {}
 
     @property
     def client(self) -> MlflowClient:
@@ -291,7 +296,8 @@ class TrialRecord:
         self._log_epoch(dict(metrics))
 
     def _log_epoch(self, metrics: dict[str, Any]) -> None:
-        step, now = int(metrics["epoch"]), int(time.time() * 1000)
+        step = int(metrics["epoch"])
+        now = self._stamps_ms.setdefault(step, int(time.time() * 1000))
         dataset = self.trial.dataset
         facts = {k: str(int(v) if k in runs.MODEL_FACTS + runs.SPLIT_SIZES else v)
                  for k in runs.ONCE_PARAMS if k not in self.logged and (v := metrics.get(k)) is not None}
@@ -367,7 +373,7 @@ class TrialRecord:
                 client.finalize_logged_model(self.model_id, LoggedModelStatus.FAILED)
         at_best = next((m for m in history if best and int(m["epoch"]) == best.epoch), None)
         if at_best is not None:
-            now = int(time.time() * 1000)
+            now = self._stamps_ms.setdefault("model", int(time.time() * 1000))
             keys = dict.fromkeys(("val_acc", "val_loss", "val_top5", self.trial.search.metric))
             client.log_batch(self.run_id, metrics=[Metric(runs.model_metric(k), float(at_best[k]), now, best.epoch,
                                                           model_id=self.model_id or None)
@@ -495,10 +501,32 @@ class SweepRecord:
 # Off Tune's loop
 
 
+def transient(error: BaseException) -> bool:
+    """Whether `error` (or one it was raised from) is a store briefly out of reach: a connection
+    refused or cut mid-response (a tracking server restarting), a timeout, a database busy with
+    another writer (MLflow's TEMPORARILY_UNAVAILABLE). MLflow retries a refused connection itself;
+    a response cut after its headers, or a sqlite lock held past its timeout, reach us."""
+    import requests
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                             requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(seen, MlflowException) and seen.error_code == "TEMPORARILY_UNAVAILABLE":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class BackgroundWriter:
     """One thread that runs MLflow work in submission order, so the caller (Tune's event loop)
-    never waits on a store. `flush()` returns when everything submitted has run. An error in one
-    job is kept (and re-raised by `flush`) without stopping the jobs after it."""
+    never waits on a store. `flush()` returns when everything submitted has run. A job that fails
+    on a transient store error is run again after RETRY_WAITS_S (every job can be: an epoch or a
+    tag is written once however often it is sent, a run is found again before one is created);
+    any other error is kept (and re-raised by `flush`) without stopping the jobs after it."""
+
+    RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0)
 
     def __init__(self):
         self._jobs: queue.Queue = queue.Queue()
@@ -513,11 +541,21 @@ class BackgroundWriter:
         while True:
             job = self._jobs.get()
             try:
-                job()
+                self._run_job(job)
             except BaseException as e:  # noqa: BLE001 - reported by flush()
                 self._errors.append(e)
             finally:
                 self._jobs.task_done()
+
+    def _run_job(self, job: Callable[[], None]) -> None:
+        for wait_s in self.RETRY_WAITS_S:
+            try:
+                return job()
+            except Exception as e:  # noqa: BLE001 - only a transient one is tried again
+                if not transient(e):
+                    raise
+                time.sleep(wait_s)
+        job()
 
     def flush(self) -> None:
         self._jobs.join()
