@@ -12,6 +12,7 @@ needs to reach the tracking server.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -102,6 +103,27 @@ def artifact_location_for(uri: str) -> str | None:
         root = os.path.dirname(os.path.abspath(uri[len("sqlite:///"):]))
         return "file://" + os.path.join(root, "mlartifacts")
     return None  # a server decides (proxied artefacts)
+
+
+@contextlib.contextmanager
+def store_creation_lock(uri: str):
+    """Held while this process may create a sqlite store's tables: MLflow migrates a new database
+    on first use, and two sweeps starting on one new file would run the same migrations at once
+    ("table _alembic_tmp_... already exists", a store no one can open). An flock on a file beside
+    the database makes the second wait for the first. Other stores need nothing."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = os.path.abspath(uri[len("sqlite:///"):])
+    os.makedirs(os.path.dirname(db), exist_ok=True)
+    with open(db + ".init-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
@@ -394,8 +416,9 @@ class SweepRecord:
     def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep_file: str, storage_path: str):
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self.sweep_file, self.storage_path = sweep_file, storage_path
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
+        with store_creation_lock(uri):  # the client opens (and may create) the store; a second sweep waits
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
         self.context = context_tags(sweep_file) if sweep_file else {}
 
     @classmethod
