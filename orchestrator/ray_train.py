@@ -34,6 +34,9 @@ from orchestrator.schema import Resources, Trial
 # Set by the sweep (in this, the driver's, process) when SIGINT/SIGTERM stops it: trials that Tune
 # ends from then on were stopped, not completed.
 INTERRUPTED = threading.Event()
+# Set when the Tune callback has seen the experiment end, every run recorded: an error Tune raises
+# after that (reading back its own results) does not fail the sweep.
+EXPERIMENT_ENDED = threading.Event()
 
 
 # Ray Train V2's per-trial machinery, lighter where it costs a DDP trial time and buys nothing on
@@ -201,6 +204,7 @@ class MlflowCallback(ray.tune.Callback):
             self.recorder.finish_orphans({t.trial_id: t.status == "ERROR" for t in trials
                                           if t.status in ("TERMINATED", "ERROR")})
         self.recorder.flush()
+        EXPERIMENT_ENDED.set()
 
 
 def _trial_error(trial) -> str:

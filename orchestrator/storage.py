@@ -6,6 +6,7 @@ Checkpoints reported from remote storage are fetched here for the tracker. No ML
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import tempfile
@@ -15,6 +16,7 @@ import pyarrow
 import pyarrow.fs
 
 from orchestrator.preflight import mask
+from orchestrator.schema import cut
 
 STATE_FILE = "orchestrate_sweep.json"
 
@@ -44,6 +46,26 @@ def read_state(storage_path: str, run_name: str) -> dict[str, Any] | None:
             return json.loads(f.read().decode())
     except (FileNotFoundError, OSError, pyarrow.ArrowException):
         return None
+
+
+def unreadable_tune_state(storage_path: str, run_name: str) -> str | None:
+    """Why Ray Tune cannot restore the experiment folder `run_name` (its newest experiment state
+    file is cut short: a full disk, a kill while Tune saved it), or None. Tune itself would log
+    that and start the sweep over: new trials, new MLflow runs beside the old ones. No state file
+    at all (a sweep stopped before Tune saved any) is left to Tune, which starts over."""
+    fs, root = storage_fs(storage_path)
+    folder = f"{root}/{run_name}"
+    try:
+        names = [e.base_name for e in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+                 if fnmatch.fnmatch(e.base_name, "experiment_state-*.json")]
+        if not names:
+            return None
+        newest = f"{folder}/{max(names)}"  # Tune's own choice: the newest session's
+        with fs.open_input_stream(newest) as f:
+            json.loads(f.read().decode())
+    except (OSError, ValueError, pyarrow.ArrowException) as e:
+        return f"Ray Tune's state under {folder} cannot be read ({type(e).__name__}: {cut(str(e))})"
+    return None
 
 
 def find_resumable(storage_path: str, experiment: str) -> str | None:

@@ -27,10 +27,10 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
-from orchestrator.config import SweepSpec
+from orchestrator.config import ConfigError, SweepSpec
 from orchestrator.reports import leaderboard_table, render
 from orchestrator.runs import Status
-from orchestrator.schema import Resources, Trial
+from orchestrator.schema import Resources, Trial, cut
 
 
 def preview(spec: SweepSpec) -> list[Trial]:
@@ -65,6 +65,9 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # Every place the sweep uses (store, storage, earlier run, cluster) is checked before Ray
     # starts and before any MLflow run exists.
     restore_name, address = preflight.check_sweep(spec, address=address, resume=resume)
+    if restore_name and (problem := storage.unreadable_tune_state(spec.storage_path, restore_name)):
+        raise ConfigError(spec.file, "--resume", f"{problem}; this sweep cannot be continued: start it afresh "
+                                                 f"without --resume")
     # A local cluster (started here, or already running in this process, e.g. a benchmark's)
     # cannot grow: refuse what it can never hold and never start more trials than fit. A cluster
     # joined by address may autoscale, so there only the user's cap applies.
@@ -152,8 +155,23 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         # the live view (`-v` brings them back, with the worker logs).
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray_train.EXPERIMENT_ENDED.clear()
     with stop_on_signals() as stopped:
-        tuner.fit()
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            if stopped.signum is None:  # before Tune's loop ran: nothing to stop or mark
+                raise
+            # The second signal: Tune's stopping (its last state save, its clean-up) cut short.
+            # The runs are still marked and the resume command printed; Ray is shut down on the way out.
+        except Exception as e:  # noqa: BLE001 - only after the experiment ended, see below
+            if not ray_train.EXPERIMENT_ENDED.is_set():
+                raise
+            # Every trial ended and every run is recorded; what failed is Tune gathering its own
+            # results from the storage (an error file cut short by a full disk): the sweep's
+            # results are MLflow's, so it still finishes.
+            print(f"Ray Tune could not read back its results ({type(e).__name__}: {cut(str(e))}); "
+                  f"the summary is MLflow's", file=sys.stderr, flush=True)
     if stopped.signum is not None:
         record.interrupt()
         print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
