@@ -174,7 +174,7 @@ class MlflowCallback(ray.tune.Callback):
         return self._recorder
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.recorder.started(self.spec.tune_trial(trial.config, trial.trial_id))
+        self.recorder.started(self.spec.tune_trial(trial.config, trial.trial_id), {t.trial_id for t in trials})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" in result:
@@ -202,7 +202,7 @@ class MlflowCallback(ray.tune.Callback):
         with work queued, then resumed: Tune will not report that trial again)."""
         if not INTERRUPTED.is_set():  # Tune's clean-up marks stopped trials TERMINATED: they did not end
             self.recorder.finish_orphans({t.trial_id: t.status == "ERROR" for t in trials
-                                          if t.status in ("TERMINATED", "ERROR")})
+                                          if t.status in ("TERMINATED", "ERROR")}, {t.trial_id for t in trials})
         self.recorder.flush()
         EXPERIMENT_ENDED.set()
 

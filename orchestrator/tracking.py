@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 from mlflow import MlflowClient
@@ -206,6 +206,13 @@ def log_model(client: MlflowClient, run_id: str, model_id: str, checkpoint_dir: 
 # One trial's run
 
 
+def encode(trial: Trial) -> tuple[dict[str, str], dict[str, str]]:
+    """runs.encode with the arch's full knobs and family from the registry."""
+    import archs  # torch: only the sweep driver pays for it, `orchestrate compare` does not
+
+    return runs.encode(trial, archs.validate(trial.arch, dict(trial.knobs)), archs.get(trial.arch).family)
+
+
 @dataclasses.dataclass(frozen=True)
 class Best:
     """The best checkpoint so far by the sweep's metric and mode: the run's model-to-be."""
@@ -254,9 +261,7 @@ class TrialRecord:
 
     @classmethod
     def create(cls, sweep: SweepRecord, trial: Trial) -> TrialRecord:
-        import archs  # torch: only the sweep driver pays for it, `orchestrate compare` does not
-
-        params, tags = runs.encode(trial, archs.validate(trial.arch, dict(trial.knobs)), archs.get(trial.arch).family)
+        params, tags = encode(trial)
         client = sweep.client
         run = client.create_run(sweep.experiment_id, run_name=trial.name, tags={
             **sweep.context, **tags, Tag.PARENT: sweep.parent_run_id, Tag.STATUS: Status.RUNNING})
@@ -269,6 +274,14 @@ class TrialRecord:
                          tags=[RunTag(Tag.LOGGED_MODEL_ID, model_id)])
         client.log_dict(run_id, runs.trial_to_dict(trial), Artifact.TRIAL)
         return cls(sweep, trial, run_id, model_id, logged=params)
+
+    @classmethod
+    def adopt(cls, sweep: SweepRecord, run, trial: Trial) -> TrialRecord:
+        """A lost trial's run (see SweepRecord.open_trial) continued by `trial`, the same point
+        under a new Tune trial id: the run takes the new id, then goes on as a reopened one."""
+        tags = encode(trial)[1]
+        sweep.client.log_batch(run.info.run_id, tags=[RunTag(k, tags[k]) for k in (Tag.TRIAL_ID, Tag.TRIAL)])
+        return cls.reopen(sweep, run, trial)
 
     @classmethod
     def reopen(cls, sweep: SweepRecord, run, trial: Trial | None = None) -> TrialRecord:
@@ -409,12 +422,17 @@ class TrialRecord:
 # The sweep's run
 
 
+LOST_TRIAL = ("lost: the sweep's driver died before Ray Tune saved this trial, and the resumed sweep did not "
+              "draw its point again")
+
+
 class SweepRecord:
     """The parent run of one sweep: its child runs' records are opened here, and at the end the
     comparison table, the plots and the best model's registration go on it."""
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep_file: str, storage_path: str):
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
+        self._left_unfinished: list | None = None  # runs an earlier driver left unfinished (open_trial)
         self.sweep_file, self.storage_path = sweep_file, storage_path
         with store_creation_lock(uri):  # the client opens (and may create) the store; a second sweep waits
             self.client = MlflowClient(tracking_uri=uri)
@@ -445,12 +463,34 @@ class SweepRecord:
     def resume(self) -> None:
         self.client.update_run(self.parent_run_id, status="RUNNING")
 
-    def open_trial(self, trial: Trial) -> TrialRecord:
-        """The trial's record: its run created, or found again after a restore."""
+    def open_trial(self, trial: Trial, tune_trial_ids: Collection[str] | None = None) -> TrialRecord:
+        """The trial's record: its run created, or found again after a restore. Tune saves its
+        state every 10 s or more, so a driver killed soon after a trial started leaves a run whose
+        trial the restored Tune never heard of, and the restored searcher draws that point again
+        under a new id: given the ids Tune knows (`tune_trial_ids`), that lost run with the same
+        Trial is continued, not left running beside a second run of the same point."""
         existing = runs.trial_runs(self.client, self.experiment_id, self.parent_run_id, trial.trial_id)
         if existing:
             return TrialRecord.reopen(self, existing[0], trial)
+        lost = self._lost_run(trial, tune_trial_ids) if tune_trial_ids is not None else None
+        if lost is not None:
+            return TrialRecord.adopt(self, lost, trial)
         return TrialRecord.create(self, trial)
+
+    def _lost_run(self, trial: Trial, tune_trial_ids: Collection[str]):
+        if self._left_unfinished is None:  # once per driver: a lost run was made by an earlier one
+            self._left_unfinished = self.unfinished()
+        for run in self._left_unfinished:
+            if run.data.tags.get(Tag.TRIAL_ID) in tune_trial_ids:
+                continue
+            try:
+                same = dataclasses.replace(runs.decode(run), trial_id=trial.trial_id) == trial
+            except (runs.NotATrialRun, ValueError, TypeError, KeyError):
+                continue
+            if same:
+                self._left_unfinished.remove(run)
+                return run
+        return None
 
     def checkpoint_history(self, path: str) -> list[dict[str, Any]]:
         """The per-epoch metrics a checkpoint carries (the engine's history.json), or []."""
@@ -466,14 +506,18 @@ class SweepRecord:
         return [r for r in runs.trial_runs(self.client, self.experiment_id, self.parent_run_id)
                 if r.data.tags.get(Tag.STATUS) not in runs.FINISHED_STATUSES]
 
-    def finish_orphans(self, ended: dict[str, bool]) -> None:
+    def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None) -> None:
         """After a restore: child runs whose trial Tune already holds as ended ({trial_id:
         failed}) but whose run was never finished (the sweep died with their finishing queued)
-        are finished now, from what MLflow and the storage still hold."""
+        are finished now, from what MLflow and the storage still hold. Given every id Tune knows,
+        a lost trial's run that no new trial continued (its point was not drawn again) ends
+        failed, saying so: nothing will ever continue it."""
         for run in self.unfinished():
             trial_id = run.data.tags.get(Tag.TRIAL_ID, "")
             if trial_id in ended:
                 TrialRecord.reopen(self, run).finish(failed=ended[trial_id])
+            elif tune_trial_ids is not None and trial_id not in tune_trial_ids:
+                TrialRecord.reopen(self, run).finish(failed=True, error=LOST_TRIAL)
 
     def interrupt(self) -> None:
         """SIGINT/SIGTERM: every child run still running and the parent end KILLED, `interrupted`."""
@@ -609,10 +653,10 @@ class Recorder:
                 action(record)
         self._writer.submit(job)
 
-    def started(self, trial: Trial) -> None:
+    def started(self, trial: Trial, tune_trial_ids: Collection[str] | None = None) -> None:
         def job():
             if trial.trial_id not in self._records:
-                self._records[trial.trial_id] = self.sweep.open_trial(trial)
+                self._records[trial.trial_id] = self.sweep.open_trial(trial, tune_trial_ids)
         self._writer.submit(job)
 
     def result(self, trial_id: str, metrics: dict[str, Any]) -> None:
@@ -632,8 +676,8 @@ class Recorder:
         """A trial Tune ended because the sweep is being interrupted: not finished here."""
         self._writer.submit(lambda: self._records.pop(trial_id, None))
 
-    def finish_orphans(self, ended: dict[str, bool]) -> None:
-        self._writer.submit(lambda: self.sweep.finish_orphans(ended))
+    def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None) -> None:
+        self._writer.submit(lambda: self.sweep.finish_orphans(ended, tune_trial_ids))
 
     def flush(self) -> None:
         self._writer.flush()
