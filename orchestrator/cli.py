@@ -246,7 +246,7 @@ def cmd_sweep(args) -> int:
 
         if args.dry_run:  # the same checks as a run: "valid" means it would start
             preflight.check_sweep(spec, address=args.address, resume=args.resume)
-            _print_preview(args.file, spec, sweep.preview(spec))
+            _print_preview(args.file, spec, sweep.preview(spec, limit=PREVIEW_ROWS))
             return 0
         return sweep.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet)
     except config.ConfigError as e:
@@ -259,17 +259,21 @@ PREVIEW_ROWS = 50  # a dry run lists this many trials, then says how many more
 def _print_preview(file: str, spec, trials) -> None:
     from orchestrator import preflight, reports
 
-    print(f"{file}: valid; {len(trials)} trial(s) (random dimensions sampled with seed "
-          f"{spec.search.seed}); tracking {preflight.show_uri(spec.tracking_uri)}; "
-          f"storage {preflight.show_uri(spec.storage_path)}")
-    table = [("#", "arch", "knobs", "lr", "epochs", "batch_size", "optimizer")]
-    for i, t in enumerate(trials[:PREVIEW_ROWS]):
+    s = spec.search
+    drawn = {"tpe": "TPE's draws depend on results: drawn at random here", "grid": "grid only"}.get(
+        s.algorithm, f"random leaves drawn with seed {s.seed}")
+    seeds = (f" + {s.seeds * len(spec.models)} re-training(s) of each entry's best configuration with fresh seeds"
+             if s.seeds else "")
+    print(f"{file}: valid; {spec.search_trial_count()} search trial(s) ({drawn}){seeds}; "
+          f"tracking {preflight.show_uri(spec.tracking_uri)}; storage {preflight.show_uri(spec.storage_path)}")
+    table = [("#", "entry", "arch", "knobs", "lr", "seed", "epochs", "batch_size", "optimizer")]
+    for i, t in enumerate(trials):
         knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items()))
-        table.append((i, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.epochs, t.train.batch_size,
-                      t.train.optimizer))
+        table.append((i, t.entry, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.seed, t.train.epochs,
+                      t.train.batch_size, t.train.optimizer))
     reports.print_table(table)
-    if len(trials) > PREVIEW_ROWS:
-        print(f"... and {len(trials) - PREVIEW_ROWS} more trial(s)")
+    if spec.search_trial_count() > len(trials):
+        print(f"... and {spec.search_trial_count() - len(trials)} more search trial(s)")
 
 
 def cmd_compare(args) -> int:
