@@ -106,17 +106,17 @@ def model_metric(name: str) -> str:
 # Trial <-> run
 
 
+# The Trial's sections, by field name: each is rebuilt as its dataclass, every other field as it is.
+SECTIONS = {"train": TrainConfig, "dataset": DataSpec, "resources": Resources, "failure": Failure, "search": Search}
+
+
 def trial_to_dict(trial: Trial) -> dict[str, Any]:
-    return {"trial_id": trial.trial_id, "arch": trial.arch, "knobs": dict(trial.knobs),
-            "train": dataclasses.asdict(trial.train), "dataset": dataclasses.asdict(trial.dataset),
-            "resources": dataclasses.asdict(trial.resources), "failure": dataclasses.asdict(trial.failure),
-            "search": dataclasses.asdict(trial.search)}
+    out = {f.name: getattr(trial, f.name) for f in dataclasses.fields(Trial)}
+    return {k: dataclasses.asdict(v) if k in SECTIONS else dict(v) if k == "knobs" else v for k, v in out.items()}
 
 
 def trial_from_dict(d: dict[str, Any]) -> Trial:
-    return Trial(trial_id=d["trial_id"], arch=d["arch"], knobs=dict(d["knobs"]), train=TrainConfig(**d["train"]),
-                 dataset=DataSpec(**d["dataset"]), resources=Resources(**d["resources"]),
-                 failure=Failure(**d["failure"]), search=Search(**d["search"]))
+    return Trial(**{k: SECTIONS[k](**v) if k in SECTIONS else v for k, v in d.items()})
 
 
 def encode(trial: Trial, knobs: dict[str, Any], family: str) -> tuple[dict[str, str], dict[str, str]]:
