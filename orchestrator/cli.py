@@ -314,6 +314,32 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from mlflow import MlflowClient
+
+    from orchestrator import preflight, sweep_report
+
+    out = os.path.abspath(args.out)  # bad input before the store is read
+    if os.path.isdir(out):
+        raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file, e.g. {args.out}/report.html")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"report: --out: the folder of {show(args.out)} does not exist")
+    uri = _tracking_uri(args.tracking_uri)  # checked by the command's _check_store
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        exp, parent = sweep_report.locate(client, args.experiment, args.all_sweeps, preflight.show_uri(uri))
+    except sweep_report.ReportError as e:
+        raise UsageError(f"report: {e}") from None
+    data = sweep_report.collect(client, exp.experiment_id, parent)
+    if data.empty:
+        raise UsageError(f"report: {data.message()}")
+    path = sweep_report.write(data, out)
+    print(f"experiment {exp.name!r}, {data.scope}: {len(data.entries)} model entr"
+          f"{'y' if len(data.entries) == 1 else 'ies'}; {data.answers[0].question}: {data.answers[0].text}")
+    print(path)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from orchestrator import evaluate
 
@@ -469,6 +495,15 @@ def build_parser() -> Parser:
                    help="a row per trial, or per model entry (arch): its best configuration, mean and 95%% "
                         "interval over its seed runs, tied leaders marked")
     c.set_defaults(func=cmd_compare, checks=(_check_store,))
+
+    r = sub.add_parser("report", help="one self-contained HTML page: leaderboard, accuracy vs latency/params/FLOPs "
+                                      "frontiers, curves, plain answers, provenance")
+    r.add_argument("experiment", nargs="?", help="experiment name (default: the most recently active)")
+    r.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    r.add_argument("--tracking-uri")
+    r.add_argument("--all-sweeps", action="store_true",
+                   help="every sweep of the experiment, a row per arch (default: its latest sweep)")
+    r.set_defaults(func=cmd_report, checks=(_check_store,))
 
     e = sub.add_parser("evaluate", help="score a logged model on a dataset split")
     e.add_argument("run_id")

@@ -462,6 +462,13 @@ class SweepRecord:
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1
         self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
+        from orchestrator import sweep_report  # matplotlib: only a finishing sweep draws the report
+
+        try:  # report.html on the parent run, the frontier runs tagged
+            sweep_report.publish(self.client, self.experiment_id, self.parent_run_id)
+        except Exception as e:  # noqa: BLE001 - the trained sweep stands; `orchestrate report` redraws it
+            warnings.warn(f"the sweep's report was not written ({type(e).__name__}: {e}); "
+                          f"`orchestrate report {self.experiment}` writes it", stacklevel=2)
         self.client.set_terminated(self.parent_run_id, "FINISHED")
         return results, version
 
