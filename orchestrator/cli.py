@@ -276,10 +276,13 @@ def _print_preview(file: str, spec, trials) -> None:
         print(f"... and {spec.search_trial_count() - len(trials)} more search trial(s)")
 
 
-def cmd_compare(args) -> int:
+def _find_sweep(args):
+    """(client, experiment, parent run id or None) that compare and report read: the experiment
+    named, else the most recently active one; its latest sweep, or all of them (None) with
+    --all-sweeps."""
     from mlflow import MlflowClient
 
-    from orchestrator import preflight, reports, runs
+    from orchestrator import preflight, runs
 
     uri = _tracking_uri(args.tracking_uri)  # checked by the command's _check_store
     shown = preflight.show_uri(uri)
@@ -288,17 +291,25 @@ def cmd_compare(args) -> int:
         exp = client.get_experiment_by_name(args.experiment)
         if exp is None:
             names = [e.name for e in client.search_experiments()]
-            raise UsageError(f"compare: experiment {schema.show(args.experiment)} not found in {shown}; "
+            raise UsageError(f"{args.command}: experiment {schema.show(args.experiment)} not found in {shown}; "
                              f"known: {', '.join(names) or 'none'}")
     else:
         exps = [e for e in client.search_experiments(order_by=["last_update_time DESC"]) if e.name != "Default"]
         if not exps:
-            raise UsageError(f"compare: no experiments in {shown}; run `orchestrate sweep FILE` first")
+            raise UsageError(f"{args.command}: no experiments in {shown}; run `orchestrate sweep FILE` first")
         exp = exps[0]
     parent = None
     if not args.all_sweeps:
         sweeps = runs.sweep_runs(client, exp.experiment_id)
         parent = sweeps[0].info.run_id if sweeps else None
+    return client, exp, parent
+
+
+def cmd_compare(args) -> int:
+    from orchestrator import preflight, reports, runs
+
+    client, exp, parent = _find_sweep(args)
+    shown = preflight.show_uri(client.tracking_uri)
     results = runs.results(client, exp.experiment_id, parent)
     if args.by == "arch":
         mode = runs.selection(client, parent, runs.trial_runs(client, exp.experiment_id, parent))[1]
@@ -315,21 +326,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from mlflow import MlflowClient
-
-    from orchestrator import preflight, sweep_report
+    from orchestrator import sweep_report
 
     out = os.path.abspath(args.out)  # bad input before the store is read
     if os.path.isdir(out):
-        raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file, e.g. {args.out}/report.html")
+        raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file in it, e.g. report.html")
     if not os.path.isdir(os.path.dirname(out)):
         raise UsageError(f"report: --out: the folder of {show(args.out)} does not exist")
-    uri = _tracking_uri(args.tracking_uri)  # checked by the command's _check_store
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        exp, parent = sweep_report.locate(client, args.experiment, args.all_sweeps, preflight.show_uri(uri))
-    except sweep_report.ReportError as e:
-        raise UsageError(f"report: {e}") from None
+    client, exp, parent = _find_sweep(args)
     data = sweep_report.collect(client, exp.experiment_id, parent)
     if data.empty:
         raise UsageError(f"report: {data.message()}")

@@ -252,30 +252,6 @@ def labels_of(standings: Sequence[Standing]) -> list[str]:
 # From a store
 
 
-class ReportError(ValueError):
-    """What `orchestrate report` cannot find: one line for the user."""
-
-
-def locate(client: MlflowClient, experiment: str | None, all_sweeps: bool, shown_uri: str):
-    """(experiment, parent run id or None for all its sweeps): the named experiment, else the most
-    recently active one; its latest sweep unless `all_sweeps` (as `orchestrate compare` does)."""
-    if experiment:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            names = [e.name for e in client.search_experiments()]
-            raise ReportError(f"experiment {show(experiment)} not found in {shown_uri}; "
-                              f"known: {', '.join(names) or 'none'}")
-    else:
-        exps = [e for e in client.search_experiments(order_by=["last_update_time DESC"]) if e.name != "Default"]
-        if not exps:
-            raise ReportError(f"no experiments in {shown_uri}; run `orchestrate sweep FILE` first")
-        exp = exps[0]
-    if all_sweeps:
-        return exp, None
-    sweeps = runs.sweep_runs(client, exp.experiment_id)
-    return exp, sweeps[0].info.run_id if sweeps else None
-
-
 def _group_key(r: Result, by_arch: bool):
     return r.arch if by_arch or r.entry is None else r.entry  # as runs.leaderboard groups
 

@@ -169,6 +169,9 @@ def test_a_sweep_whose_only_trial_failed_logs_a_report_saying_so_and_the_command
     assert err.startswith("report: experiment 'failing', sweep run sweep-")
     assert "no trial completed with a model (trials: 1 failed); nothing to report" in err
     assert not out.exists()  # nothing half-written
+    assert cli.main(["report", "failing", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (f"report: --out: {str(tmp_path)!r} is a folder; "
+                                                         "give a file in it, e.g. report.html")
 
 
 # ---------------------------------------------------------------------------------------------
