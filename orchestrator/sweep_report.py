@@ -334,8 +334,8 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None)
         best = next((r for r in rs if r.has_model and r.score is not None), None)
         curve = ()
         if best is not None:
-            curve = tuple((int(m["epoch"]), float(m[metric])) for m in runs.history(client, best.run_id)
-                          if metric in m)
+            # One metric's history (step = epoch), not runs.history's every metric: a call per entry.
+            curve = tuple(sorted((int(m.step), float(m.value)) for m in client.get_metric_history(best.run_id, metric)))
         points = tuple(TrialPoint(r.lr, _number(by_id[r.run_id].data.params.get("knobs.width")), r.score, r.phase,
                                   r.status) for r in rs if r.has_model and r.score is not None)
         family = by_id[best.run_id].data.tags.get(Tag.FAMILY, s.arch) if best else s.arch
