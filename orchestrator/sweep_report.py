@@ -10,7 +10,7 @@
             run names, knobs and the sweep file are user data.
 
 `publish` is what a sweep does when it ends: the page as the parent run's `report.html`, and the
-tag PARETO_TAG=true on the runs the frontiers name, so the MLflow UI can filter them
+tag Tag.PARETO=true on the runs the frontiers name, so the MLflow UI can filter them
 (`tags.orchestrate.pareto = 'true'`). `orchestrate report` only reads the store.
 """
 
@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # the callers hand in their client
     from mlflow import MlflowClient
 
 REPORT_FILE = "report.html"  # the parent run's artefact
-PARETO_TAG = "orchestrate.pareto"  # "true" on the best run of each entry on any frontier
 
 # "Fastest at >= 99% of the best accuracy", "smallest at >= 98%": how close to the best mean an
 # entry must come to be named, as a share of the best (for a loss: within 1 - share above it).
@@ -49,7 +48,6 @@ COSTS = (("latency_ms", "batch-1 inference latency (ms)", "latency"),
          ("flops", "FLOPs (one 32x32 image)", "FLOPs"))
 
 # Provenance params of the child runs (tracking.library_versions, runs.PROVENANCE).
-LIBRARY_PARAMS = ("torch_version", "torchvision_version", "ray_version", "mlflow_version")
 SWEEP_FILE_CHARS = 200_000  # a longer sweep file is shown cut
 
 
@@ -252,10 +250,6 @@ def labels_of(standings: Sequence[Standing]) -> list[str]:
 # From a store
 
 
-def _group_key(r: Result, by_arch: bool):
-    return r.arch if by_arch or r.entry is None else r.entry  # as runs.leaderboard groups
-
-
 def _number(text: str | None) -> float | None:
     try:
         return float(text) if text not in (None, "", "None") else None
@@ -327,7 +321,7 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None)
     labels = labels_of(standings)
     groups: dict[Any, list[Result]] = {}
     for r in results:  # ranked: each group's first run with a model is its best
-        groups.setdefault(_group_key(r, by_arch), []).append(r)
+        groups.setdefault(runs.entry_key(r, by_arch), []).append(r)
     entries = []
     for s, label in zip(standings, labels):
         rs = groups.get(s.entry, [])
@@ -367,7 +361,7 @@ def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Pr
         dataset_digests=_distinct(p.get("dataset_digest") for p in child),
         git_commits=_distinct([p.data.tags.get("mlflow.source.git.commit") for p in parents]
                               + [r.data.tags.get("mlflow.source.git.commit") for r in trial_runs]),
-        versions=tuple((k.split("_")[0], ", ".join(_distinct(p.get(k) for p in child))) for k in LIBRARY_PARAMS
+        versions=tuple((k.split("_")[0], ", ".join(_distinct(p.get(k) for p in child))) for k in runs.LIBRARY_VERSIONS
                        if any(p.get(k) for p in child)),
         devices=_distinct(p.get("device_name") for p in child),
         infer_devices=_distinct(p.get("infer_device") for p in child),
@@ -377,7 +371,7 @@ def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Pr
 
 def publish(client: MlflowClient, experiment_id: str, parent_run_id: str) -> ReportData:
     """At a sweep's end: the report as the parent run's `report.html` (a page saying so when no
-    trial completed), and PARETO_TAG=true on the frontier runs (taken off runs of this sweep that
+    trial completed), and Tag.PARETO=true on the frontier runs (taken off runs of this sweep that
     a resumed sweep's frontier no longer names)."""
     data = collect(client, experiment_id, parent_run_id)
     # The sweep ends as its report is written (the parent run is marked finished just after).
@@ -390,9 +384,9 @@ def publish(client: MlflowClient, experiment_id: str, parent_run_id: str) -> Rep
     on = set(data.frontier_runs())
     for run in runs.trial_runs(client, experiment_id, parent_run_id):
         if run.info.run_id in on:
-            client.set_tag(run.info.run_id, PARETO_TAG, "true")
-        elif run.data.tags.get(PARETO_TAG):
-            client.delete_tag(run.info.run_id, PARETO_TAG)
+            client.set_tag(run.info.run_id, Tag.PARETO, "true")
+        elif run.data.tags.get(Tag.PARETO):
+            client.delete_tag(run.info.run_id, Tag.PARETO)
     return data
 
 
@@ -680,7 +674,7 @@ def render(data: ReportData) -> str:
         + f'<section id="frontiers"><h2>{_e(data.metric)} vs cost</h2><p class="note">One point per entry '
           f"(its leaderboard mean; bars: 95% interval where there are seeds). Blue: on the Pareto frontier ({direction} "
           f"{_e(data.metric)} and lower cost); grey: dominated. The runs of the frontier entries (their best runs, "
-          f"on any of the three) carry the MLflow tag {_e(PARETO_TAG)}=true.</p>"
+          f"on any of the three) carry the MLflow tag {_e(Tag.PARETO)}=true.</p>"
           f'<div class="figures">{figures}</div></section>'
         + f'<section id="curves-section"><h2>Validation curves</h2>{curves}</section>'
         + f'<section id="response"><h2>Learning rate and width</h2>{lr}{width}</section>'

@@ -50,8 +50,8 @@ def library_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    return {"torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-            "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
+    return dict(zip(runs.LIBRARY_VERSIONS, (torch.__version__, torchvision.__version__, ray.__version__,
+                                            mlflow.__version__)))
 
 
 def git_commit(path: str) -> str | None:

@@ -75,6 +75,21 @@ PAIR_SWEEP = textwrap.dedent("""\
     """)
 
 
+# A fair comparison: a budget per model entry (random lr), ASHA per entry, then each entry's best
+# configuration re-trained with 2 fresh seeds (test_sweep_fair.py, and the report test reads it).
+FAIR_SWEEP = textwrap.dedent("""\
+    name: e2e-fair
+    dataset: {name: digits}
+    train: {epochs: 2, batch_size: 32, optimizer: adamw, lr: 0.003, weight_decay: 0.05, data_path: device,
+            inference_batch_size: 32}
+    resources: {num_workers: 1, cpus_per_worker: 1}
+    search: {scheduler: asha, grace_period: 1, reduction_factor: 2, trials_per_model: 2, seeds: 2, seed: 7}
+    models:
+      - {arch: vgg11, knobs: {width: 0.125}, lr: {loguniform: [0.002, 0.02]}}
+      - {arch: alexnet, knobs: {width: 0.125}, lr: {loguniform: [0.0005, 0.005]}}
+    """)
+
+
 class Sweep:
     def __init__(self, folder: Path, result: subprocess.CompletedProcess, uri: str, experiment: str):
         self.folder, self.result, self.uri, self.experiment = folder, result, uri, experiment

@@ -8,33 +8,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import textwrap
 
 import pytest
 from scipy import stats
 
 from orchestrator.runs import Tag
-from support import run_cli, run_sweep
+from support import run_cli
 
 pytestmark = pytest.mark.ray
-
-FAIR_SWEEP = textwrap.dedent("""\
-    name: e2e-fair
-    dataset: {name: digits}
-    train: {epochs: 2, batch_size: 32, optimizer: adamw, lr: 0.003, weight_decay: 0.05, data_path: device,
-            inference_batch_size: 32}
-    resources: {num_workers: 1, cpus_per_worker: 1}
-    search: {scheduler: asha, grace_period: 1, reduction_factor: 2, trials_per_model: 2, seeds: 2, seed: 7}
-    models:
-      - {arch: vgg11, knobs: {width: 0.125}, lr: {loguniform: [0.002, 0.02]}}
-      - {arch: alexnet, knobs: {width: 0.125}, lr: {loguniform: [0.0005, 0.005]}}
-    """)
-
-
-@pytest.fixture(scope="module")
-def fair_sweep(tmp_path_factory):
-    return run_sweep(tmp_path_factory, "fair", FAIR_SWEEP)
-
 
 def by_phase(sweep, phase):
     from orchestrator import runs

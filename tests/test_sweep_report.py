@@ -7,20 +7,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import textwrap
 
 import pytest
 
 from orchestrator import cli, runs, sweep_report
-from orchestrator.runs import Standing
+from orchestrator.runs import Standing, Tag
 from orchestrator.sweep_report import Answer, pareto_front
-from support import run_cli, run_sweep
+from support import run_cli
 
 
 def standing(arch: str, mean: float, **kw) -> Standing:
     values = dict(entry=0, arch=arch, config=f"{arch}-lr0.1", metric="val_acc", mean=mean, std=None, low=None,
                   high=None, n=1, params=1_000_000, flops=10_000_000, latency_ms=1.0, infer_imgs_per_s=1000.0,
-                  device_hours=0.01, trials=1)
+                  device_hours=0.01, trials=1, best_run_id="r0")
     return Standing(**{**values, **kw})
 
 
@@ -161,7 +160,7 @@ def test_a_sweep_whose_only_trial_failed_logs_a_report_saying_so_and_the_command
     logged = sweep.client.download_artifacts(sweep.parent_run_id, sweep_report.REPORT_FILE, str(tmp_path / "logged"))
     page = open(logged, encoding="utf-8").read()
     assert "no trial completed with a model (trials: 1 failed)" in page and "<table" not in page
-    assert not any(r.data.tags.get(sweep_report.PARETO_TAG) for r in sweep.client.search_runs([sweep.experiment_id]))
+    assert not any(r.data.tags.get(Tag.PARETO) for r in sweep.client.search_runs([sweep.experiment_id]))
 
     out = tmp_path / "report.html"
     assert cli.main(["report", "failing", "--tracking-uri", uri, "--out", str(out)]) == 2
@@ -176,25 +175,6 @@ def test_a_sweep_whose_only_trial_failed_logs_a_report_saying_so_and_the_command
 
 # ---------------------------------------------------------------------------------------------
 # End to end: a real sweep, `orchestrate report`, the page in a browser with the network blocked
-
-REPORT_SWEEP = textwrap.dedent("""\
-    name: e2e-report
-    dataset: {name: digits}
-    train: {epochs: 2, batch_size: 64, lr: 0.05, warmup_epochs: 0.5, seed: 0, data_path: device,
-            inference_batch_size: 32}
-    resources: {num_workers: 1, cpus_per_worker: 1}
-    search: {scheduler: fifo, seeds: 2}
-    models:
-      - {arch: vgg11, knobs: {width: 0.125}}
-      - {arch: alexnet, knobs: {width: 0.125}, lr: 0.02}
-      - {arch: resnet18, knobs: {width: 0.125}, lr: {grid: [0.05, 0.1]}}
-    """)
-
-
-@pytest.fixture(scope="module")
-def report_sweep(tmp_path_factory):
-    return run_sweep(tmp_path_factory, "report", REPORT_SWEEP)
-
 
 def frontier_from_store(client, experiment_id, parent):
     """What the page must name, worked out here from the runs: the leaderboard, each cost's
@@ -216,7 +196,7 @@ def frontier_from_store(client, experiment_id, parent):
 @pytest.mark.browser
 @pytest.mark.ray
 @pytest.mark.timeout(300, func_only=True)
-def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_and_tags(report_sweep, tmp_path):
+def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_and_tags(fair_sweep, tmp_path):
     from test_ui import CHROMIUM, CHROMIUM_ARGS
 
     if not os.path.exists(CHROMIUM):
@@ -224,27 +204,27 @@ def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_a
                     "or deselect with -m 'not browser'")
     from playwright.sync_api import sync_playwright
 
-    client = report_sweep.client()
-    experiment = client.get_experiment_by_name(report_sweep.experiment)
+    client = fair_sweep.client()
+    experiment = client.get_experiment_by_name(fair_sweep.experiment)
     parent = runs.sweep_runs(client, experiment.experiment_id)[0].info.run_id
     board, fronts, frontier_runs = frontier_from_store(client, experiment.experiment_id, parent)
-    assert len(board) == 3 and all(s.n == 2 for s in board)  # one row per entry, each over its 2 seed runs
+    assert len(board) == 2 and all(s.n == 2 for s in board)  # one row per entry, each over its 2 seed runs
 
     # The sweep logged its report and tagged the frontier's runs.
     assert sweep_report.REPORT_FILE in {a.path for a in client.list_artifacts(parent)}
-    tagged = {r.info.run_id for r in report_sweep.trials() if r.data.tags.get(sweep_report.PARETO_TAG) == "true"}
+    tagged = {r.info.run_id for r in fair_sweep.trials() if r.data.tags.get(Tag.PARETO) == "true"}
     assert tagged == frontier_runs
-    found = client.search_runs([experiment.experiment_id], f"tags.{sweep_report.PARETO_TAG} = 'true'")
+    found = client.search_runs([experiment.experiment_id], f"tags.{Tag.PARETO} = 'true'")
     assert {r.info.run_id for r in found} == frontier_runs  # the MLflow UI's filter finds them
 
     lrs = {}
     for r in runs.results(client, experiment.experiment_id, parent):
         if r.has_model:
             lrs.setdefault(r.entry, set()).add(r.lr)
-    tried_two_lrs = any(len(v) > 1 for v in lrs.values())  # resnet18's grid, unless a trial failed
+    tried_two_lrs = any(len(v) > 1 for v in lrs.values())  # the search drew two lrs per entry, unless a trial failed
 
     out = tmp_path / "report.html"
-    result = run_cli(["report", report_sweep.experiment, "--tracking-uri", report_sweep.uri, "--out", str(out)],
+    result = run_cli(["report", fair_sweep.experiment, "--tracking-uri", fair_sweep.uri, "--out", str(out)],
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(out)
