@@ -221,4 +221,9 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
     if not trained:
         print("\nNo trial completed (exit code 1).", file=out)
     print("\nOpen the MLflow UI:  " + preflight.command_line("orchestrate", "ui", "--tracking-uri", spec.tracking_uri),
-          file=out, flush=True)
+          file=out)
+    if trained:
+        print("The report (leaderboard, Pareto frontiers, answers; also report.html on the parent run):  "
+              + preflight.command_line("orchestrate", "report", spec.name, "--tracking-uri", spec.tracking_uri),
+              file=out)
+    out.flush()
