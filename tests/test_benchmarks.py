@@ -1,5 +1,6 @@
-"""The GPU benchmarks, run tiny on the CPU as real subprocesses: they start, finish and write the
-JSON the report reads. Speed is not asserted (these are CPU numbers on a shared machine)."""
+"""The GPU benchmarks, run tiny on the CPU as real subprocesses (`python -m benchmarks.NAME` from the
+repository root): they start, finish and write the JSON the report reads. Speed is not asserted
+(these are CPU numbers on a shared machine)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,21 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 
 
-# Runs a benchmark as `python benchmarks/SCRIPT ARGS` would, then checks what it imported: the GPU
-# machine has neither Ray nor MLflow, so the benchmarks' import chain must not reach them.
+# Runs a benchmark as `python -m benchmarks.NAME ARGS` from the repository root would, then checks
+# what it imported: the GPU machine has neither Ray nor MLflow, so the benchmarks' import chain
+# must not reach them.
 RUN_AND_CHECK_IMPORTS = """
 import runpy, sys
-script, sys.argv = sys.argv[1], sys.argv[1:]
-runpy.run_path(script, run_name="__main__")
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
 pulled = [m for m in ("ray", "mlflow") if m in sys.modules]
-assert not pulled, f"{script} imported {pulled}"
+assert not pulled, f"{module} imported {pulled}"
 """
 
 
-def run_benchmark(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", RUN_AND_CHECK_IMPORTS, str(BENCHMARKS / script), *args],
+def run_benchmark(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", RUN_AND_CHECK_IMPORTS, f"benchmarks.{name}", *args],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -40,7 +42,7 @@ def is_positive(value) -> bool:
 
 
 def test_engine_throughput_reports_engine_and_peer_img_per_s_without_importing_ray_or_mlflow(tmp_path):
-    result = run_benchmark("engine_throughput.py", "--device", "cpu", "--arch", "resnet18", "--smallest",
+    result = run_benchmark("engine_throughput", "--device", "cpu", "--arch", "resnet18", "--smallest",
                            "--batch-size", "8", "--steps", "2", "--warmup", "1", "--repeats", "1",
                            "--synthetic-size", "64", "--peer-workers", "0", "--out", str(tmp_path))
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -60,7 +62,7 @@ def test_engine_throughput_reports_engine_and_peer_img_per_s_without_importing_r
 
 
 def test_time_to_accuracy_reports_per_epoch_val_acc_and_cumulative_training_seconds_without_ray_or_mlflow(tmp_path):
-    result = run_benchmark("time_to_accuracy.py", "--dataset", "synthetic", "--synthetic-size", "80",
+    result = run_benchmark("time_to_accuracy", "--dataset", "synthetic", "--synthetic-size", "80",
                            "--width", "0.125", "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "16",
                            "--device", "cpu", "--target", "0.0", "--out", str(tmp_path))
     r = json.loads(result.stdout.strip().splitlines()[-1])
@@ -85,3 +87,25 @@ def test_gpu_run_script_is_valid_bash_and_needs_an_output_folder():
     assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_run.sh")]).returncode == 0
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh")], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_engine_throughput_step_only_times_the_models_training_step_without_loading_data(capsys):
+    from benchmarks import engine_throughput
+
+    engine_throughput.main(["--step-only", "--arch", "vgg11", "--smallest", "--device", "cpu", "--batch-size", "4",
+                            "--steps", "1", "--warmup", "1", "--repeats", "2"])
+    (r, summary) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert r["arch"] == "vgg11" and r["family"] == "VGG" and r["knobs"] == {"width": 0.125}
+    assert is_positive(r["step_imgs_per_s"]) and is_positive(r["params"])
+    assert len(r["step"]["imgs_per_s_runs"]) == 2 and "engine_imgs_per_s" not in r
+    assert summary["measured"] == "step" and summary["dataset"] is None and summary["train_images"] is None
+    assert summary["command"].startswith("python -m benchmarks.engine_throughput --step-only")
+
+
+def test_engine_throughput_per_family_takes_one_arch_of_every_family():
+    import archs
+    from benchmarks import engine_throughput
+
+    chosen = engine_throughput.family_representatives()
+    assert sorted(archs.get(n).family for n in chosen) == sorted(archs.families())
+    assert {"resnet18", "vgg11", "se_resnet18", "densenet_bc", "mobilenet_v2"} <= set(chosen)
