@@ -1,6 +1,7 @@
-"""The GPU benchmarks, run tiny on the CPU as real subprocesses (`python -m benchmarks.NAME` from the
-repository root): they start, finish and write the JSON the report reads. Speed is not asserted
-(these are CPU numbers on a shared machine)."""
+"""The benchmarks: the GPU ones run tiny on the CPU as real subprocesses (`python -m benchmarks.NAME`
+from the repository root): they start, finish and write the JSON the report reads; the sweep
+benchmarks' one way of reading a sweep back. Speed is not
+asserted (these are CPU numbers on a shared machine)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,20 @@ def test_engine_throughput_per_family_takes_one_arch_of_every_family():
     chosen = engine_throughput.family_representatives()
     assert sorted(archs.get(n).family for n in chosen) == sorted(archs.families())
     assert {"resnet18", "vgg11", "se_resnet18", "densenet_bc", "mobilenet_v2"} <= set(chosen)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep benchmarks (their sweeps take minutes: here how they read a sweep back)
+
+
+@pytest.mark.ray  # the ddp_sweep fixture runs a real Ray sweep (shared with other tests)
+def test_sweep_run_reads_a_sweeps_trials_back_in_start_order_through_the_run_record(ddp_sweep):
+    from benchmarks.sweep_run import read_trials
+
+    trials = read_trials(ddp_sweep.uri, ddp_sweep.experiment)
+    assert sorted(t.result.name for t in trials) == ["resnet18-width0.125-lr0.05", "resnet18-width0.125-lr0.1"]
+    assert [t.start_s for t in trials] == sorted(t.start_s for t in trials)
+    for t in trials:
+        assert t.workers == 2 and t.result.status == "completed" and t.result.epochs == 3
+        assert t.device_s == pytest.approx(2 * t.train_s) and is_positive(t.train_s)
+        assert 0 <= t.result.val_acc <= 1 and t.span_s > t.train_s
