@@ -1,6 +1,6 @@
 """The benchmarks: the GPU ones run tiny on the CPU as real subprocesses (`python -m benchmarks.NAME`
 from the repository root): they start, finish and write the JSON the report reads; the sweep
-benchmarks' one way of reading a sweep back. Speed is not
+benchmarks' sweep files and figures, and their one way of reading a sweep back. Speed is not
 asserted (these are CPU numbers on a shared machine)."""
 
 from __future__ import annotations
@@ -113,7 +113,70 @@ def test_engine_throughput_per_family_takes_one_arch_of_every_family():
 
 
 # ---------------------------------------------------------------------------------------------
-# The sweep benchmarks (their sweeps take minutes: here how they read a sweep back)
+# The sweep benchmarks (their sweeps take minutes: here their sweep files and figures)
+
+
+def test_search_efficiency_gives_grid_random_tpe_and_asha_the_same_budget_on_one_task():
+    from benchmarks import search_efficiency as se
+    from orchestrator import config
+
+    s = se.Settings(epochs=4, lrs=6, widths=(0.125, 0.25))
+    specs = {m: config.parse(se.search_sweep(m, 1, s)) for m in ("grid", "random", "tpe", "asha")}
+    assert {m: spec.trial_count() for m, spec in specs.items()} == dict.fromkeys(specs, 12)
+    assert {m: (spec.search.algorithm, spec.search.scheduler) for m, spec in specs.items()} == {
+        "grid": ("grid", "fifo"), "random": ("random", "fifo"), "tpe": ("tpe", "fifo"), "asha": ("grid", "asha")}
+    for spec in specs.values():
+        assert spec.search.seed == 1 and spec.search.max_concurrent_trials == 2 and spec.train.epochs == 4
+        assert spec.resources.num_workers == 1 and [m.arch for m in spec.models] == ["resnet18"]
+        assert spec.train.optimizer == "adamw"  # the quickstart's recipe
+    # The grid's learning rates are log-spaced over the range the random searches sample.
+    lrs = sorted(specs["grid"].models[0].overrides["lr"]["grid"])
+    assert lrs[0] == se.LR_RANGE[0] and lrs[-1] == se.LR_RANGE[1] and len(lrs) == 6
+    assert specs["tpe"].models[0].overrides["lr"] == {"loguniform": list(se.LR_RANGE)}
+
+
+def test_search_efficiency_brackets_sweeps_differ_only_in_brackets_and_centre_each_lr_range_on_the_quickstarts():
+    from benchmarks import search_efficiency as se
+    from orchestrator import config
+
+    s = se.Settings(families=se.FAMILIES, trials_per_model=5, bracket_epochs=6)
+    per_model, global_ = (config.parse(se.brackets_sweep(b, s)) for b in ("per_model", "global"))
+    assert (per_model.search.brackets, global_.search.brackets) == ("per_model", "global")
+    assert per_model.models == global_.models and per_model.train == global_.train
+    assert [m.arch for m in per_model.models] == ["resnet18", "shufflenet_v1", "alexnet", "vgg11"]
+    assert per_model.trial_count() == 4 * 5 and per_model.max_epochs() == 6
+    quick = {m["arch"]: m for m in se.quickstart()["models"]}
+    for m in per_model.models:
+        lr = quick[m.arch].get("lr", se.quickstart()["train"]["lr"])
+        assert m.overrides["lr"] == {"loguniform": [lr / 10, lr * 10]} and m.knobs == quick[m.arch]["knobs"]
+
+
+def trial_run(name: str, val_acc: float | None, train_s: float, start_s: float, status: str = "completed"):
+    from benchmarks.sweep_run import TrialRun
+    from orchestrator import runs
+
+    result = runs.Result(name=name, arch="resnet18", knobs="width=0.125", lr=0.01, params=1, flops=1,
+                         metric="val_acc", score=val_acc, val_acc=val_acc, val_loss=None, epoch=4, epochs=4,
+                         epochs_planned=4, imgs_per_s=None, device_hours=train_s / 3600, status=status,
+                         run_id=name, error=None, model_id=None, seed=0, entry=0, phase="search")
+    return TrialRun(result, workers=1, start_s=start_s, end_s=start_s + train_s + 1)
+
+
+def test_search_line_counts_trials_and_device_seconds_in_start_order_until_one_comes_within_the_target():
+    from benchmarks import search_efficiency as se
+    from benchmarks.sweep_run import SweepRun
+
+    trials = [trial_run("a", 0.50, 5.0, 0.0), trial_run("b", None, 2.0, 1.0, status="failed"),
+              trial_run("c", 0.95, 6.0, 7.0), trial_run("d", 0.97, 6.0, 8.0)]
+    done = SweepRun(name="x", exit_code=0, wall_s=30.0, concurrency=2, trials=trials, tracking_uri="", output="")
+    found = se.search_line("random", 0, done, target=0.95)
+    assert (found["trials_to_target"], found["device_s_to_target"]) == (3, 13.0)
+    assert found["best_val_acc"] == 0.97 and found["best_trial"] == "d" and found["device_s"] == 19.0
+    assert found["statuses"] == {"completed": 3, "failed": 1} and found["epochs_trained"] == 16
+    # No target: the method's own best (how long the grid takes to reach its best).
+    own = se.search_line("grid", 0, done, target=None)
+    assert (own["trials_to_target"], own["device_s_to_target"], own["target_val_acc"]) == (4, 19.0, 0.97)
+    assert se.search_line("tpe", 0, done, target=0.98)["trials_to_target"] is None
 
 
 @pytest.mark.ray  # the ddp_sweep fixture runs a real Ray sweep (shared with other tests)
