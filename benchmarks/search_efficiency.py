@@ -23,9 +23,10 @@ through orchestrator.runs. Trials have one worker of 1 CPU, 2 train at a time
      with the share of the grid's device-seconds it spent (`asha_over_grid_device_s`) and whether
      its best came within `--tolerance` of the grid's (`asha_within_tolerance`).
    For each: the best val accuracy (at each trial's logged model: runs.Result.val_acc), and, in
-   the order the trials started, the number of trials and the cumulative device-seconds (the
-   trials' training seconds, evaluation not counted) until a trial came within `--tolerance` of
-   the grid's best (null when none did); also the sweep's total device-seconds, epochs and wall.
+   the order the trials started, the number of trials, their epochs and their cumulative
+   device-seconds (the trials' training seconds, evaluation not counted) until a trial came within
+   `--tolerance` of the grid's best (null when none did); also the sweep's total device-seconds,
+   epochs and wall. Epochs do not move with the machine's load; device-seconds do.
    (Each grid point trains with seed 0; a random or TPE trial k of the entry's one grid point is
    its k-th repeat, so it trains with seed k: orchestrate's rule, so training noise differs.)
 2. brackets: four families at the quickstart's knobs (resnet18, shufflenet_v1, alexnet, vgg11, in
@@ -150,11 +151,12 @@ def search_line(method: str, seed: int, done: SweepRun, target: float | None) ->
     trials = done.trials
     best = max(trials, key=val_acc)
     goal = val_acc(best) if target is None else target
-    cumulative, reached = 0.0, None
+    seconds, epochs, reached = 0.0, 0, None
     for i, t in enumerate(trials):
-        cumulative += t.device_s
+        seconds += t.device_s
+        epochs += t.result.epochs or 0
         if val_acc(t) >= goal:
-            reached = (i + 1, cumulative)
+            reached = (i + 1, seconds, epochs)
             break
     statuses: dict[str, int] = {}
     for t in trials:
@@ -164,6 +166,7 @@ def search_line(method: str, seed: int, done: SweepRun, target: float | None) ->
             "target_val_acc": round(goal, 4),
             "trials_to_target": reached[0] if reached else None,
             "device_s_to_target": round(reached[1], 1) if reached else None,
+            "epochs_to_target": reached[2] if reached else None,
             "device_s": round(done.device_s, 1), "epochs_trained": sum(t.result.epochs or 0 for t in trials),
             "wall_s": round(done.wall_s, 1), "statuses": statuses}
 
@@ -251,12 +254,12 @@ def fmt(value, digits: int = 1) -> str:
 
 
 def search_table(lines: list[dict[str, Any]]) -> str:
-    rows = ["| method | search seed | trials | best val acc | trials to target | device-s to target | "
-            "device-s (all) | epochs | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | search seed | trials | best val acc | trials to target | epochs to target | "
+            "device-s to target | epochs (all) | device-s (all) | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for x in lines:
         rows.append(f"| {x['method']} | {x['seed']} | {x['trials']} | {fmt(x['best_val_acc'], 4)} | "
-                    f"{fmt(x['trials_to_target'])} | {fmt(x['device_s_to_target'])} | {fmt(x['device_s'])} | "
-                    f"{x['epochs_trained']} | {fmt(x['wall_s'])} |")
+                    f"{fmt(x['trials_to_target'])} | {fmt(x['epochs_to_target'])} | {fmt(x['device_s_to_target'])} | "
+                    f"{x['epochs_trained']} | {fmt(x['device_s'])} | {fmt(x['wall_s'])} |")
     return "\n".join(rows)
 
 

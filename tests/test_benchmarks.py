@@ -170,7 +170,7 @@ def test_search_line_counts_trials_and_device_seconds_in_start_order_until_one_c
               trial_run("c", 0.95, 6.0, 7.0), trial_run("d", 0.97, 6.0, 8.0)]
     done = SweepRun(name="x", exit_code=0, wall_s=30.0, concurrency=2, trials=trials, tracking_uri="", output="")
     found = se.search_line("random", 0, done, target=0.95)
-    assert (found["trials_to_target"], found["device_s_to_target"]) == (3, 13.0)
+    assert (found["trials_to_target"], found["device_s_to_target"], found["epochs_to_target"]) == (3, 13.0, 12)
     assert found["best_val_acc"] == 0.97 and found["best_trial"] == "d" and found["device_s"] == 19.0
     assert found["statuses"] == {"completed": 3, "failed": 1} and found["epochs_trained"] == 16
     # No target: the method's own best (how long the grid takes to reach its best).
