@@ -4,6 +4,7 @@ plain module, so test files import it by name in any folder.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -131,3 +132,28 @@ def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.n
             module.momentum = None
     model.train()(images)
     return model.eval()
+
+
+# Debian's Chromium, headless, through playwright (the browser tests: the MLflow UI, the report).
+CHROMIUM = os.environ.get("ORCHESTRATE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def chromium():
+    """A launched browser, closed afterwards. A missing Chromium fails the test (it is part of the
+    README's test set-up), with how to install or deselect it."""
+    import pytest
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's `chromium` (or set ORCHESTRATE_CHROMIUM), "
+                    "or deselect with -m 'not browser'")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()

@@ -5,7 +5,6 @@ sweep reported by `orchestrate report` and opened in headless Chromium with the 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from orchestrator import cli, runs, sweep_report
 from orchestrator.runs import Standing, Tag
 from orchestrator.sweep_report import Answer, pareto_front
-from support import run_cli
+from support import chromium, run_cli
 
 
 def standing(arch: str, mean: float, **kw) -> Standing:
@@ -197,13 +196,6 @@ def frontier_from_store(client, experiment_id, parent):
 @pytest.mark.ray
 @pytest.mark.timeout(300, func_only=True)
 def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_and_tags(fair_sweep, tmp_path):
-    from test_ui import CHROMIUM, CHROMIUM_ARGS
-
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: install Debian's `chromium` (or set ORCHESTRATE_CHROMIUM), "
-                    "or deselect with -m 'not browser'")
-    from playwright.sync_api import sync_playwright
-
     client = fair_sweep.client()
     experiment = client.get_experiment_by_name(fair_sweep.experiment)
     parent = runs.sweep_runs(client, experiment.experiment_id)[0].info.run_id
@@ -230,32 +222,28 @@ def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_a
     assert result.stdout.strip().splitlines()[-1] == str(out)
 
     requests: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("request", lambda r: requests.append(r.url))
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
 
-            def offline(route):
-                if route.request.url.startswith(("file://", "data:")):
-                    route.continue_()
-                else:
-                    route.abort()
-            page.route("**/*", offline)
-            page.goto(out.as_uri(), wait_until="load")
-            figures = page.locator("figure img")
-            assert figures.count() == 4 + tried_two_lrs  # 3 frontiers, the curves, the lr response
-            for i in range(figures.count()):
-                img = figures.nth(i)
-                box = img.bounding_box()
-                assert img.evaluate("e => e.complete && e.naturalWidth") > 0 and box["width"] > 100 and box["height"] > 100
-            rows = page.locator("#leaderboard-table tbody tr")
-            assert rows.count() == len(board)
-            assert rows.locator("td:nth-child(2)").all_inner_texts() == sweep_report.labels_of(board)
-            for cost, names in fronts.items():
-                assert page.locator(f'.frontier[data-cost="{cost}"] .member').all_inner_texts() == names, cost
-            assert "most accurate (val_acc):" in page.locator("#answers").inner_text()
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        finally:
-            browser.close()
+        def offline(route):
+            if route.request.url.startswith(("file://", "data:")):
+                route.continue_()
+            else:
+                route.abort()
+        page.route("**/*", offline)
+        page.goto(out.as_uri(), wait_until="load")
+        figures = page.locator("figure img")
+        assert figures.count() == 4 + tried_two_lrs  # 3 frontiers, the curves, the lr response
+        for i in range(figures.count()):
+            img = figures.nth(i)
+            box = img.bounding_box()
+            assert img.evaluate("e => e.complete && e.naturalWidth") > 0 and box["width"] > 100 and box["height"] > 100
+        rows = page.locator("#leaderboard-table tbody tr")
+        assert rows.count() == len(board)
+        assert rows.locator("td:nth-child(2)").all_inner_texts() == sweep_report.labels_of(board)
+        for cost, names in fronts.items():
+            assert page.locator(f'.frontier[data-cost="{cost}"] .member').all_inner_texts() == names, cost
+        assert "most accurate (val_acc):" in page.locator("#answers").inner_text()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
