@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow
 import pyarrow.fs
 
-from orchestrator.preflight import mask
+from orchestrator.schema import mask
 
 STATE_FILE = "orchestrate_sweep.json"
 
