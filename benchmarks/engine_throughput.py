@@ -1,8 +1,11 @@
 """Steady-state training throughput (img/s): the engine's own loop against a hand-written peer loop
-on the same model, the same images and the same machine, in one process.
+on the same model, the same images and the same machine, in one process; or, with `--step-only`,
+each model's bare training step (the per-family CPU table).
 
-    PYTHONPATH=. python benchmarks/engine_throughput.py [--arch resnet18 --arch 'vgg*'] [--compile]
+    python -m benchmarks.engine_throughput [--arch resnet18 --arch 'vgg*'] [--compile]
         [--dataset imagefolder --root .data/cifar10-jpeg-train.zip] [--out DIR]
+    python -m benchmarks.engine_throughput --per-family --step-only --device cpu --batch-size 128
+        --steps 3 --warmup 1 --repeats 1
 
 Per arch:
 
@@ -21,6 +24,14 @@ Per arch:
   and `loss.item()` plus the correct-count `.item()` per step, as those loops print progress. Timed
   by this script over `--steps` steps after `--warmup` steps from the same DataLoader iterator,
   CUDA synchronised before each clock read.
+- step (`--step-only`, instead of both above): the model's training step alone, on one fixed
+  synthetic batch of 32x32 inputs (no engine, no data path, no augmentation): SGD with Nesterov
+  momentum, fp32, channels_last. `--warmup` untimed steps, then `--repeats` runs of `--steps`
+  steps timed by this script's clock (CUDA-synchronised); the median is reported.
+
+Archs: `--arch` (name or glob, repeatable; default resnet18), each at its default knobs or with
+`--smallest` at its registry `smallest` setting; `--per-family` takes one arch of every family
+(FAMILY_REPRESENTATIVE below, else the family's first name) at its smallest setting.
 
 `speedup` is engine / peer img/s. On CUDA, one more short untimed engine epoch runs under
 `torch.cuda.set_sync_debug_mode("warn")` and counts the host synchronisations it makes
@@ -28,7 +39,8 @@ Per arch:
 
 Prints one JSON object per arch, then a summary object; `--out DIR` also writes both to
 DIR/engine_throughput.json. Data: `--dataset synthetic` (default: seeded CIFAR-sized noise; speed
-does not depend on content) or `imagefolder` (`--root` a directory or .zip, e.g. the CIFAR-10 JPEG zip).
+does not depend on content) or `imagefolder` (`--root` a directory or .zip, e.g. the CIFAR-10 JPEG zip);
+`--step-only` loads no data.
 """
 
 from __future__ import annotations
@@ -44,17 +56,20 @@ import sys
 import time
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
-from PIL import Image  # noqa: E402
+import archs
+from orchestrator import data as data_mod
+from orchestrator import engine as engine_mod
+from orchestrator import schema
 
-import archs  # noqa: E402
-from orchestrator import data as data_mod  # noqa: E402
-from orchestrator import engine as engine_mod  # noqa: E402
-from orchestrator import schema  # noqa: E402
+# --per-family: the family's arch to measure where its first name (alphabetical) is not the
+# smallest or best known member.
+FAMILY_REPRESENTATIVE = {"ResNet": "resnet18", "VGG": "vgg11", "SE-ResNet": "se_resnet18", "DenseNet": "densenet_bc",
+                         "MobileNet": "mobilenet_v2"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +190,37 @@ def measure_peer(name: str, knobs: dict, splits: data_mod.Splits, args, device: 
 
 
 # ---------------------------------------------------------------------------------------------
+# The model's training step alone (--step-only)
+
+
+def measure_step(name: str, knobs: dict, args, device: torch.device) -> dict:
+    model = archs.create(name, num_classes=10, **knobs).to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    runs = []
+    for _ in range(args.repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        synchronize(device)
+        runs.append(args.batch_size * args.steps / (time.perf_counter() - start))
+    return {"imgs_per_s": round(statistics.median(runs), 1), "imgs_per_s_runs": [round(r, 1) for r in runs],
+            "measured_by": "this script's clock over the timed steps, CUDA-synchronised, median",
+            "precision": "float32", "channels_last": True, "optimizer": "sgd nesterov",
+            "params": archs.count_params(model)}
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def synchronize(device: torch.device) -> None:
@@ -186,6 +232,10 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def family_representatives() -> list[str]:
+    return [FAMILY_REPRESENTATIVE.get(family, members[0]) for family, members in archs.families().items()]
 
 
 def arch_names(patterns: list[str]) -> list[str]:
@@ -213,6 +263,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", action="append", help="arch name or glob; repeatable (default: resnet18)")
     p.add_argument("--smallest", action="store_true", help="each arch at its smallest knobs (smoke runs)")
+    p.add_argument("--per-family", action="store_true",
+                   help="one arch of every family, at its smallest knobs (instead of --arch)")
+    p.add_argument("--step-only", action="store_true",
+                   help="time the model's training step on one fixed batch (no engine, data or peer loop)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
@@ -234,36 +288,49 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-size", type=int, default=50_000, help="synthetic: images before the split")
     p.add_argument("--out", help="also write the JSON to OUT/engine_throughput.json")
     args = p.parse_args(argv)
+    if args.per_family and args.arch:
+        p.error("--per-family and --arch exclude each other")
     for flag in ("batch_size", "steps", "warmup", "repeats", "synthetic_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     return args
 
 
+def measure(name: str, knobs: dict, splits: data_mod.Splits | None, args, device: torch.device) -> dict:
+    """One arch's record: its step alone (--step-only), or the engine and the peer loop."""
+    head = {"arch": name, "family": archs.get(name).family, "knobs": knobs}
+    shape = {"batch_size": args.batch_size, "steps": args.steps, "warmup_steps": args.warmup}
+    if args.step_only:
+        step = measure_step(name, knobs, args, device)
+        return {**head, "params": step.pop("params"), **shape, "step_imgs_per_s": step["imgs_per_s"], "step": step}
+    engine = measure_engine(name, knobs, splits, args, device)
+    peer = measure_peer(name, knobs, splits, args, device) if args.peer else None
+    return {**head, "params": engine.pop("params"), **shape,
+            "engine_imgs_per_s": engine["imgs_per_s"],
+            "peer_imgs_per_s": peer["imgs_per_s"] if peer else None,
+            "speedup": round(engine["imgs_per_s"] / peer["imgs_per_s"], 2) if peer else None,
+            "engine": engine, "peer": peer}
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
-    names = arch_names(args.arch or ["resnet18"])
-    load_start = time.perf_counter()
-    splits = load_data(args)
-    load_s = time.perf_counter() - load_start
-    needed = (args.warmup + args.steps) * args.batch_size
-    if needed > len(splits.train):
-        raise SystemExit(f"--warmup {args.warmup} + --steps {args.steps} batches of {args.batch_size} need "
-                         f"{needed} training images; the {args.dataset} split has {len(splits.train)}: "
-                         f"lower them or raise --synthetic-size")
+    names = family_representatives() if args.per_family else arch_names(args.arch or ["resnet18"])
+    splits, load_s = None, 0.0
+    if not args.step_only:
+        load_start = time.perf_counter()
+        splits = load_data(args)
+        load_s = time.perf_counter() - load_start
+        needed = (args.warmup + args.steps) * args.batch_size
+        if needed > len(splits.train):
+            raise SystemExit(f"--warmup {args.warmup} + --steps {args.steps} batches of {args.batch_size} need "
+                             f"{needed} training images; the {args.dataset} split has {len(splits.train)}: "
+                             f"lower them or raise --synthetic-size")
 
     results = []
     for name in names:
-        knobs = dict(archs.get(name).smallest) if args.smallest else {}
-        engine = measure_engine(name, knobs, splits, args, device)
-        peer = measure_peer(name, knobs, splits, args, device) if args.peer else None
-        result = {"arch": name, "knobs": knobs, "params": engine.pop("params"), "batch_size": args.batch_size,
-                  "steps": args.steps, "warmup_steps": args.warmup,
-                  "engine_imgs_per_s": engine["imgs_per_s"],
-                  "peer_imgs_per_s": peer["imgs_per_s"] if peer else None,
-                  "speedup": round(engine["imgs_per_s"] / peer["imgs_per_s"], 2) if peer else None,
-                  "engine": engine, "peer": peer}
+        knobs = dict(archs.get(name).smallest) if args.smallest or args.per_family else {}
+        result = measure(name, knobs, splits, args, device)
         results.append(result)
         print(json.dumps(result), flush=True)
         if args.compile:
@@ -275,9 +342,11 @@ def main(argv=None) -> None:
                "torch": torch.__version__, "torchvision": torchvision.__version__,
                "python": platform.python_version(), "cpu_count": os.cpu_count(),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "command": "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv]),
-               "dataset": args.dataset, "root": args.root,
-               "train_images": len(splits.train), "data_load_s": round(load_s, 2)}
+               "command": shlex.join(["python", "-m", "benchmarks.engine_throughput",
+                                      *(sys.argv[1:] if argv is None else argv)]),
+               "measured": "step" if args.step_only else "engine" + (" and peer" if args.peer else ""),
+               "dataset": None if args.step_only else args.dataset, "root": args.root,
+               "train_images": len(splits.train) if splits else None, "data_load_s": round(load_s, 2)}
     print(json.dumps(summary), flush=True)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -119,14 +119,14 @@ print(f'{len(splits.train)} train / {len(splits.val)} val images ready in {time.
 fi
 
 # Most important first: a stage that runs out of time only loses what comes after it.
-stage throughput-eager "$LIMIT_THROUGHPUT" "$PYTHON" benchmarks/engine_throughput.py "${THROUGHPUT[@]}" \
+stage throughput-eager "$LIMIT_THROUGHPUT" "$PYTHON" -m benchmarks.engine_throughput "${THROUGHPUT[@]}" \
     "${DATA[@]}" --out "$OUT_DIR/eager"
-stage time-to-accuracy-eager "$LIMIT_TTA" "$PYTHON" benchmarks/time_to_accuracy.py "${TTA[@]}" "${TTA_DATA[@]}" \
+stage time-to-accuracy-eager "$LIMIT_TTA" "$PYTHON" -m benchmarks.time_to_accuracy "${TTA[@]}" "${TTA_DATA[@]}" \
     --out "$OUT_DIR/eager"
 if [ "$COMPILE_STAGES" = 1 ]; then
-    stage throughput-compile "$LIMIT_COMPILED" "$PYTHON" benchmarks/engine_throughput.py "${THROUGHPUT[@]}" \
+    stage throughput-compile "$LIMIT_COMPILED" "$PYTHON" -m benchmarks.engine_throughput "${THROUGHPUT[@]}" \
         "${DATA[@]}" --compile --out "$OUT_DIR/compile"
-    stage time-to-accuracy-compile "$LIMIT_COMPILED" "$PYTHON" benchmarks/time_to_accuracy.py "${TTA[@]}" \
+    stage time-to-accuracy-compile "$LIMIT_COMPILED" "$PYTHON" -m benchmarks.time_to_accuracy "${TTA[@]}" \
         "${TTA_DATA[@]}" --compile --out "$OUT_DIR/compile"
 fi
 

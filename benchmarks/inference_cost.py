@@ -1,7 +1,7 @@
 """Inference cost of every model family at its quickstart setting on this CPU, PyTorch eager vs ONNX
 Runtime: batch-1 latency (median, IQR), large-batch throughput, peak memory, export time.
 
-    PYTHONPATH=. python benchmarks/inference_cost.py [--sweep experiments/quickstart.yaml]
+    python -m benchmarks.inference_cost [--sweep experiments/quickstart.yaml]   (from the repository root)
         [--threads 1] [--batch-sizes 1 256] [--min-run-time-s 1.0] [--arch 'res*'] [--out FILE]
 
 For each `models:` entry of the sweep file (its arch and fixed knobs; the quickstart has one per

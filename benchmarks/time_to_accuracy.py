@@ -1,6 +1,6 @@
 """Seconds of training for ResNet-18 to reach 90% validation accuracy on CIFAR-10, with the engine.
 
-    PYTHONPATH=. python benchmarks/time_to_accuracy.py --root .data/cifar10-jpeg-train.zip [--compile] [--out DIR]
+    python -m benchmarks.time_to_accuracy --root .data/cifar10-jpeg-train.zip [--compile] [--out DIR]
 
 Data: the CIFAR-10 JPEG training zip through the project's `imagefolder` dataset,
 DataSpec("imagefolder", root=..., val_fraction=0.1, split_seed=0): 45,000 training and 5,000
@@ -41,15 +41,13 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torchvision
 
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-
-import archs  # noqa: E402
-from orchestrator import data as data_mod  # noqa: E402
-from orchestrator import engine as engine_mod  # noqa: E402
-from orchestrator import schema  # noqa: E402
+import archs
+from orchestrator import data as data_mod
+from orchestrator import engine as engine_mod
+from orchestrator import schema
 
 
 def parse_args(argv=None):
@@ -150,7 +148,7 @@ def main(argv=None) -> None:
         f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv if argv is None else [sys.argv[0], *argv]),
+        "command": shlex.join(["python", "-m", "benchmarks.time_to_accuracy", *(sys.argv[1:] if argv is None else argv)]),
     }
     print(json.dumps(result), flush=True)
     if args.out:

@@ -246,7 +246,7 @@ def cmd_sweep(args) -> int:
 
         if args.dry_run:  # the same checks as a run: "valid" means it would start
             preflight.check_sweep(spec, address=args.address, resume=args.resume)
-            _print_preview(args.file, spec, sweep.preview(spec))
+            _print_preview(args.file, spec, sweep.preview(spec, limit=PREVIEW_ROWS))
             return 0
         return sweep.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet)
     except config.ConfigError as e:
@@ -259,23 +259,30 @@ PREVIEW_ROWS = 50  # a dry run lists this many trials, then says how many more
 def _print_preview(file: str, spec, trials) -> None:
     from orchestrator import preflight, reports
 
-    print(f"{file}: valid; {len(trials)} trial(s) (random dimensions sampled with seed "
-          f"{spec.search.seed}); tracking {preflight.show_uri(spec.tracking_uri)}; "
-          f"storage {preflight.show_uri(spec.storage_path)}")
-    table = [("#", "arch", "knobs", "lr", "epochs", "batch_size", "optimizer")]
-    for i, t in enumerate(trials[:PREVIEW_ROWS]):
+    s = spec.search
+    drawn = {"tpe": "TPE's draws depend on results: drawn at random here", "grid": "grid only"}.get(
+        s.algorithm, f"random leaves drawn with seed {s.seed}")
+    seeds = (f" + {s.seeds * len(spec.models)} re-training(s) of each entry's best configuration with fresh seeds"
+             if s.seeds else "")
+    print(f"{file}: valid; {spec.search_trial_count()} search trial(s) ({drawn}){seeds}; "
+          f"tracking {preflight.show_uri(spec.tracking_uri)}; storage {preflight.show_uri(spec.storage_path)}")
+    table = [("#", "entry", "arch", "knobs", "lr", "seed", "epochs", "batch_size", "optimizer")]
+    for i, t in enumerate(trials):
         knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items()))
-        table.append((i, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.epochs, t.train.batch_size,
-                      t.train.optimizer))
+        table.append((i, t.entry, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.seed, t.train.epochs,
+                      t.train.batch_size, t.train.optimizer))
     reports.print_table(table)
-    if len(trials) > PREVIEW_ROWS:
-        print(f"... and {len(trials) - PREVIEW_ROWS} more trial(s)")
+    if spec.search_trial_count() > len(trials):
+        print(f"... and {spec.search_trial_count() - len(trials)} more search trial(s)")
 
 
-def cmd_compare(args) -> int:
+def _find_sweep(args):
+    """(client, experiment, parent run id or None) that compare and report read: the experiment
+    named, else the most recently active one; its latest sweep, or all of them (None) with
+    --all-sweeps."""
     from mlflow import MlflowClient
 
-    from orchestrator import preflight, reports, runs
+    from orchestrator import preflight, runs
 
     uri = _tracking_uri(args.tracking_uri)  # checked by the command's _check_store
     shown = preflight.show_uri(uri)
@@ -284,17 +291,25 @@ def cmd_compare(args) -> int:
         exp = client.get_experiment_by_name(args.experiment)
         if exp is None:
             names = [e.name for e in client.search_experiments()]
-            raise UsageError(f"compare: experiment {schema.show(args.experiment)} not found in {shown}; "
+            raise UsageError(f"{args.command}: experiment {schema.show(args.experiment)} not found in {shown}; "
                              f"known: {', '.join(names) or 'none'}")
     else:
         exps = [e for e in client.search_experiments(order_by=["last_update_time DESC"]) if e.name != "Default"]
         if not exps:
-            raise UsageError(f"compare: no experiments in {shown}; run `orchestrate sweep FILE` first")
+            raise UsageError(f"{args.command}: no experiments in {shown}; run `orchestrate sweep FILE` first")
         exp = exps[0]
     parent = None
     if not args.all_sweeps:
         sweeps = runs.sweep_runs(client, exp.experiment_id)
         parent = sweeps[0].info.run_id if sweeps else None
+    return client, exp, parent
+
+
+def cmd_compare(args) -> int:
+    from orchestrator import preflight, reports, runs
+
+    client, exp, parent = _find_sweep(args)
+    shown = preflight.show_uri(client.tracking_uri)
     results = runs.results(client, exp.experiment_id, parent)
     if args.by == "arch":
         mode = runs.selection(client, parent, runs.trial_runs(client, exp.experiment_id, parent))[1]
@@ -307,6 +322,25 @@ def cmd_compare(args) -> int:
         print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
               + f" ({len(results)} trials{ranked}; {shown})")
     print(text, end="" if args.format != "json" else "\n")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from orchestrator import sweep_report
+
+    out = os.path.abspath(args.out)  # bad input before the store is read
+    if os.path.isdir(out):
+        raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file in it, e.g. report.html")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"report: --out: the folder of {show(args.out)} does not exist")
+    client, exp, parent = _find_sweep(args)
+    data = sweep_report.collect(client, exp.experiment_id, parent)
+    if data.empty:
+        raise UsageError(f"report: {data.message()}")
+    path = sweep_report.write(data, out)
+    print(f"experiment {exp.name!r}, {data.scope}: {len(data.entries)} model entr"
+          f"{'y' if len(data.entries) == 1 else 'ies'}; {data.answers[0].question}: {data.answers[0].text}")
+    print(path)
     return 0
 
 
@@ -465,6 +499,15 @@ def build_parser() -> Parser:
                    help="a row per trial, or per model entry (arch): its best configuration, mean and 95%% "
                         "interval over its seed runs, tied leaders marked")
     c.set_defaults(func=cmd_compare, checks=(_check_store,))
+
+    r = sub.add_parser("report", help="one self-contained HTML page: leaderboard, accuracy vs latency/params/FLOPs "
+                                      "frontiers, curves, plain answers, provenance")
+    r.add_argument("experiment", nargs="?", help="experiment name (default: the most recently active)")
+    r.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    r.add_argument("--tracking-uri")
+    r.add_argument("--all-sweeps", action="store_true",
+                   help="every sweep of the experiment, a row per arch (default: its latest sweep)")
+    r.set_defaults(func=cmd_report, checks=(_check_store,))
 
     e = sub.add_parser("evaluate", help="score a logged model on a dataset split")
     e.add_argument("run_id")

@@ -77,9 +77,12 @@ class SweepSpec:
         points x num_samples (random dimensions do not multiply)."""
         return self.search.trials_per_model or _grid_size(entry.point_space()) * self.search.num_samples
 
+    def search_trial_count(self) -> int:
+        return sum(self.entry_budget(m) for m in self.models)
+
     def trial_count(self) -> int:
         """Every entry's search budget, plus its `search.seeds` re-trainings."""
-        return sum(self.entry_budget(m) + self.search.seeds for m in self.models)
+        return self.search_trial_count() + self.search.seeds * len(self.models)
 
     def entry_max_epochs(self, entry: ModelEntry) -> int:
         return max(_leaf_bounds(entry.overrides.get("epochs", self.train.epochs)))

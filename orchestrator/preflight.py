@@ -26,7 +26,7 @@ import tempfile
 import urllib.parse
 
 from orchestrator.config import ConfigError, SweepSpec
-from orchestrator.schema import Resources, cut, show
+from orchestrator.schema import CREDENTIALS, Resources, cut, mask, show
 
 CONNECT_TIMEOUT_S = 3.0  # a TCP connect to a Ray head or a database; an HTTP probe gets 5 s
 
@@ -35,21 +35,11 @@ CONNECT_TIMEOUT_S = 3.0  # a TCP connect to a Ray head or a database; an HTTP pr
 
 # `scheme://user:password@`: the password is everything up to the last '@' before the host (an
 # unencoded '@' in it is still masked whole), anywhere in a text (a sweep file, a message).
-_CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:'\"]*):"
-                          r"(?P<password>[^\s/'\"]*)@")
-
-
-def mask(uri: str) -> str:
-    """`uri` (or any text holding URIs) with each password replaced by ***:
-    http://me:secret@host:5000 -> http://me:***@host:5000."""
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", uri)
-
-
 def command_line(*args: str) -> str:
     """A command to copy and paste, each argument shell-quoted. A URI's user:password@ is left
     out, with a note: MLflow's client (requests) sends a URI's own credentials in preference to
     MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, so a masked password would fail."""
-    line = " ".join(shlex.quote(_CREDENTIALS.sub(r"\g<scheme>", a)) for a in args)
+    line = " ".join(shlex.quote(CREDENTIALS.sub(r"\g<scheme>", a)) for a in args)
     if any(mask(a) != a for a in args):
         line += "  # credentials left out: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     return line

@@ -55,6 +55,7 @@ class Tag:
     SWEEP_FILE = "sweep_file"  # parent run
     REGISTERED_MODEL = "registered_model"  # parent run: NAME/VERSION of the registered best model
     ONNX_MODEL_ID = "onnx_model_id"  # `orchestrate export --format onnx`: the run's ONNX LoggedModel
+    PARETO = "orchestrate.pareto"  # "true" on each entry's best run that is on a Pareto frontier (the report)
 
 
 ROLE_SWEEP, ROLE_TRIAL = "sweep", "trial"
@@ -95,6 +96,8 @@ INFERENCE_PARAMS = ("infer_precision", "infer_device", "infer_latency_batch", "i
                     "infer_num_threads")
 INFERENCE_METRICS = ("infer_latency_b1_ms", "infer_latency_b1_iqr_ms", "infer_imgs_per_s", "infer_peak_mem_mb")
 ONCE_PARAMS = MODEL_FACTS + SPLIT_SIZES + PROVENANCE + INFERENCE_PARAMS
+# The libraries every child run records (params, at its start).
+LIBRARY_VERSIONS = ("torch_version", "torchvision_version", "ray_version", "mlflow_version")
 
 
 def model_metric(name: str) -> str:
@@ -106,17 +109,17 @@ def model_metric(name: str) -> str:
 # Trial <-> run
 
 
+# The Trial's sections, by field name: each is rebuilt as its dataclass, every other field as it is.
+SECTIONS = {"train": TrainConfig, "dataset": DataSpec, "resources": Resources, "failure": Failure, "search": Search}
+
+
 def trial_to_dict(trial: Trial) -> dict[str, Any]:
-    return {"trial_id": trial.trial_id, "arch": trial.arch, "knobs": dict(trial.knobs),
-            "train": dataclasses.asdict(trial.train), "dataset": dataclasses.asdict(trial.dataset),
-            "resources": dataclasses.asdict(trial.resources), "failure": dataclasses.asdict(trial.failure),
-            "search": dataclasses.asdict(trial.search)}
+    out = {f.name: getattr(trial, f.name) for f in dataclasses.fields(Trial)}
+    return {k: dataclasses.asdict(v) if k in SECTIONS else dict(v) if k == "knobs" else v for k, v in out.items()}
 
 
 def trial_from_dict(d: dict[str, Any]) -> Trial:
-    return Trial(trial_id=d["trial_id"], arch=d["arch"], knobs=dict(d["knobs"]), train=TrainConfig(**d["train"]),
-                 dataset=DataSpec(**d["dataset"]), resources=Resources(**d["resources"]),
-                 failure=Failure(**d["failure"]), search=Search(**d["search"]))
+    return Trial(**{k: SECTIONS[k](**v) if k in SECTIONS else v for k, v in d.items()})
 
 
 def encode(trial: Trial, knobs: dict[str, Any], family: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -314,6 +317,7 @@ class Standing:
     infer_imgs_per_s: float | None
     device_hours: float  # every trial of the entry: search and seeds
     trials: int
+    best_run_id: str  # the run whose configuration this is: the best seed run, or the best search run
     leader: bool = False
     tied: bool = False  # its interval overlaps the leader's: not told apart from the best
 
@@ -337,25 +341,31 @@ def _base_name(name: str) -> str:
     return name.rsplit("-seed", 1)[0]
 
 
+def entry_key(result: Result, by_arch: bool = False) -> Any:
+    """What the leaderboard groups a result by: its model entry, or its arch (`by_arch`, and for
+    runs that record no entry)."""
+    return result.arch if by_arch or result.entry is None else result.entry
+
+
 def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list[Standing]:
     """One Standing per model entry (per arch with `by_arch`, e.g. over several sweeps), best
     first by mean in `mode`; the leader is marked, and so is every entry whose 95% interval
     overlaps the leader's (statistically tied with it)."""
     by_entry: dict[Any, list[Result]] = {}
     for r in results:
-        by_entry.setdefault(r.arch if by_arch or r.entry is None else r.entry, []).append(r)
+        by_entry.setdefault(entry_key(r, by_arch), []).append(r)
     standings = []
     for entry, rs in by_entry.items():
-        seeds = [r for r in rs if r.phase == "seeds" and r.has_model and r.score is not None]
-        ranked = rank(rs, mode)
-        best = seeds[0] if seeds else next((r for r in ranked if r.has_model and r.score is not None), None)
+        scored = [r for r in rank(rs, mode) if r.has_model and r.score is not None]  # best first
+        seeds = [r for r in scored if r.phase == "seeds"]
+        best = (seeds or scored or [None])[0]
         if best is None:
             continue
         scores = [r.score for r in seeds] if seeds else [best.score]
         mean, std, low, high = t_interval(scores)
         standings.append(Standing(entry, best.arch, _base_name(best.name), best.metric, mean, std, low, high,
                                   len(scores), best.params, best.flops, best.latency_ms, best.infer_imgs_per_s,
-                                  sum(r.device_hours for r in rs), len(rs)))
+                                  sum(r.device_hours for r in rs), len(rs), best.run_id))
     sign = -1.0 if mode == "max" else 1.0
     standings.sort(key=lambda s: sign * s.mean)
     if not standings:

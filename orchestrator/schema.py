@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import reprlib
 import types
 import typing
@@ -43,6 +44,17 @@ SHOWN_CHARS = 80  # a value in a message is cut to this: input is never echoed u
 _REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
 _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 6, 10, 10, 6
 _REPR.maxstring = _REPR.maxlong = _REPR.maxother = SHOWN_CHARS
+
+
+# A URI's user:password@ (in any text): what `mask` hides wherever a URI is shown or stored.
+CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:'\"]*):"
+                         r"(?P<password>[^\s/'\"]*)@")
+
+
+def mask(uri: str) -> str:
+    """`uri` (or any text holding URIs) with each password replaced by ***:
+    http://me:secret@host:5000 -> http://me:***@host:5000."""
+    return CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", uri)
 
 
 def show(value: Any) -> str:

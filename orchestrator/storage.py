@@ -15,8 +15,7 @@ from typing import Any
 import pyarrow
 import pyarrow.fs
 
-from orchestrator.preflight import mask
-from orchestrator.schema import cut
+from orchestrator.schema import cut, mask
 
 STATE_FILE = "orchestrate_sweep.json"
 

@@ -33,12 +33,12 @@ from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial, cut
 
 
-def preview(spec: SweepSpec) -> list[Trial]:
-    """The search trials a sweep would run, in order, their random leaves drawn as the sweep will
-    draw them (TPE's depend on results: drawn at random here). `search.seeds` re-trainings follow
-    the search and are not listed."""
+def preview(spec: SweepSpec, limit: int | None = None) -> list[Trial]:
+    """The first `limit` (default: all) search trials a sweep would run, in order, their random
+    leaves drawn as the sweep will draw them (TPE's depend on results: drawn at random here).
+    `search.seeds` re-trainings follow the search and are not listed."""
     searcher = search.EntrySearch(spec)
-    count = sum(spec.entry_budget(m) for m in spec.models)
+    count = spec.search_trial_count() if limit is None else min(limit, spec.search_trial_count())
     return [spec.tune_trial(searcher.suggest(f"preview_{i:05d}"), f"preview_{i:05d}") for i in range(count)]
 
 
@@ -239,4 +239,9 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
     if not trained:
         print("\nNo trial completed (exit code 1).", file=out)
     print("\nOpen the MLflow UI:  " + preflight.command_line("orchestrate", "ui", "--tracking-uri", spec.tracking_uri),
-          file=out, flush=True)
+          file=out)
+    if trained:
+        print("The report (leaderboard, Pareto frontiers, answers; also report.html on the parent run):  "
+              + preflight.command_line("orchestrate", "report", spec.name, "--tracking-uri", spec.tracking_uri),
+              file=out)
+    out.flush()

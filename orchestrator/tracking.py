@@ -51,8 +51,8 @@ def library_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    return {"torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
-            "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
+    return dict(zip(runs.LIBRARY_VERSIONS, (torch.__version__, torchvision.__version__, ray.__version__,
+                                            mlflow.__version__)))
 
 
 def git_commit(path: str) -> str | None:
@@ -539,6 +539,13 @@ class SweepRecord:
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1
         self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
+        from orchestrator import sweep_report  # matplotlib: only a finishing sweep draws the report
+
+        try:  # report.html on the parent run, the frontier runs tagged
+            sweep_report.publish(self.client, self.experiment_id, self.parent_run_id)
+        except Exception as e:  # noqa: BLE001 - the trained sweep stands; `orchestrate report` redraws it
+            warnings.warn(f"the sweep's report was not written ({type(e).__name__}: {e}); "
+                          f"`orchestrate report {self.experiment}` writes it", stacklevel=2)
         self.client.set_terminated(self.parent_run_id, "FINISHED")
         return results, version
 

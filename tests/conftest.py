@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from support import DDP_SWEEP, Sweep, free_port, run_sweep
+from support import DDP_SWEEP, FAIR_SWEEP, Sweep, free_port, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,11 @@ def one_thread():
 @pytest.fixture(scope="session")
 def ddp_sweep(tmp_path_factory) -> Sweep:
     return run_sweep(tmp_path_factory, "ddp", DDP_SWEEP)
+
+
+@pytest.fixture(scope="session")
+def fair_sweep(tmp_path_factory) -> Sweep:
+    return run_sweep(tmp_path_factory, "fair", FAIR_SWEEP)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ plain module, so test files import it by name in any folder.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -75,6 +76,21 @@ PAIR_SWEEP = textwrap.dedent("""\
     """)
 
 
+# A fair comparison: a budget per model entry (random lr), ASHA per entry, then each entry's best
+# configuration re-trained with 2 fresh seeds (test_sweep_fair.py, and the report test reads it).
+FAIR_SWEEP = textwrap.dedent("""\
+    name: e2e-fair
+    dataset: {name: digits}
+    train: {epochs: 2, batch_size: 32, optimizer: adamw, lr: 0.003, weight_decay: 0.05, data_path: device,
+            inference_batch_size: 32}
+    resources: {num_workers: 1, cpus_per_worker: 1}
+    search: {scheduler: asha, grace_period: 1, reduction_factor: 2, trials_per_model: 2, seeds: 2, seed: 7}
+    models:
+      - {arch: vgg11, knobs: {width: 0.125}, lr: {loguniform: [0.002, 0.02]}}
+      - {arch: alexnet, knobs: {width: 0.125}, lr: {loguniform: [0.0005, 0.005]}}
+    """)
+
+
 class Sweep:
     def __init__(self, folder: Path, result: subprocess.CompletedProcess, uri: str, experiment: str):
         self.folder, self.result, self.uri, self.experiment = folder, result, uri, experiment
@@ -116,3 +132,28 @@ def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.n
             module.momentum = None
     model.train()(images)
     return model.eval()
+
+
+# Debian's Chromium, headless, through playwright (the browser tests: the MLflow UI, the report).
+CHROMIUM = os.environ.get("ORCHESTRATE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def chromium():
+    """A launched browser, closed afterwards. A missing Chromium fails the test (it is part of the
+    README's test set-up), with how to install or deselect it."""
+    import pytest
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's `chromium` (or set ORCHESTRATE_CHROMIUM), "
+                    "or deselect with -m 'not browser'")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()

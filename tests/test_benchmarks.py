@@ -1,5 +1,7 @@
-"""The GPU benchmarks, run tiny on the CPU as real subprocesses: they start, finish and write the
-JSON the report reads. Speed is not asserted (these are CPU numbers on a shared machine)."""
+"""The benchmarks: the GPU ones run tiny on the CPU as real subprocesses (`python -m benchmarks.NAME`
+from the repository root): they start, finish and write the JSON the report reads; the sweep
+benchmarks' sweep files and figures, and their one way of reading a sweep back. Speed is not
+asserted (these are CPU numbers on a shared machine)."""
 
 from __future__ import annotations
 
@@ -16,20 +18,21 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
 
 
-# Runs a benchmark as `python benchmarks/SCRIPT ARGS` would, then checks what it imported: the GPU
-# machine has neither Ray nor MLflow, so the benchmarks' import chain must not reach them.
+# Runs a benchmark as `python -m benchmarks.NAME ARGS` from the repository root would, then checks
+# what it imported: the GPU machine has neither Ray nor MLflow, so the benchmarks' import chain
+# must not reach them.
 RUN_AND_CHECK_IMPORTS = """
 import runpy, sys
-script, sys.argv = sys.argv[1], sys.argv[1:]
-runpy.run_path(script, run_name="__main__")
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
 pulled = [m for m in ("ray", "mlflow") if m in sys.modules]
-assert not pulled, f"{script} imported {pulled}"
+assert not pulled, f"{module} imported {pulled}"
 """
 
 
-def run_benchmark(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([sys.executable, "-c", RUN_AND_CHECK_IMPORTS, str(BENCHMARKS / script), *args],
+def run_benchmark(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", RUN_AND_CHECK_IMPORTS, f"benchmarks.{name}", *args],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -40,7 +43,7 @@ def is_positive(value) -> bool:
 
 
 def test_engine_throughput_reports_engine_and_peer_img_per_s_without_importing_ray_or_mlflow(tmp_path):
-    result = run_benchmark("engine_throughput.py", "--device", "cpu", "--arch", "resnet18", "--smallest",
+    result = run_benchmark("engine_throughput", "--device", "cpu", "--arch", "resnet18", "--smallest",
                            "--batch-size", "8", "--steps", "2", "--warmup", "1", "--repeats", "1",
                            "--synthetic-size", "64", "--peer-workers", "0", "--out", str(tmp_path))
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -60,7 +63,7 @@ def test_engine_throughput_reports_engine_and_peer_img_per_s_without_importing_r
 
 
 def test_time_to_accuracy_reports_per_epoch_val_acc_and_cumulative_training_seconds_without_ray_or_mlflow(tmp_path):
-    result = run_benchmark("time_to_accuracy.py", "--dataset", "synthetic", "--synthetic-size", "80",
+    result = run_benchmark("time_to_accuracy", "--dataset", "synthetic", "--synthetic-size", "80",
                            "--width", "0.125", "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "16",
                            "--device", "cpu", "--target", "0.0", "--out", str(tmp_path))
     r = json.loads(result.stdout.strip().splitlines()[-1])
@@ -85,3 +88,105 @@ def test_gpu_run_script_is_valid_bash_and_needs_an_output_folder():
     assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_run.sh")]).returncode == 0
     result = subprocess.run(["bash", str(BENCHMARKS / "gpu_run.sh")], capture_output=True, text=True, timeout=10)
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_engine_throughput_step_only_times_the_models_training_step_without_loading_data(capsys):
+    from benchmarks import engine_throughput
+
+    engine_throughput.main(["--step-only", "--arch", "vgg11", "--smallest", "--device", "cpu", "--batch-size", "4",
+                            "--steps", "1", "--warmup", "1", "--repeats", "2"])
+    (r, summary) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert r["arch"] == "vgg11" and r["family"] == "VGG" and r["knobs"] == {"width": 0.125}
+    assert is_positive(r["step_imgs_per_s"]) and is_positive(r["params"])
+    assert len(r["step"]["imgs_per_s_runs"]) == 2 and "engine_imgs_per_s" not in r
+    assert summary["measured"] == "step" and summary["dataset"] is None and summary["train_images"] is None
+    assert summary["command"].startswith("python -m benchmarks.engine_throughput --step-only")
+
+
+def test_engine_throughput_per_family_takes_one_arch_of_every_family():
+    import archs
+    from benchmarks import engine_throughput
+
+    chosen = engine_throughput.family_representatives()
+    assert sorted(archs.get(n).family for n in chosen) == sorted(archs.families())
+    assert {"resnet18", "vgg11", "se_resnet18", "densenet_bc", "mobilenet_v2"} <= set(chosen)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep benchmarks (their sweeps take minutes: here their sweep files and figures)
+
+
+def test_search_efficiency_gives_grid_random_tpe_and_asha_the_same_budget_on_one_task():
+    from benchmarks import search_efficiency as se
+    from orchestrator import config
+
+    s = se.Settings(epochs=4, lrs=6, widths=(0.125, 0.25))
+    specs = {m: config.parse(se.search_sweep(m, 1, s)) for m in ("grid", "random", "tpe", "asha")}
+    assert {m: spec.trial_count() for m, spec in specs.items()} == dict.fromkeys(specs, 12)
+    assert {m: (spec.search.algorithm, spec.search.scheduler) for m, spec in specs.items()} == {
+        "grid": ("grid", "fifo"), "random": ("random", "fifo"), "tpe": ("tpe", "fifo"), "asha": ("grid", "asha")}
+    for spec in specs.values():
+        assert spec.search.seed == 1 and spec.search.max_concurrent_trials == 2 and spec.train.epochs == 4
+        assert spec.resources.num_workers == 1 and [m.arch for m in spec.models] == ["resnet18"]
+        assert spec.train.optimizer == "adamw"  # the quickstart's recipe
+    # The grid's learning rates are log-spaced over the range the random searches sample.
+    lrs = sorted(specs["grid"].models[0].overrides["lr"]["grid"])
+    assert lrs[0] == se.LR_RANGE[0] and lrs[-1] == se.LR_RANGE[1] and len(lrs) == 6
+    assert specs["tpe"].models[0].overrides["lr"] == {"loguniform": list(se.LR_RANGE)}
+
+
+def test_search_efficiency_brackets_sweeps_differ_only_in_brackets_and_centre_each_lr_range_on_the_quickstarts():
+    from benchmarks import search_efficiency as se
+    from orchestrator import config
+
+    s = se.Settings(families=se.FAMILIES, trials_per_model=5, bracket_epochs=6)
+    per_model, global_ = (config.parse(se.brackets_sweep(b, s)) for b in ("per_model", "global"))
+    assert (per_model.search.brackets, global_.search.brackets) == ("per_model", "global")
+    assert per_model.models == global_.models and per_model.train == global_.train
+    assert [m.arch for m in per_model.models] == ["resnet18", "shufflenet_v1", "alexnet", "vgg11"]
+    assert per_model.trial_count() == 4 * 5 and per_model.max_epochs() == 6
+    quick = {m["arch"]: m for m in se.quickstart()["models"]}
+    for m in per_model.models:
+        lr = quick[m.arch].get("lr", se.quickstart()["train"]["lr"])
+        assert m.overrides["lr"] == {"loguniform": [lr / 10, lr * 10]} and m.knobs == quick[m.arch]["knobs"]
+
+
+def trial_run(name: str, val_acc: float | None, train_s: float, start_s: float, status: str = "completed"):
+    from benchmarks.sweep_run import TrialRun
+    from orchestrator import runs
+
+    result = runs.Result(name=name, arch="resnet18", knobs="width=0.125", lr=0.01, params=1, flops=1,
+                         metric="val_acc", score=val_acc, val_acc=val_acc, val_loss=None, epoch=4, epochs=4,
+                         epochs_planned=4, imgs_per_s=None, device_hours=train_s / 3600, status=status,
+                         run_id=name, error=None, model_id=None, seed=0, entry=0, phase="search")
+    return TrialRun(result, workers=1, start_s=start_s, end_s=start_s + train_s + 1)
+
+
+def test_search_line_counts_trials_and_device_seconds_in_start_order_until_one_comes_within_the_target():
+    from benchmarks import search_efficiency as se
+    from benchmarks.sweep_run import SweepRun
+
+    trials = [trial_run("a", 0.50, 5.0, 0.0), trial_run("b", None, 2.0, 1.0, status="failed"),
+              trial_run("c", 0.95, 6.0, 7.0), trial_run("d", 0.97, 6.0, 8.0)]
+    done = SweepRun(name="x", exit_code=0, wall_s=30.0, concurrency=2, trials=trials, tracking_uri="", output="")
+    found = se.search_line("random", 0, done, target=0.95)
+    assert (found["trials_to_target"], found["device_s_to_target"], found["epochs_to_target"]) == (3, 13.0, 12)
+    assert found["best_val_acc"] == 0.97 and found["best_trial"] == "d" and found["device_s"] == 19.0
+    assert found["statuses"] == {"completed": 3, "failed": 1} and found["epochs_trained"] == 16
+    # No target: the method's own best (how long the grid takes to reach its best).
+    own = se.search_line("grid", 0, done, target=None)
+    assert (own["trials_to_target"], own["device_s_to_target"], own["target_val_acc"]) == (4, 19.0, 0.97)
+    assert se.search_line("tpe", 0, done, target=0.98)["trials_to_target"] is None
+
+
+@pytest.mark.ray  # the ddp_sweep fixture runs a real Ray sweep (shared with other tests)
+def test_sweep_run_reads_a_sweeps_trials_back_in_start_order_through_the_run_record(ddp_sweep):
+    from benchmarks.sweep_run import read_trials
+
+    trials = read_trials(ddp_sweep.uri, ddp_sweep.experiment)
+    assert sorted(t.result.name for t in trials) == ["resnet18-width0.125-lr0.05", "resnet18-width0.125-lr0.1"]
+    assert [t.start_s for t in trials] == sorted(t.start_s for t in trials)
+    for t in trials:
+        assert t.workers == 2 and t.result.status == "completed" and t.result.epochs == 3
+        assert t.device_s == pytest.approx(2 * t.train_s) and is_positive(t.train_s)
+        assert 0 <= t.result.val_acc <= 1 and t.span_s > t.train_s

@@ -485,7 +485,7 @@ def test_a_dry_run_lists_at_most_50_trials_and_says_how_many_more(tmp_path, monk
                                                 models="[{arch: resnet18, lr: {loguniform: [0.01, 0.1]}}]"))
     assert cli.main(["sweep", "s.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "s.yaml: valid; 10000 trial(s)" in out and out.rstrip().endswith("... and 9950 more trial(s)")
+    assert "s.yaml: valid; 10000 search trial(s)" in out and out.rstrip().endswith("... and 9950 more search trial(s)")
     assert len(out.splitlines()) == 1 + 2 + 50 + 1
 
 

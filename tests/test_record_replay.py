@@ -6,6 +6,7 @@ What a whole sweep does with these pieces is proven by the end-to-end sweeps (te
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -222,7 +223,6 @@ def test_compare_the_summary_and_the_registered_model_rank_by_the_sweeps_own_met
     assert results[0].score == pytest.approx(scores[expected[0]])
 
     assert cli.main(["compare", f"rank-{metric}", "--tracking-uri", store[0], "--format", "json"]) == 0
-    import json
 
     shown = json.loads(capsys.readouterr().out)
     assert [row["name"] for row in shown] == [name[t] for t in expected]
@@ -266,3 +266,11 @@ def test_every_layout_name_is_written_once_in_the_run_record_component():
     for name in (f'"{Tag.BEST_EPOCH}"', f'"{Tag.LOGGED_MODEL_ID}"', Tag.ROLE):
         where = [str(p.relative_to(root)) for p in sources if re.search(re.escape(name), p.read_text())]
         assert where == [os.path.join("orchestrator", "runs.py")], (name, where)
+
+
+def test_a_trial_record_round_trips_through_its_json_with_every_field(store, checkpoints):
+    replay = Replay(store, checkpoints[0], "roundtrip")
+    trial = replay.spec.trial({"arch": "vgg11", "knobs": {"width": 0.125}, "lr": 0.02}, "t9", entry=3, repeat=2,
+                              phase="seeds")
+    assert runs.trial_from_dict(json.loads(json.dumps(runs.trial_to_dict(trial)))) == trial
+    assert trial.train.seed == 2 and trial.name.endswith("-seed2")

@@ -40,6 +40,10 @@ def test_ddp_sweep_makes_one_parent_and_two_child_runs_with_every_epoch_once(ddp
         for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "imgs_per_s", "epoch_s"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, metric)]
             assert sorted(steps) == [1, 2, 3], (metric, steps)  # each epoch exactly once
+        # Rank 0 measured the model's inference cost once, on its device, in its first report.
+        for metric in ("infer_latency_b1_ms", "infer_imgs_per_s", "infer_peak_mem_mb"):
+            assert [m.step for m in client.get_metric_history(child.info.run_id, metric)] == [1], metric
+        assert child.data.params["infer_device"].startswith("cpu") and len(child.data.params["dataset_digest"]) == 16
     assert {c.info.run_name for c in children} == {"resnet18-width0.125-lr0.05", "resnet18-width0.125-lr0.1"}
 
 

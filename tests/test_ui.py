@@ -16,11 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO, free_port
+from support import REPO, chromium, free_port
 
-CHROMIUM = os.environ.get("ORCHESTRATE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Generous for a loaded 2-core machine: `mlflow ui` imports for ~10-30 s there, and the first
 # load of the UI's JS bundle takes ~5-30 s.
 SERVER_START_S = 90
@@ -125,10 +122,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
 @pytest.mark.ray  # the ddp_sweep fixture runs a real Ray sweep
 @pytest.mark.timeout(300, func_only=True)  # the test body only; the sweep fixture takes minutes on its own
 def test_ui_shows_experiment_child_runs_val_acc_chart_and_the_registered_best_model(ddp_sweep, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: install Debian's `chromium` (or set ORCHESTRATE_CHROMIUM), "
-                    "or deselect with -m 'not browser'")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     # What the UI must show, read from the store the real sweep wrote.
     client = ddp_sweep.client()
@@ -165,8 +159,7 @@ def test_ui_shows_experiment_child_runs_val_acc_chart_and_the_registered_best_mo
         _wait_healthy(url, proc, log)
         groups = _process_groups(proc.pid)  # now, while `mlflow ui` is still its child
         mark("healthy")
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        with chromium() as browser:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.set_default_timeout(STEP_S * 1000)
             errors: list[str] = []
@@ -236,8 +229,6 @@ def test_ui_shows_experiment_child_runs_val_acc_chart_and_the_registered_best_mo
                 except Exception:  # noqa: BLE001 - keep the original failure
                     pass
                 raise
-            finally:
-                browser.close()
     finally:
         leftover = _stop(proc, groups)
         print(f"screenshots in {shots}; timings: {', '.join(timings)}")
