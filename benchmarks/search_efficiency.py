@@ -138,7 +138,7 @@ def trial_line(section: str, label: dict[str, Any], order: int, t: TrialRun, t0:
     r = t.result
     return {"trial": True, "section": section, **label, "order": order, "name": r.name, "arch": r.arch,
             "knobs": r.knobs, "lr": r.lr, "status": r.status, "val_acc": r.val_acc, "epochs": r.epochs,
-            "best_epoch": r.epoch, "train_s": round(t.train_s, 3), "device_s": round(t.device_s, 3),
+            "model_epoch": r.epoch, "train_s": round(t.train_s, 3), "device_s": round(t.device_s, 3),
             "started_s": round(t.start_s - t0, 2)}
 
 
