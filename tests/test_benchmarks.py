@@ -143,7 +143,8 @@ def test_search_efficiency_brackets_sweeps_differ_only_in_brackets_and_centre_ea
     per_model, global_ = (config.parse(se.brackets_sweep(b, s)) for b in ("per_model", "global"))
     assert (per_model.search.brackets, global_.search.brackets) == ("per_model", "global")
     assert per_model.models == global_.models and per_model.train == global_.train
-    assert [m.arch for m in per_model.models] == ["resnet18", "shufflenet_v1", "alexnet", "vgg11"]
+    in_quickstart_order = [m["arch"] for m in se.quickstart()["models"] if m["arch"] in se.FAMILIES]
+    assert [m.arch for m in per_model.models] == in_quickstart_order and len(in_quickstart_order) == 4
     assert per_model.trial_count() == 4 * 5 and per_model.max_epochs() == 6
     quick = {m["arch"]: m for m in se.quickstart()["models"]}
     for m in per_model.models:
@@ -157,7 +158,8 @@ def trial_run(name: str, val_acc: float | None, train_s: float, start_s: float, 
 
     result = runs.Result(name=name, arch="resnet18", knobs="width=0.125", lr=0.01, params=1, flops=1,
                          metric="val_acc", score=val_acc, val_acc=val_acc, val_loss=None, epoch=4, epochs=4,
-                         epochs_planned=4, imgs_per_s=None, device_hours=train_s / 3600, status=status,
+                         epochs_planned=4, imgs_per_s=None, latency_ms=None, infer_imgs_per_s=None,
+                         device_hours=train_s / 3600, status=status,
                          run_id=name, error=None, model_id=None, seed=0, entry=0, phase="search")
     return TrialRun(result, workers=1, start_s=start_s, end_s=start_s + train_s + 1)
 
