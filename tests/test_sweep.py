@@ -135,29 +135,45 @@ def test_without_a_terminal_the_live_view_names_each_trials_knobs_and_lr_per_epo
     assert "\x1b[" not in out  # plain lines, no cursor movement
 
 
+# Two model entries under ASHA (grace 1, reduction factor 3: rungs at epochs 1 and 3), one trial at a
+# time in the entries' order. VGG's grid, in order: a good lr, one far too small (ASHA stops it), one
+# that diverges to NaN. ShuffleNet learns slowly in its first epoch (val acc 0.19 at epoch 1, 0.92
+# at epoch 4 on this machine; VGG's good lr: 0.43 then 0.94, its small one 0.10). In one global
+# bracket ShuffleNet's epoch 1 is ranked against VGG's (cutoff ~0.32) and stopped; with a bracket
+# per model entry it is the first of its own rung and trains to the full budget.
 ASHA_SWEEP = textwrap.dedent("""\
     name: e2e-asha
     dataset: {name: digits}
-    train: {epochs: 4, batch_size: 32, warmup_epochs: 0.5, seed: 0}
+    train: {epochs: 4, batch_size: 32, optimizer: adamw, lr: 0.003, weight_decay: 0.05, warmup_epochs: 0.5, seed: 0,
+            benchmark_inference: false}
     resources: {num_workers: 1, cpus_per_worker: 1, driver_cpus: 0.1}
-    search: {scheduler: asha, grace_period: 1, reduction_factor: 2, max_concurrent_trials: 1}
+    search: {scheduler: asha, grace_period: 1, reduction_factor: 3, max_concurrent_trials: 1, brackets: BRACKETS}
     models:
-      - arch: resnet18
-        knobs: {width: 0.125}
-        # in grid order: a good lr, one far too small (ASHA stops it), one that diverges to NaN
-        lr: {grid: [0.1, 0.00001, 1000000.0]}
+      - {arch: vgg11, knobs: {width: 0.125}, lr: {grid: [0.003, 0.00001, 1000000.0]}}
+      - {arch: shufflenet_v1, knobs: {groups: 3, width: 0.25}, lr: 0.01}
     """)
+SLOW = "shufflenet_v1-groups3-width0.25-lr0.01"
 
 
 @pytest.fixture(scope="module")
 def asha_sweep(tmp_path_factory):
-    return run_sweep(tmp_path_factory, "asha", ASHA_SWEEP)
+    """One ASHA bracket over every trial of the sweep (the behaviour before brackets per entry)."""
+    return run_sweep(tmp_path_factory, "asha-global", ASHA_SWEEP.replace("BRACKETS", "global"))
+
+
+@pytest.fixture(scope="module")
+def asha_per_model_sweep(tmp_path_factory):
+    return run_sweep(tmp_path_factory, "asha-per-model", ASHA_SWEEP.replace("BRACKETS", "per_model"))
+
+
+def val_acc_curve(sweep, run):
+    return [m.value for m in sorted(sweep.client().get_metric_history(run.info.run_id, "val_acc"), key=lambda m: m.step)]
 
 
 def test_asha_stops_the_bad_lr_trial_before_its_last_epoch(asha_sweep):
     trials = by_name(asha_sweep.trials())
     client = asha_sweep.client()
-    good, bad = trials["resnet18-width0.125-lr0.1"], trials["resnet18-width0.125-lr1e-05"]
+    good, bad = trials["vgg11-width0.125-lr0.003"], trials["vgg11-width0.125-lr1e-05"]
     assert good.data.tags["status"] == "completed"
     assert bad.data.tags["status"] == "early-stopped"
     good_steps = [m.step for m in client.get_metric_history(good.info.run_id, "val_acc")]
@@ -166,9 +182,27 @@ def test_asha_stops_the_bad_lr_trial_before_its_last_epoch(asha_sweep):
     assert max(bad_steps) < 4 and len(bad_steps) == len(set(bad_steps))
 
 
+def test_asha_per_entry_keeps_a_slow_starting_entrys_trial_to_the_full_budget_one_global_bracket_stops_it(
+        asha_sweep, asha_per_model_sweep):
+    own = by_name(asha_per_model_sweep.trials())[SLOW]
+    own_curve = val_acc_curve(asha_per_model_sweep, own)
+    assert own.data.tags["status"] == "completed" and len(own_curve) == 4
+    assert own_curve[0] < 0.3 and own_curve[-1] >= own_curve[0] + 0.4, own_curve  # slow start, good end
+    shared = by_name(asha_sweep.trials())[SLOW]
+    shared_curve = val_acc_curve(asha_sweep, shared)
+    assert shared.data.tags["status"] == "early-stopped" and len(shared_curve) == 1, shared_curve
+    # The global bracket's answer for ShuffleNet is its first epoch, well below what it reaches.
+    assert shared.data.metrics["model_val_acc"] == shared_curve[0] < own.data.metrics["model_val_acc"] - 0.4
+    # compare says how far each row trained, and puts full-budget rows first.
+    out = run_cli(["compare", "e2e-asha", "--tracking-uri", asha_sweep.uri], cwd=asha_sweep.folder)
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln.startswith(("vgg11-", "shufflenet_v1-"))]
+    assert [r[0] for r in rows][0] == "vgg11-width0.125-lr0.003"
+    assert any(r[0] == SLOW and "1/4" in r for r in rows), rows
+
+
 def test_a_trial_whose_loss_goes_nan_is_tagged_failed_and_the_sweep_finishes(asha_sweep):
     trials = by_name(asha_sweep.trials())
-    nan = trials["resnet18-width0.125-lr1e+06"]
+    nan = trials["vgg11-width0.125-lr1e+06"]
     assert nan.data.tags["status"] == "failed" and nan.info.status == "FAILED"
     assert "train_loss is nan" in nan.data.tags.get("error", "") or "Diverged" in nan.data.tags.get("error", "")
     assert asha_sweep.result.returncode == 0
