@@ -406,6 +406,9 @@ def cmd_ui(args) -> int:
     # the wait below; the stopping happens there (a wait inside the handler would block on the lock
     # the interrupted wait holds).
     signal.signal(signal.SIGTERM, terminated)
+    # SIGINT too, explicitly: a process started in the background by a shell (or by a CI job run
+    # with `&`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = None
     try:
         print(f"MLflow UI for {preflight.show_uri(uri)} on http://{args.host}:{args.port}  (Ctrl-C stops it)",

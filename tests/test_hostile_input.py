@@ -513,8 +513,11 @@ def test_a_dead_ray_address_is_refused_in_seconds_without_starting_ray(tmp_path)
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_ui_exits_with_the_signals_code_and_stops_its_server(signum, code, tmp_path):
     (tmp_path / "mlflow.db").write_bytes(b"")
+    # Started as a shell starts a background job (`orchestrate ui &`, or any command under a CI job
+    # run with `&`): SIGINT ignored on entry, so Python alone would never raise KeyboardInterrupt.
     proc = subprocess.Popen(ORCHESTRATE + ["ui", "--port", str(free_port())], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         assert proc.stdout.readline().startswith("MLflow UI for sqlite:///")
         time.sleep(0.5)  # the server process exists
