@@ -31,7 +31,13 @@ Per arch:
 
 Archs: `--arch` (name or glob, repeatable; default resnet18), each at its default knobs or with
 `--smallest` at its registry `smallest` setting; `--per-family` takes one arch of every family
-(FAMILY_REPRESENTATIVE below, else the family's first name) at its smallest setting.
+(FAMILY_REPRESENTATIVE below, else the family's first name) at its smallest setting, or with
+`--defaults` at its default knobs. `--knob NAME=VALUE` (repeatable) sets a knob on every arch
+measured, over the others (e.g. `--arch resnet18 --knob width=0.5`).
+
+On CUDA each engine record has `peak_mem_mb`: `torch.cuda.max_memory_allocated` over the engine's
+build, warm-up and timed epochs, the device-resident data included (what one trial holds on the
+GPU; the caching allocator reserves somewhat more).
 
 `speedup` is engine / peer img/s. On CUDA, one more short untimed engine epoch runs under
 `torch.cuda.set_sync_debug_mode("warn")` and counts the host synchronisations it makes
@@ -59,6 +65,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 import torchvision
+import yaml
 from PIL import Image
 
 import archs
@@ -81,13 +88,17 @@ def measure_engine(name: str, knobs: dict, splits: data_mod.Splits, args, device
         epochs=1, batch_size=args.batch_size, lr=0.1, schedule="constant", warmup_epochs=0,
         precision=args.precision, channels_last=True, compile=args.compile, data_path=args.data_path,
         loader_workers=args.loader_workers, steps_per_epoch=args.steps, checkpoint_every=1)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     run = engine_mod.Engine(cfg, engine_mod.ModelSpec(name, knobs), splits, device=device)
     available = len(run.train_batches)
     # The step cap is the engine's own: train_epoch stops after `steps_per_epoch` steps.
     run.steps_per_epoch = args.warmup
     run.train_epoch()
     run.steps_per_epoch = args.steps
+    window_start = time.time()
     epochs = [run.train_epoch() for _ in range(args.repeats)]
+    window = [round(window_start, 3), round(time.time(), 3)]  # wall clock: gpu_sharing checks processes overlap
     timed_images = [round(m["imgs_per_s"] * m["train_s"]) for m in epochs]
     if any(n != args.steps * args.batch_size for n in timed_images):
         raise RuntimeError(f"{name}: the engine trained {timed_images} images per timed epoch, expected "
@@ -100,6 +111,8 @@ def measure_engine(name: str, knobs: dict, splits: data_mod.Splits, args, device
         "channels_last": cfg.channels_last, "compile": cfg.compile,
         "optimizer": "sgd nesterov" + (" fused" if device.type == "cuda" else ""),
         "params": run.param_count, "flops_per_image": run.flops,
+        "peak_mem_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        "timed_window_unix_s": window,
     }
     if device.type == "cuda" and args.sync_check:
         result.update(count_host_syncs(run, steps=min(args.steps, 10)))
@@ -265,6 +278,9 @@ def parse_args(argv=None):
     p.add_argument("--smallest", action="store_true", help="each arch at its smallest knobs (smoke runs)")
     p.add_argument("--per-family", action="store_true",
                    help="one arch of every family, at its smallest knobs (instead of --arch)")
+    p.add_argument("--defaults", action="store_true", help="with --per-family: each at its default knobs")
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="a knob for every arch measured, over its default or smallest setting (repeatable)")
     p.add_argument("--step-only", action="store_true",
                    help="time the model's training step on one fixed batch (no engine, data or peer loop)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -290,6 +306,12 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.per_family and args.arch:
         p.error("--per-family and --arch exclude each other")
+    if args.defaults and not args.per_family:
+        p.error("--defaults goes with --per-family (--arch measures default knobs already)")
+    try:
+        args.knobs = {name.strip(): yaml.safe_load(value) for name, value in (k.split("=", 1) for k in args.knob)}
+    except ValueError:
+        p.error(f"--knob takes NAME=VALUE, got {args.knob}")
     for flag in ("batch_size", "steps", "warmup", "repeats", "synthetic_size"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
@@ -329,7 +351,12 @@ def main(argv=None) -> None:
 
     results = []
     for name in names:
-        knobs = dict(archs.get(name).smallest) if args.smallest or args.per_family else {}
+        smallest = args.smallest or (args.per_family and not args.defaults)
+        knobs = {**(dict(archs.get(name).smallest) if smallest else {}), **args.knobs}
+        try:
+            archs.validate(name, knobs)
+        except archs.KnobError as e:
+            raise SystemExit(f"--knob: {name}: {e}") from None
         result = measure(name, knobs, splits, args, device)
         results.append(result)
         print(json.dumps(result), flush=True)

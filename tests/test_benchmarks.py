@@ -112,6 +112,50 @@ def test_engine_throughput_per_family_takes_one_arch_of_every_family():
     assert {"resnet18", "vgg11", "se_resnet18", "densenet_bc", "mobilenet_v2"} <= set(chosen)
 
 
+def test_engine_throughput_knobs_set_on_every_arch_and_a_bad_one_is_one_line(capsys):
+    from benchmarks import engine_throughput
+
+    engine_throughput.main(["--step-only", "--arch", "resnet18", "--knob", "width=0.25", "--device", "cpu",
+                            "--batch-size", "2", "--steps", "1", "--warmup", "1", "--repeats", "1"])
+    r = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert r["knobs"] == {"width": 0.25} and r["params"] > 176402  # wider than resnet18 at width 0.125
+    with pytest.raises(SystemExit, match="--knob: resnet18: groups: 3 is not a knob of resnet18"):
+        engine_throughput.main(["--step-only", "--arch", "resnet18", "--knob", "groups=3", "--device", "cpu"])
+    with pytest.raises(SystemExit):
+        engine_throughput.parse_args(["--arch", "resnet18", "--defaults"])  # --defaults goes with --per-family
+
+
+def test_gpu_sharing_reads_overlap_and_recommends_the_fraction_with_the_most_img_per_s_that_fits():
+    from benchmarks import gpu_sharing
+
+    assert gpu_sharing.parse_model("shufflenet_v1:groups=3,width=0.25") == ("shufflenet_v1", ["groups=3", "width=0.25"])
+    assert gpu_sharing.overlap([[0, 10], [2, 10]]) == 1.0  # the shorter window lies inside the longer
+    assert gpu_sharing.overlap([[0, 10], [5, 15]]) == 0.5 and gpu_sharing.overlap([[0, 1], [2, 3]]) == 0.0
+    rows = [{"procs": 1, "aggregate_imgs_per_s": 100.0, "peak_mem_mb": 1000},
+            {"procs": 2, "aggregate_imgs_per_s": 180.0, "peak_mem_mb": 1000},
+            {"procs": 4, "aggregate_imgs_per_s": 240.0, "peak_mem_mb": 1000}]
+    assert gpu_sharing.recommend(rows, memory_mb=10_000) == {
+        "gpus_per_worker": 0.25, "procs": 4, "aggregate_imgs_per_s": 240.0, "gain_over_one": 2.4}
+    # Four processes would not fit in 90% of a 3,000 MB card: two do.
+    assert gpu_sharing.recommend(rows, memory_mb=3_000)["gpus_per_worker"] == 0.5
+
+
+def test_gpu_sharing_smoke_runs_engine_processes_side_by_side_and_writes_its_lines(tmp_path):
+    # Two processes only (each a cold torch import): the K = 1, 2, 4 loop is the same code.
+    result = run_benchmark("gpu_sharing", "--smoke", "--procs", "2", "--out", str(tmp_path), timeout=240)
+    lines = [json.loads(line) for line in (tmp_path / "gpu_sharing.jsonl").read_text().splitlines()]
+    processes = [r for r in lines if "process" in r]
+    [two] = [r for r in lines if "aggregate_imgs_per_s" in r]
+    assert [(r["procs"], r["process"]) for r in processes] == [(2, 0), (2, 1)]
+    assert two["aggregate_imgs_per_s"] == pytest.approx(sum(r["imgs_per_s"] for r in processes), abs=0.1)
+    assert two["slowest_process_imgs_per_s"] == min(r["imgs_per_s"] for r in processes)
+    # Smoke windows last milliseconds, so whether they overlap is luck here; on a GPU they last seconds.
+    assert 0 <= two["timed_windows_overlap"] <= 1 and two["peak_mem_mb_per_process"] is None  # no CUDA here
+    assert lines[-1]["summary"] and lines[-1]["recommended"]["resnet18:width=0.125"] == {
+        "gpus_per_worker": 0.5, "procs": 2, "aggregate_imgs_per_s": two["aggregate_imgs_per_s"], "gain_over_one": None}
+    assert result.stdout.strip().splitlines()[-1] == json.dumps(lines[-1])
+
+
 # ---------------------------------------------------------------------------------------------
 # The sweep benchmarks (their sweeps take minutes: here their sweep files and figures)
 
