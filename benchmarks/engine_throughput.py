@@ -52,6 +52,7 @@ does not depend on content) or `imagefolder` (`--root` a directory or .zip, e.g.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import os
@@ -65,7 +66,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 import torchvision
-import yaml
 from PIL import Image
 
 import archs
@@ -272,6 +272,15 @@ def load_data(args) -> data_mod.Splits:
         raise SystemExit(str(e)) from None
 
 
+def knob_value(text: str):
+    """'0.5' -> 0.5, '3' -> 3, 'True' -> True, anything else the string itself (no PyYAML here:
+    the GPU machine has torch and torchvision only)."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", action="append", help="arch name or glob; repeatable (default: resnet18)")
@@ -309,7 +318,7 @@ def parse_args(argv=None):
     if args.defaults and not args.per_family:
         p.error("--defaults goes with --per-family (--arch measures default knobs already)")
     try:
-        args.knobs = {name.strip(): yaml.safe_load(value) for name, value in (k.split("=", 1) for k in args.knob)}
+        args.knobs = {name.strip(): knob_value(value) for name, value in (k.split("=", 1) for k in args.knob)}
     except ValueError:
         p.error(f"--knob takes NAME=VALUE, got {args.knob}")
     for flag in ("batch_size", "steps", "warmup", "repeats", "synthetic_size"):
