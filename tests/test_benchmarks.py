@@ -19,13 +19,13 @@ BENCHMARKS = REPO / "benchmarks"
 
 
 # Runs a benchmark as `python -m benchmarks.NAME ARGS` from the repository root would, then checks
-# what it imported: the GPU machine has neither Ray nor MLflow, so the benchmarks' import chain
-# must not reach them.
+# what it imported: the GPU machine has neither Ray nor MLflow nor PyYAML, so the benchmarks'
+# import chain must not reach them.
 RUN_AND_CHECK_IMPORTS = """
 import runpy, sys
 module, sys.argv = sys.argv[1], sys.argv[1:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
-pulled = [m for m in ("ray", "mlflow") if m in sys.modules]
+pulled = [m for m in ("ray", "mlflow", "yaml") if m in sys.modules]
 assert not pulled, f"{module} imported {pulled}"
 """
 
