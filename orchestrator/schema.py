@@ -115,6 +115,10 @@ def gpu_share(v) -> str | None:
     return None
 
 
+# One 32x32 RGB batch of this many float32 images is ~200 MB before the model's activations: more
+# than any card needs to reach its throughput, and a typo (1e9) is refused, not a trial's OOM.
+INFERENCE_BATCH_MAX = 16_384
+
 # numpy's RandomState (Tune's random search, the engine's numpy seeding) takes exactly these;
 # torch.manual_seed and random.seed take more, and the engine's derived seeds (seed * 100_003 +
 # epoch) stay far inside torch's 64 bits.
@@ -210,7 +214,8 @@ class TrainConfig:
     steps_per_epoch: int = setting(0, "cap on train steps per epoch; 0 = the whole split", check=non_negative)
     benchmark_inference: bool = setting(True, "measure the model's inference cost once per trial on its own "
                                               "device: latency at batch 1, throughput at inference_batch_size")
-    inference_batch_size: int = setting(256, "the large batch of the inference benchmark", check=positive)
+    inference_batch_size: int = setting(256, "the large batch of the inference benchmark",
+                                        check=in_interval(1, INFERENCE_BATCH_MAX, low_open=False, high_open=False))
     checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch always checkpoints",
                                     check=positive)
 
