@@ -221,6 +221,19 @@ def _check_store(args) -> None:
         raise UsageError(f"{args.command}: {source}{reason}")
 
 
+def _check_report_out(args) -> None:
+    out = os.path.abspath(args.out)
+    if os.path.isdir(out):
+        raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file in it, e.g. report.html")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise UsageError(f"report: --out: the folder of {show(args.out)} does not exist")
+
+
+def _check_export_out(args) -> None:
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"export: --out: {show(args.out)} is a file; give a folder (made if missing)")
+
+
 def _check_port_free(args) -> None:
     """ui: the address must be this machine's and the port free (mlflow would otherwise retry or
     exit with its own traceback)."""
@@ -328,11 +341,7 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from orchestrator import sweep_report
 
-    out = os.path.abspath(args.out)  # bad input before the store is read
-    if os.path.isdir(out):
-        raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file in it, e.g. report.html")
-    if not os.path.isdir(os.path.dirname(out)):
-        raise UsageError(f"report: --out: the folder of {show(args.out)} does not exist")
+    out = os.path.abspath(args.out)
     client, exp, parent = _find_sweep(args)
     data = sweep_report.collect(client, exp.experiment_id, parent)
     if data.empty:
@@ -510,7 +519,7 @@ def build_parser() -> Parser:
     r.add_argument("--tracking-uri")
     r.add_argument("--all-sweeps", action="store_true",
                    help="every sweep of the experiment, a row per arch (default: its latest sweep)")
-    r.set_defaults(func=cmd_report, checks=(_check_store,))
+    r.set_defaults(func=cmd_report, checks=(_check_report_out, _check_store))  # bad input before the store is read
 
     e = sub.add_parser("evaluate", help="score a logged model on a dataset split")
     e.add_argument("run_id")
@@ -532,7 +541,7 @@ def build_parser() -> Parser:
     x.add_argument("--out", default=".", help="folder to write <run name>.<format> into (default: here)")
     x.add_argument("--tracking-uri")
     x.add_argument("--no-log", action="store_true", help="do not record the check on the run")
-    x.set_defaults(func=cmd_export, checks=(_check_store,))
+    x.set_defaults(func=cmd_export, checks=(_check_export_out, _check_store))
 
     u = sub.add_parser("ui", help="serve the MLflow UI for the configured store on 127.0.0.1")
     u.add_argument("--tracking-uri")
@@ -545,6 +554,9 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        # MLflow draws a download progress bar on stderr: not in the middle of a command's output
+        # (export, evaluate, report and the sweep's end download artefacts). The user's setting wins.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         for check in getattr(args, "checks", ()):  # what a command reads must be there before it runs
             check(args)
         return args.func(args)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import contextlib
 import dataclasses
 import datetime
 import html
@@ -274,7 +273,7 @@ def _sweep_file(client: MlflowClient, parent) -> tuple[str | None, str | None]:
     if not path:
         return None, None
     name = os.path.basename(path)
-    with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as tmp, _no_progress_bar():
+    with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as tmp:
         try:
             local = client.download_artifacts(parent.info.run_id, name, tmp)
             with open(local, encoding="utf-8", errors="replace") as f:
@@ -284,21 +283,6 @@ def _sweep_file(client: MlflowClient, parent) -> tuple[str | None, str | None]:
     if len(text) > SWEEP_FILE_CHARS:
         text = text[:SWEEP_FILE_CHARS] + f"\n... (cut at {SWEEP_FILE_CHARS} characters)"
     return name, preflight.mask(text)
-
-
-@contextlib.contextmanager
-def _no_progress_bar():
-    """MLflow draws a download progress bar on stderr: not in the middle of a command's output."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None) -> ReportData:

@@ -86,6 +86,15 @@ def test_export_of_a_name_that_is_no_run_is_one_line_and_exit_2(finished_run, tm
     assert not list(tmp_path.iterdir())
 
 
+def test_export_out_naming_a_file_is_one_line_and_exit_2_before_the_store_is_read(finished_run, tmp_path, capsys):
+    uri, run_id, _ = finished_run
+    (tmp_path / "taken").write_text("mine")
+    assert cli.main(["export", run_id, "--out", str(tmp_path / "taken"), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("export: --out: ") and "is a file; give a folder" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and (tmp_path / "taken").read_text() == "mine"
+
+
 def test_the_trials_run_carries_its_inference_cost_and_provenance(finished_run):
     uri, run_id, _ = finished_run
     run = tracking.MlflowClient(tracking_uri=uri).get_run(run_id)
