@@ -11,6 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
+import traceback
+import warnings
 from typing import Any, Sequence
 
 from orchestrator import schema  # torch-free: the settings and their rules
@@ -551,7 +553,25 @@ def build_parser() -> Parser:
     return p
 
 
+def _mask_secrets_in_output() -> None:
+    """Every warning and uncaught traceback this process prints, with URI passwords masked: MLflow's
+    errors quote the tracking URI as given (http://user:password@host/...). Installed once."""
+    if getattr(warnings.showwarning, "masks_secrets", False):
+        return
+    show_warning = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        show_warning(schema.mask(str(message)), category, filename, lineno, file, line)
+
+    def excepthook(kind, value, tb):
+        sys.stderr.write(schema.mask("".join(traceback.format_exception(kind, value, tb))))
+
+    showwarning.masks_secrets = True
+    warnings.showwarning, sys.excepthook = showwarning, excepthook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _mask_secrets_in_output()
     try:
         args = build_parser().parse_args(argv)
         # MLflow draws a download progress bar on stderr: not in the middle of a command's output
@@ -562,8 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as e:
         # whatever went into a message, the user gets one bounded line
-        print(schema.cut(str(e).splitlines()[0] if str(e) else "orchestrate: bad input", schema.MAX_LINE_CHARS),
-              file=sys.stderr)
+        line = schema.mask(str(e).splitlines()[0]) if str(e) else "orchestrate: bad input"
+        print(schema.cut(line, schema.MAX_LINE_CHARS), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -76,3 +76,27 @@ def test_a_model_torch_export_cannot_trace_is_saved_pickled_with_a_warning_and_l
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+# MLflow's errors quote the tracking URI as given, password included ("API request to
+# http://me:s3cret@host/api/... failed"): a warning or a traceback the CLI's process prints is masked.
+LEAKS = """
+import warnings
+from orchestrator import cli
+cli._mask_secrets_in_output()
+cli._mask_secrets_in_output()  # installed once, not wrapped twice
+warnings.warn("the sweep's report was not written (MlflowException: API request to http://me:s3cret@host/api failed)")
+raise RuntimeError("API request to http://me:s3cret@host:5000/api/2.0/mlflow/runs/get failed")
+"""
+
+
+def test_warnings_and_tracebacks_of_the_cli_process_mask_uri_passwords():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", LEAKS], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert result.returncode == 1 and "s3cret" not in result.stderr
+    assert "(MlflowException: API request to http://me:***@host/api failed)" in result.stderr
+    assert "RuntimeError: API request to http://me:***@host:5000/api/2.0/mlflow/runs/get failed" in result.stderr
+    assert result.stderr.count("me:***@host/api failed") == 1
