@@ -243,6 +243,9 @@ def resumable(spec: SweepSpec) -> str:
     if not isinstance(meta, dict) or not isinstance(meta.get("parent_run_id"), str):
         raise ConfigError(spec.file, "--resume", f"{spec.storage_path}/{name}/{storage.STATE_FILE} names no "
                                                  f"MLflow parent run (parent_run_id); start the sweep afresh")
+    if problem := storage.unreadable_tune_state(spec.storage_path, name):
+        raise ConfigError(spec.file, "--resume", f"{problem}; this sweep cannot be continued: start it afresh "
+                                                 f"without --resume")
     return name
 
 

@@ -27,7 +27,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
-from orchestrator.config import ConfigError, SweepSpec
+from orchestrator.config import SweepSpec
 from orchestrator.reports import leaderboard_table, render
 from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial, cut
@@ -65,9 +65,6 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # Every place the sweep uses (store, storage, earlier run, cluster) is checked before Ray
     # starts and before any MLflow run exists.
     restore_name, address = preflight.check_sweep(spec, address=address, resume=resume)
-    if restore_name and (problem := storage.unreadable_tune_state(spec.storage_path, restore_name)):
-        raise ConfigError(spec.file, "--resume", f"{problem}; this sweep cannot be continued: start it afresh "
-                                                 f"without --resume")
     # A local cluster (started here, or already running in this process, e.g. a benchmark's)
     # cannot grow: refuse what it can never hold and never start more trials than fit. A cluster
     # joined by address may autoscale, so there only the user's cap applies.

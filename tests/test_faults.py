@@ -372,6 +372,10 @@ def test_resume_says_in_one_line_why_it_cannot_continue_when_tunes_state_is_cut_
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "--resume" in err and "faults-1" in err and "cannot be read" in err and "afresh" in err
     assert not (tmp_path / "m.db").exists()  # nothing written, no Ray started
+    # The dry run makes the same check (it is one of preflight's --resume checks).
+    assert cli.main(["sweep", str(tmp_path / "s.yaml"), "--resume", "--dry-run", "--tracking-uri",
+                     f"sqlite:///{tmp_path}/m.db", "--storage", str(storage_path)]) == 2
+    assert capsys.readouterr().err.strip() == err
 
 
 # ---------------------------------------------------------------------------------------------
