@@ -4,8 +4,8 @@ and what this machine can hold. Each check returns None (fine) or one line sayin
 and what is allowed; `check_sweep` runs them all for a sweep, before Ray starts and before any
 MLflow run exists, so bad input costs seconds and leaves nothing behind.
 
-Also the one place a URI's credentials are masked (`mask`): every URI shown or stored goes
-through it. MLflow reads MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or
+Also how URIs are shown (`show_uri`) and printed commands are written (`command_line`); the
+masking itself is `schema.mask`, through which every URI shown or stored goes. MLflow reads MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or
 MLFLOW_TRACKING_TOKEN), the recommended way to give a tracking server credentials; a password in
 the URI works too, but is masked wherever the tool shows or stores the URI and left out of the
 commands it prints.
@@ -33,8 +33,7 @@ CONNECT_TIMEOUT_S = 3.0  # a TCP connect to a Ray head or a database; an HTTP pr
 # ---------------------------------------------------------------------------------------------
 # Credentials
 
-# `scheme://user:password@`: the password is everything up to the last '@' before the host (an
-# unencoded '@' in it is still masked whole), anywhere in a text (a sweep file, a message).
+
 def command_line(*args: str) -> str:
     """A command to copy and paste, each argument shell-quoted. A URI's user:password@ is left
     out, with a note: MLflow's client (requests) sends a URI's own credentials in preference to

@@ -82,9 +82,12 @@ def restore(run: engine.Engine, checkpoint) -> None:
     disk or a kill while it was written), from the newest older checkpoint of the trial that can;
     from the first epoch when none can. Retrained epochs are not logged twice: the driver keeps
     each epoch's first report."""
-    candidates = [checkpoint] + [type(checkpoint)(path, filesystem=checkpoint.filesystem)
-                                 for path in storage.older_checkpoints(checkpoint.filesystem, checkpoint.path)]
-    for candidate in candidates:
+    def candidates():  # the older ones are listed only when the newest cannot be read
+        yield checkpoint
+        for path in storage.older_checkpoints(checkpoint.filesystem, checkpoint.path):
+            yield type(checkpoint)(path, filesystem=checkpoint.filesystem)
+
+    for candidate in candidates():
         try:
             with candidate.as_directory() as directory:
                 run.restore(directory)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 from mlflow import MlflowClient
@@ -96,12 +96,16 @@ def dataset_input(spec: DataSpec, digest: str, sizes: dict[str, int]):
     return DatasetInput(dataset._to_mlflow_entity(), tags)
 
 
+def _sqlite_file(uri: str) -> str | None:
+    """The database file of a sqlite:/// store (absolute), or None for any other store."""
+    return os.path.abspath(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
 def artifact_location_for(uri: str) -> str | None:
     """For a local sqlite store, keep artefacts beside the database (not in whatever directory the
     process happened to start in)."""
-    if uri.startswith("sqlite:///"):
-        root = os.path.dirname(os.path.abspath(uri[len("sqlite:///"):]))
-        return "file://" + os.path.join(root, "mlartifacts")
+    if db := _sqlite_file(uri):
+        return "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
     return None  # a server decides (proxied artefacts)
 
 
@@ -111,12 +115,12 @@ def store_creation_lock(uri: str):
     on first use, and two sweeps starting on one new file would run the same migrations at once
     ("table _alembic_tmp_... already exists", a store no one can open). An flock on a file beside
     the database makes the second wait for the first. Other stores need nothing."""
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_file(uri)
+    if db is None:
         yield
         return
     import fcntl
 
-    db = os.path.abspath(uri[len("sqlite:///"):])
     os.makedirs(os.path.dirname(db), exist_ok=True)
     with open(db + ".init-lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -234,12 +238,11 @@ class TrialRecord:
 
     def __init__(self, sweep: SweepRecord, trial: Trial, run_id: str, model_id: str, *,
                  history: list[dict[str, Any]] | None = None, best: Best | None = None,
-                 status: str = Status.RUNNING, logged: Any = ()):
+                 status: str = Status.RUNNING, logged: Mapping[str, str] | None = None):
         self.sweep, self.trial, self.run_id, self.model_id = sweep, trial, run_id, model_id
         self.history = list(history or [])
         self.best, self.status = best, status
-        self.logged = set(logged)  # params already on the run: facts are logged once
-        self.dataset_digest: str | None = None  # of the data's content, as the engine reports it
+        self.logged = dict(logged or {})  # params already on the run: facts are logged once
         # One timestamp per metric batch, kept: a batch sent again (the writer's retry after a lost
         # answer) is then the same rows, which the store keeps once, not a second point per step.
         self._stamps_ms: dict[Any, int] = {}
@@ -247,6 +250,11 @@ class TrialRecord:
     @property
     def client(self) -> MlflowClient:
         return self.sweep.client
+
+    @property
+    def dataset_digest(self) -> str | None:
+        """Of the data's content, as the engine reported it in the trial's first epoch."""
+        return self.logged.get("dataset_digest")
 
     @property
     def last_epoch(self) -> int:
@@ -295,7 +303,6 @@ class TrialRecord:
         record = cls(sweep, trial or runs.decode(run), run.info.run_id, tags.get(Tag.LOGGED_MODEL_ID, ""),
                      history=runs.history(client, run.info.run_id), best=best,
                      status=tags.get(Tag.STATUS, Status.RUNNING), logged=run.data.params)
-        record.dataset_digest = run.data.params.get("dataset_digest")
         if not record.trained:
             if run.info.status != "RUNNING":
                 client.update_run(record.run_id, status="RUNNING")
@@ -337,14 +344,14 @@ class TrialRecord:
         facts = {k: str(int(v) if k in runs.MODEL_FACTS + runs.SPLIT_SIZES else v)
                  for k in runs.ONCE_PARAMS if k not in self.logged and (v := metrics.get(k)) is not None}
         keys = EPOCH_METRICS + (runs.INFERENCE_METRICS if "infer_precision" in facts else ())
+        digest = facts.get("dataset_digest") or self.dataset_digest
         if "dataset_digest" in facts:
             # The first report (engine.describe): the data's content digest, and the dataset as
             # the run's input with it, before any metric is linked to that dataset.
-            self.dataset_digest = facts["dataset_digest"]
             self.client.log_inputs(self.run_id, datasets=[dataset_input(
-                dataset, self.dataset_digest, {k: int(metrics[k]) for k in runs.SPLIT_SIZES if k in metrics})])
+                dataset, digest, {k: int(metrics[k]) for k in runs.SPLIT_SIZES if k in metrics})])
         batch = [Metric(k, float(metrics[k]), now, step, model_id=self.model_id or None, dataset_name=dataset.name,
-                        dataset_digest=self.dataset_digest)
+                        dataset_digest=digest)
                  for k in keys if k in metrics]
         self.client.log_batch(self.run_id, metrics=batch, params=[Param(k, v) for k, v in facts.items()])
         self.logged.update(facts)
