@@ -35,7 +35,6 @@ class DeployError(ValueError):
 class Exported:
     run_id: str
     path: str
-    format: str
     check: export.ExportCheck | None  # ONNX only
     max_abs_diff: float
     top1_agreement: float
@@ -76,12 +75,6 @@ def validation_batch(trial, meta: dict[str, Any], n: int = CHECK_IMAGES) -> torc
     return data.normalize(splits.val.images[:n], tuple(meta["mean"]), tuple(meta["std"]))
 
 
-def compare(model: torch.nn.Module, logits: torch.Tensor, batch: torch.Tensor) -> tuple[float, float]:
-    with torch.inference_mode():
-        eager = model.eval()(batch).float()
-    return (logits - eager).abs().max().item(), (logits.argmax(1) == eager.argmax(1)).float().mean().item()
-
-
 def export_run(client: MlflowClient, run, fmt: str, out_dir: str, log: bool = True) -> Exported:
     trial = runs.decode(run)
     os.makedirs(out_dir, exist_ok=True)
@@ -97,10 +90,10 @@ def export_run(client: MlflowClient, run, fmt: str, out_dir: str, log: bool = Tr
             check = None
             with torch.inference_mode():
                 logits = torch.export.load(path).module()(batch).float()
-            diff, agree = compare(model, logits, batch)
+            diff, agree = export.agreement(model, logits, batch)
         if log:
             record(client, run, fmt, path, check, diff, agree)
-    return Exported(run.info.run_id, path, fmt, check, diff, agree)
+    return Exported(run.info.run_id, path, check, diff, agree)
 
 
 def record(client: MlflowClient, run, fmt: str, path: str, check: export.ExportCheck | None,

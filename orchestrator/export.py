@@ -117,6 +117,15 @@ def session(path: str | os.PathLike, num_threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def agreement(model: nn.Module, logits: torch.Tensor, images: torch.Tensor) -> tuple[float, float]:
+    """How well an export's `logits` on `images` match `model` run eagerly (a copy, fp32, CPU, eval
+    mode): the largest absolute logit difference and the share of images with the same top-1."""
+    eager = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    with torch.inference_mode():
+        reference = eager(images).float()
+    return (logits - reference).abs().max().item(), (logits.argmax(1) == reference.argmax(1)).float().mean().item()
+
+
 def check_onnx(model: nn.Module, path: str | os.PathLike, batch: torch.Tensor, *,
                batch_sizes: tuple[int, int] = inference.BATCH_SIZES,
                min_run_time_s: float = inference.MIN_RUN_TIME_S, num_threads: int | None = None) -> ExportCheck:
@@ -129,11 +138,7 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, batch: torch.Tensor, *
     sess = session(path, threads)
     images = batch.detach().to("cpu", torch.float32).contiguous()
     onnx_logits = torch.from_numpy(sess.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0])
-    eager = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    with torch.inference_mode():
-        eager_logits = eager(images).float()
-    max_abs_diff = (onnx_logits - eager_logits).abs().max().item()
-    top1_agreement = (onnx_logits.argmax(1) == eager_logits.argmax(1)).float().mean().item()
+    max_abs_diff, top1_agreement = agreement(model, onnx_logits, images)
 
     rng = np.random.default_rng(0)
     image_shape = tuple(images.shape[1:])

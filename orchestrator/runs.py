@@ -317,7 +317,7 @@ class Standing:
     infer_imgs_per_s: float | None
     device_hours: float  # every trial of the entry: search and seeds
     trials: int
-    best_run_id: str  # the run whose configuration this is: the best seed run, or the best search run
+    best_run_id: str  # the entry's best-ranked run with a model (the report's curve, its Pareto tag)
     leader: bool = False
     tied: bool = False  # its interval overlaps the leader's: not told apart from the best
 
@@ -365,7 +365,7 @@ def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list
         mean, std, low, high = t_interval(scores)
         standings.append(Standing(entry, best.arch, _base_name(best.name), best.metric, mean, std, low, high,
                                   len(scores), best.params, best.flops, best.latency_ms, best.infer_imgs_per_s,
-                                  sum(r.device_hours for r in rs), len(rs), best.run_id))
+                                  sum(r.device_hours for r in rs), len(rs), scored[0].run_id))
     sign = -1.0 if mode == "max" else 1.0
     standings.sort(key=lambda s: sign * s.mean)
     if not standings:

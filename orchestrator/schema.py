@@ -46,7 +46,9 @@ _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 
 _REPR.maxstring = _REPR.maxlong = _REPR.maxother = SHOWN_CHARS
 
 
-# A URI's user:password@ (in any text): what `mask` hides wherever a URI is shown or stored.
+# A URI's user:password@ (in any text): what `mask` hides wherever a URI is shown or stored. The
+# password is everything up to the last '@' before the host (an unencoded '@' in it is still masked
+# whole), anywhere in a text (a sweep file, a message).
 CREDENTIALS = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s/@:'\"]*):"
                          r"(?P<password>[^\s/'\"]*)@")
 
@@ -82,6 +84,11 @@ def show_key(key: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+def better(a: float, b: float, mode: str) -> bool:
+    """Whether metric value `a` beats `b` under `mode` (max or min)."""
+    return a > b if mode == "max" else a < b
+
+
 # Rules, each a function value -> None (fine) or what is wrong with it
 
 
@@ -298,7 +305,7 @@ class Search:
 
     def better(self, a: float, b: float | None) -> bool:
         """Whether metric value `a` beats `b` (None: nothing yet)."""
-        return b is None or (a > b if self.mode == "max" else a < b)
+        return b is None or better(a, b, self.mode)
 
 
 @dataclasses.dataclass(frozen=True)

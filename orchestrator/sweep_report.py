@@ -27,9 +27,9 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from orchestrator import preflight, reports, runs
+from orchestrator import reports, runs
 from orchestrator.runs import Result, Standing, Tag
-from orchestrator.schema import PHASE_SEEDS, show
+from orchestrator.schema import PHASE_SEEDS, better, mask, show
 
 if TYPE_CHECKING:  # the callers hand in their client
     from mlflow import MlflowClient
@@ -46,16 +46,12 @@ COSTS = (("latency_ms", "batch-1 inference latency (ms)", "latency"),
          ("params", "parameters", "params"),
          ("flops", "FLOPs (one 32x32 image)", "FLOPs"))
 
-# Provenance params of the child runs (tracking.library_versions, runs.PROVENANCE).
 SWEEP_FILE_CHARS = 200_000  # a longer sweep file is shown cut
+DATE_FORMAT = "%Y-%m-%d %H:%M UTC"
 
 
 # ---------------------------------------------------------------------------------------------
 # Pure parts
-
-
-def better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]], mode: str) -> list[int]:
@@ -157,8 +153,6 @@ class TrialPoint:
     lr: float | None
     width: float | None
     score: float
-    phase: str | None
-    status: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +162,7 @@ class EntryView:
     standing: Standing
     label: str  # its arch, with its entry index when the arch is in several entries
     family: str
-    best_run_id: str | None  # the entry's best-ranked run with a model
-    best_run_name: str | None
-    curve: tuple[tuple[int, float], ...]  # that run's metric per epoch
+    curve: tuple[tuple[int, float], ...]  # the metric per epoch of its best-ranked run with a model
     trials: tuple[TrialPoint, ...]
     search_trials: int
     seed_trials: int
@@ -221,7 +213,7 @@ class ReportData:
     def frontier_runs(self) -> list[str]:
         """The best run of every entry on any of the frontiers (the union), once each."""
         on = sorted({i for f in self.frontiers for i in f.members})
-        return [self.entries[i].best_run_id for i in on if self.entries[i].best_run_id]
+        return [self.entries[i].standing.best_run_id for i in on]
 
     def message(self) -> str:
         """What an empty report says: which sweep, and what became of its trials."""
@@ -259,7 +251,7 @@ def _number(text: str | None) -> float | None:
 def _date(ms: int | None) -> str | None:
     if not ms:
         return None
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime(DATE_FORMAT)
 
 
 def _distinct(values: Iterable[str | None]) -> tuple[str, ...]:
@@ -282,43 +274,42 @@ def _sweep_file(client: MlflowClient, parent) -> tuple[str | None, str | None]:
             return name, None
     if len(text) > SWEEP_FILE_CHARS:
         text = text[:SWEEP_FILE_CHARS] + f"\n... (cut at {SWEEP_FILE_CHARS} characters)"
-    return name, preflight.mask(text)
+    return name, mask(text)
 
 
-def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None) -> ReportData:
+def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
+            trial_runs: list | None = None) -> ReportData:
     """The page's data for one sweep (its parent run), or for every sweep of the experiment
-    (`parent_run_id` None: one row per arch, as `compare --all-sweeps --by arch`)."""
+    (`parent_run_id` None: one row per arch, as `compare --all-sweeps --by arch`). `trial_runs`:
+    that scope's trial runs, where the caller has them already."""
     experiment = client.get_experiment(experiment_id).name
-    trial_runs = runs.trial_runs(client, experiment_id, parent_run_id)
+    if trial_runs is None:
+        trial_runs = runs.trial_runs(client, experiment_id, parent_run_id)
     metric, mode = runs.selection(client, parent_run_id, trial_runs)
     by_id = {r.info.run_id: r for r in trial_runs}
     results = runs.rank((runs.result(r, metric) for r in trial_runs), mode)
     by_arch = parent_run_id is None
     standings = runs.leaderboard(results, mode, by_arch=by_arch)
-    sweeps = runs.sweep_runs(client, experiment_id)
     if parent_run_id:
         parents = [client.get_run(parent_run_id)]
         scope = f"sweep run {parents[0].info.run_name} ({parent_run_id})"
     else:
-        parents = sweeps
-        scope = f"all {len(sweeps)} sweep(s)"
+        parents = runs.sweep_runs(client, experiment_id)
+        scope = f"all {len(parents)} sweep(s)"
     labels = labels_of(standings)
     groups: dict[Any, list[Result]] = {}
-    for r in results:  # ranked: each group's first run with a model is its best
+    for r in results:
         groups.setdefault(runs.entry_key(r, by_arch), []).append(r)
     entries = []
     for s, label in zip(standings, labels):
-        rs = groups.get(s.entry, [])
-        best = next((r for r in rs if r.has_model and r.score is not None), None)
-        curve = ()
-        if best is not None:
-            # One metric's history (step = epoch), not runs.history's every metric: a call per entry.
-            curve = tuple(sorted((int(m.step), float(m.value)) for m in client.get_metric_history(best.run_id, metric)))
-        points = tuple(TrialPoint(r.lr, _number(by_id[r.run_id].data.params.get("knobs.width")), r.score, r.phase,
-                                  r.status) for r in rs if r.has_model and r.score is not None)
-        family = by_id[best.run_id].data.tags.get(Tag.FAMILY, s.arch) if best else s.arch
+        rs = groups[s.entry]
+        # One metric's history (step = epoch), not runs.history's every metric: a call per entry.
+        curve = tuple(sorted((int(m.step), float(m.value)) for m in client.get_metric_history(s.best_run_id, metric)))
+        points = tuple(TrialPoint(r.lr, _number(by_id[r.run_id].data.params.get("knobs.width")), r.score)
+                       for r in rs if r.has_model and r.score is not None)
+        family = by_id[s.best_run_id].data.tags.get(Tag.FAMILY, s.arch)
         entries.append(EntryView(
-            s, label, family, best.run_id if best else None, best.name if best else None, curve, points,
+            s, label, family, curve, points,
             search_trials=sum(r.phase != PHASE_SEEDS for r in rs), seed_trials=sum(r.phase == PHASE_SEEDS for r in rs),
             failed_trials=sum(not r.has_model for r in rs)))
     statuses = collections.Counter(r.status for r in results)
@@ -326,7 +317,7 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None)
         experiment=experiment, scope=scope, metric=metric, mode=mode, entries=tuple(entries),
         frontiers=frontiers(standings, mode), answers=tuple(answers(standings, labels, metric, mode)),
         provenance=read_provenance(client, parents, trial_runs), statuses=tuple(sorted(statuses.items())),
-        generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT))
 
 
 def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Provenance:
@@ -357,16 +348,14 @@ def publish(client: MlflowClient, experiment_id: str, parent_run_id: str) -> Rep
     """At a sweep's end: the report as the parent run's `report.html` (a page saying so when no
     trial completed), and Tag.PARETO=true on the frontier runs (taken off runs of this sweep that
     a resumed sweep's frontier no longer names)."""
-    data = collect(client, experiment_id, parent_run_id)
+    trial_runs = runs.trial_runs(client, experiment_id, parent_run_id)
+    data = collect(client, experiment_id, parent_run_id, trial_runs)
     # The sweep ends as its report is written (the parent run is marked finished just after).
     data = dataclasses.replace(data, provenance=dataclasses.replace(data.provenance, ended=data.generated))
     with tempfile.TemporaryDirectory(prefix="orchestrate-report-") as tmp:
-        path = os.path.join(tmp, REPORT_FILE)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(render(data))
-        client.log_artifact(parent_run_id, path)
+        client.log_artifact(parent_run_id, write(data, os.path.join(tmp, REPORT_FILE)))
     on = set(data.frontier_runs())
-    for run in runs.trial_runs(client, experiment_id, parent_run_id):
+    for run in trial_runs:
         if run.info.run_id in on:
             client.set_tag(run.info.run_id, Tag.PARETO, "true")
         elif run.data.tags.get(Tag.PARETO):

@@ -108,10 +108,10 @@ def hostile_report() -> sweep_report.ReportData:
              standing("vgg11", 0.8, latency_ms=0.5, params=2e5)]
     labels = sweep_report.labels_of(board)
     entries = tuple(sweep_report.EntryView(
-        s, label, family=f"{HOSTILE} family", best_run_id=f"run{i}", best_run_name=s.config,
-        curve=((1, 0.5), (2, s.mean)), trials=(sweep_report.TrialPoint(0.05, 0.5, s.mean - 0.1, "search", "completed"),
-                                              sweep_report.TrialPoint(0.1, 1.0, s.mean, "search", "completed")),
-        search_trials=2, seed_trials=0, failed_trials=0) for i, (s, label) in enumerate(zip(board, labels)))
+        s, label, family=f"{HOSTILE} family",
+        curve=((1, 0.5), (2, s.mean)), trials=(sweep_report.TrialPoint(0.05, 0.5, s.mean - 0.1),
+                                              sweep_report.TrialPoint(0.1, 1.0, s.mean)),
+        search_trials=2, seed_trials=0, failed_trials=0) for s, label in zip(board, labels))
     provenance = sweep_report.Provenance(
         sweeps=(f"sweep-1 {HOSTILE}",), sweep_file_name=f"{HOSTILE}.yaml",
         sweep_file_text=f"name: x\n</pre>{HOSTILE}\ntracking: {{uri: http://me:***@host}}\n",
