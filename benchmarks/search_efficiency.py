@@ -61,7 +61,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.sweep_run import SweepRun, TrialRun, local_ray, run_sweep
+from benchmarks.sweep_run import SweepRun, TrialRun, local_ray, log_spaced, run_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "experiments", "quickstart.yaml")
@@ -110,8 +110,7 @@ def sweep_base(name: str, epochs: int) -> dict[str, Any]:
 
 
 def grid_lrs(count: int) -> list[float]:
-    lo, hi = LR_RANGE
-    lrs = [round(lo * (hi / lo) ** (i / max(count - 1, 1)), 6) for i in range(count)]
+    lrs = log_spaced(*LR_RANGE, count)
     random.Random(0).shuffle(lrs)
     return lrs
 

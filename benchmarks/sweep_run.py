@@ -96,6 +96,11 @@ def client(tracking_uri: str):
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
 
 
+def log_spaced(lo: float, hi: float, count: int) -> list[float]:
+    """`count` learning rates from `lo` to `hi`, evenly spaced in log scale (6 decimals)."""
+    return [round(lo * (hi / lo) ** (i / max(count - 1, 1)), 6) for i in range(count)]
+
+
 def write_sweep_file(folder: str, raw: dict[str, Any]) -> str:
     import yaml
 

@@ -100,7 +100,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.sweep_run import SweepRun, local_ray, run_sweep
+from benchmarks.sweep_run import SweepRun, local_ray, log_spaced, run_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_VAL_ACC = 0.85
@@ -261,8 +261,7 @@ def measure_overhead(repeats: int, epochs: int) -> dict:
 
 
 def many_spec(count: int) -> dict:
-    lo, hi = 0.001, 0.1
-    lrs = [round(lo * (hi / lo) ** (i / max(count - 1, 1)), 6) for i in range(count)]
+    lrs = log_spaced(0.001, 0.1, count)
     return {"name": "throughput-many", "dataset": {"name": "synthetic", "synthetic_size": 256},
             "train": {"epochs": 1, "batch_size": 64, "warmup_epochs": 0.5},
             "resources": {"num_workers": 1, "cpus_per_worker": 1},

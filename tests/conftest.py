@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
-from support import DDP_SWEEP, FAIR_SWEEP, Sweep, free_port, run_sweep
+from support import DDP_SWEEP, FAIR_SWEEP, Sweep, free_port, processes_mentioning, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,16 @@ def mlflow_server(tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_tmpdir():
+    """A private RAY_TMPDIR for a test's own local Ray cluster; whatever a killed driver left there is ended."""
+    folder = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
+    yield folder
+    for line in processes_mentioning(folder):  # whatever a killed driver left behind
+        try:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(folder, ignore_errors=True)

@@ -7,12 +7,16 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import torch
+
+from orchestrator.runs import ROLE_TRIAL, Tag
 
 REPO = Path(__file__).resolve().parent.parent
 ORCHESTRATE = [sys.executable, "-m", "orchestrator"]
@@ -157,3 +161,63 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A sweep run as a user runs it, in its own Ray (RAY_TMPDIR: the ray_tmpdir fixture), and what it logged
+
+
+def start_sweep(folder, ray_tmpdir, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmpdir}
+    return subprocess.Popen(ORCHESTRATE + ["sweep", "sweep.yaml", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
+                                           *extra],
+                            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def sweep_through(tmp_path, ray_tmpdir, during, timeout_s=900) -> tuple[int, str]:
+    """Run tmp_path's sweep as a user does, call `during(proc)` while it runs (to kill or signal
+    something), let it finish; (exit code, output). Never leaves the sweep running."""
+    proc = start_sweep(tmp_path, ray_tmpdir)
+    try:
+        during(proc)
+        out, _ = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out
+
+
+def wait_for(predicate, timeout_s, proc=None, what=""):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def metric_steps(client, run_id, key="val_acc"):
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def trials(uri, experiment):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return client, {r.info.run_name: r for r in runs if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL}
+
+
+def logged_epochs(db) -> int:
+    """val_acc rows in the store, read-only (see the resume test for why not an MlflowClient)."""
+    if not db.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return con.execute("SELECT count(*) FROM metrics WHERE key = 'val_acc'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

@@ -29,8 +29,7 @@ import urllib.parse
 import pytest
 import torch
 
-from support import REPO, processes_mentioning, run_cli
-from test_resilience import logged_epochs, metric_steps, ray_tmpdir, sweep_through, trials, wait_for  # noqa: F401
+from support import REPO, logged_epochs, metric_steps, processes_mentioning, run_cli, sweep_through, trials, wait_for
 from orchestrator import cli, config, engine, ray_train, runs, storage, tracking
 from orchestrator.data import load_splits
 from orchestrator.runs import ROLE_SWEEP, Status, Tag
@@ -395,8 +394,7 @@ def one_trial_sweep(name: str, storage: str | None = None, epochs: int = 4, step
 
 def the_runs(uri: str, experiment: str):
     client, by_name = trials(uri, experiment)
-    exp = client.get_experiment_by_name(experiment)
-    parents = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(Tag.ROLE) == ROLE_SWEEP]
+    parents = runs.sweep_runs(client, client.get_experiment_by_name(experiment).experiment_id)
     return client, by_name, parents
 
 

@@ -9,64 +9,18 @@ import glob
 import math
 import os
 import shlex
-import shutil
 import signal
 import sqlite3
-import subprocess
-import tempfile
 import textwrap
 import time
 
 import pytest
 
-from support import DDP_SWEEP, ORCHESTRATE, PAIR_SWEEP, REPO, processes_mentioning, run_cli
-from orchestrator.runs import ROLE_SWEEP, ROLE_TRIAL, Tag
+from support import (DDP_SWEEP, PAIR_SWEEP, logged_epochs, metric_steps, processes_mentioning, run_cli, start_sweep,
+                     sweep_through, trials, wait_for)
+from orchestrator.runs import ROLE_SWEEP, Tag
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture
-def ray_tmpdir():
-    folder = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
-    yield folder
-    for line in processes_mentioning(folder):  # whatever a killed driver left behind
-        try:
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def start_sweep(folder, ray_tmpdir, *extra):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmpdir}
-    return subprocess.Popen(ORCHESTRATE + ["sweep", "sweep.yaml", "--tracking-uri", f"sqlite:///{folder}/mlflow.db",
-                                           *extra],
-                            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def sweep_through(tmp_path, ray_tmpdir, during, timeout_s=900) -> tuple[int, str]:
-    """Run tmp_path's sweep as a user does, call `during(proc)` while it runs (to kill or signal
-    something), let it finish; (exit code, output). Never leaves the sweep running."""
-    proc = start_sweep(tmp_path, ray_tmpdir)
-    try:
-        during(proc)
-        out, _ = proc.communicate(timeout=timeout_s)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, out
-
-
-def wait_for(predicate, timeout_s, proc=None, what=""):
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def worker_pids(ray_tmpdir, actor: str = "RayTrainWorker") -> set[int]:
@@ -84,19 +38,6 @@ def worker_pids(ray_tmpdir, actor: str = "RayTrainWorker") -> set[int]:
         if cmd.startswith(f"ray::{actor}") and ray_tmpdir in env:
             pids.add(int(pid))
     return pids
-
-
-def metric_steps(client, run_id, key="val_acc"):
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
-
-
-def trials(uri, experiment):
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=100)
-    return client, {r.info.run_name: r for r in runs if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL}
 
 
 def test_a_killed_training_worker_restarts_from_its_checkpoint_and_logs_every_epoch_once(
@@ -248,17 +189,6 @@ def test_a_tpe_sweep_resumed_after_the_driver_was_killed_reruns_nothing_finished
 
 
 INTERRUPT_SWEEP = PAIR_SWEEP.replace("e2e-pair", "e2e-interrupt").replace("epochs: 3", "epochs: 4")
-
-
-def logged_epochs(db) -> int:
-    """val_acc rows in the store, read-only (see the resume test for why not an MlflowClient)."""
-    if not db.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT count(*) FROM metrics WHERE key = 'val_acc'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])

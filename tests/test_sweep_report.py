@@ -177,7 +177,8 @@ def test_a_sweep_whose_only_trial_failed_logs_a_report_saying_so_and_the_command
 
 def frontier_from_store(client, experiment_id, parent):
     """What the page must name, worked out here from the runs: the leaderboard, each cost's
-    Pareto frontier as labels, and the best run (with a model) of every entry on any frontier."""
+    Pareto frontier as labels, the best run (with a model) of every entry on any frontier, and the
+    ranked results it was worked out from."""
     results = runs.results(client, experiment_id, parent)
     mode = runs.selection(client, parent)[1]
     board = runs.leaderboard(results, mode)
@@ -189,7 +190,7 @@ def frontier_from_store(client, experiment_id, parent):
     for r in results:  # best first
         if r.entry in on and r.has_model and r.entry not in best:
             best[r.entry] = r.run_id
-    return board, fronts, set(best.values())
+    return board, fronts, set(best.values()), results
 
 
 @pytest.mark.browser
@@ -199,7 +200,7 @@ def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_a
     client = fair_sweep.client()
     experiment = client.get_experiment_by_name(fair_sweep.experiment)
     parent = runs.sweep_runs(client, experiment.experiment_id)[0].info.run_id
-    board, fronts, frontier_runs = frontier_from_store(client, experiment.experiment_id, parent)
+    board, fronts, frontier_runs, results = frontier_from_store(client, experiment.experiment_id, parent)
     assert len(board) == 2 and all(s.n == 2 for s in board)  # one row per entry, each over its 2 seed runs
 
     # The sweep logged its report and tagged the frontier's runs.
@@ -210,7 +211,7 @@ def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_a
     assert {r.info.run_id for r in found} == frontier_runs  # the MLflow UI's filter finds them
 
     lrs = {}
-    for r in runs.results(client, experiment.experiment_id, parent):
+    for r in results:
         if r.has_model:
             lrs.setdefault(r.entry, set()).add(r.lr)
     tried_two_lrs = any(len(v) > 1 for v in lrs.values())  # the search drew two lrs per entry, unless a trial failed
