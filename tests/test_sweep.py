@@ -126,6 +126,14 @@ def test_terminal_shows_the_live_view_and_summary_not_worker_logs_nor_rays_repor
     assert "epoch   1  train_loss" not in out  # the engine's own per-epoch prints stay in worker logs
 
 
+def test_a_default_sweeps_output_has_no_ray_warning_and_no_mlflow_info_line(pair_sweep):
+    # MLflow's "Creating initial MLflow database tables..." on a new store, Tune's "on_trial_result
+    # operation took 0.7 s, which may be a performance bottleneck": neither belongs in the live view.
+    assert pair_sweep.result.stderr == ""
+    for line in pair_sweep.result.stdout.splitlines():
+        assert " INFO " not in line and "WARNING" not in line and "bottleneck" not in line, line
+
+
 def test_without_a_terminal_the_live_view_names_each_trials_knobs_and_lr_per_epoch(pair_sweep):
     out = pair_sweep.result.stdout
     for name in ("resnet18-width0.125-lr0.05", "resnet18-width0.125-lr0.1"):
