@@ -156,10 +156,27 @@ def _and(*clauses: str) -> str:
     return " and ".join(c for c in clauses if c)
 
 
+PAGE_SIZE = 1000  # runs per search request: every query pages through all of them
+
+
+def search_all(client: MlflowClient, experiment_id: str, query: str, order_by: list[str] | None = None) -> list[Run]:
+    """Every run matching `query`, one request per page of PAGE_SIZE (MLflow's page_token): an
+    experiment filled over many sweeps loses none of them."""
+    found: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], query, order_by=order_by, max_results=PAGE_SIZE,
+                                  page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def sweep_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     """The experiment's sweeps (parent runs), newest first."""
-    return client.search_runs([experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'",
-                              order_by=["attributes.start_time DESC"], max_results=5000)
+    return search_all(client, experiment_id, f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'",
+                      order_by=["attributes.start_time DESC"])
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None,
@@ -168,7 +185,7 @@ def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str | No
     query = _and(f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}'",
                  parent_run_id and f"tags.`{Tag.PARENT}` = '{parent_run_id}'",
                  trial_id and f"tags.`{Tag.TRIAL_ID}` = '{trial_id}'")
-    return client.search_runs([experiment_id], query, max_results=5000)
+    return search_all(client, experiment_id, query)
 
 
 def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
