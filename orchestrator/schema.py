@@ -31,6 +31,11 @@ MAX_TRIALS = 10_000
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "best_val_acc", "lr", "imgs_per_s",
                  "train_s", "epoch_s")
 METRICS = EPOCH_METRICS
+# The range each metric lives in ((low, high), None where open): an interval reported over seed
+# runs never leaves it (runs.interval).
+METRIC_RANGE = {"train_acc": (0.0, 1.0), "val_acc": (0.0, 1.0), "val_top5": (0.0, 1.0), "best_val_acc": (0.0, 1.0),
+                "train_loss": (0.0, None), "val_loss": (0.0, None), "lr": (0.0, None), "imgs_per_s": (0.0, None),
+                "train_s": (0.0, None), "epoch_s": (0.0, None)}
 
 # A trial either searches its entry's space, or re-trains the entry's best configuration with a
 # fresh seed after the search (`search.seeds`).

@@ -226,7 +226,7 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
     standings = runs.leaderboard(results, spec.search.mode)
     if standings:
         print(f"\nPer model entry ({spec.search.metric}, {spec.search.mode}; mean of the best configuration's "
-              f"seed runs with a 95% interval where search.seeds > 1):", file=out)
+              f"seed runs with a 95% interval where search.seeds > 1, inside the metric's range):", file=out)
         print(leaderboard_table(standings).render("table"), end="", file=out)
     failed = [r for r in results if r.status == Status.FAILED]
     if failed:

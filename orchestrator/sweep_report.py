@@ -138,12 +138,20 @@ def answers(standings: Sequence[Standing], labels: Sequence[str], metric: str, m
                                           "gives each entry an interval)"))
         return out
     others = range(1, len(standings))
-    text = ", ".join(labels[i] for i in others if standings[i].tied) or "none"
+    text = ", ".join(labels[i] + _separation(standings[i]) for i in others if standings[i].tied) or "none"
     unjudged = [labels[i] for i in others if standings[i].low is None]
     if unjudged:
         text += f"; not measured for {', '.join(unjudged)} (fewer than 2 seed runs)"
     out.append(Answer(question, None, text))
     return out
+
+
+def _separation(s: Standing) -> str:
+    """What it would cost to tell a tied entry from the best: seeds per entry, device-hours."""
+    if s.seeds_to_separate is None:
+        return " (no number of seeds separates them at the observed means)" if s.low is not None else ""
+    return (f" ({s.seeds_to_separate} seeds per entry would separate it at the observed spread: "
+            f"{s.separate_device_hours:.4g} more device-hours)")
 
 
 @dataclasses.dataclass(frozen=True)
