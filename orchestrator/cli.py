@@ -126,7 +126,7 @@ def _from_options(cls: type, args):
 
 def cmd_archs(args) -> int:
     import archs
-    from orchestrator import reports
+    from orchestrator import tables
 
     names = archs.names(args.pattern)
     if not names:
@@ -158,7 +158,7 @@ def cmd_archs(args) -> int:
         arch = archs.get(name)
         knobs = "  ".join(f"{k.name}={k.default} ({k.describe()})" for k in arch.knobs)
         rows.append((name, arch.family, *counted[name].values(), knobs))
-    reports.print_table(rows)
+    tables.print_table(rows)
     return 0
 
 
@@ -272,7 +272,7 @@ PREVIEW_ROWS = 50  # a dry run lists this many trials, then says how many more
 
 
 def _print_preview(file: str, spec, trials) -> None:
-    from orchestrator import preflight, reports
+    from orchestrator import preflight, tables
 
     s = spec.search
     drawn = {"tpe": "TPE's draws depend on results: drawn at random here", "grid": "grid only"}.get(
@@ -286,7 +286,7 @@ def _print_preview(file: str, spec, trials) -> None:
         knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items()))
         table.append((i, t.entry, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.seed, t.train.epochs,
                       t.train.batch_size, t.train.optimizer))
-    reports.print_table(table)
+    tables.print_table(table)
     if spec.search_trial_count() > len(trials):
         print(f"... and {spec.search_trial_count() - len(trials)} more search trial(s)")
 
@@ -321,16 +321,16 @@ def _find_sweep(args):
 
 
 def cmd_compare(args) -> int:
-    from orchestrator import preflight, reports, runs
+    from orchestrator import preflight, runs, tables
 
     client, exp, parent = _find_sweep(args)
     shown = preflight.show_uri(client.tracking_uri)
     results = runs.results(client, exp.experiment_id, parent)
     if args.by == "arch":
         mode = runs.selection(client, parent, runs.trial_runs(client, exp.experiment_id, parent))[1]
-        text = reports.leaderboard_table(runs.leaderboard(results, mode, by_arch=parent is None)).render(args.format)
+        text = tables.leaderboard_table(runs.leaderboard(results, mode, by_arch=parent is None)).render(args.format)
     else:
-        text = reports.render(results, args.format)
+        text = tables.render(results, args.format)
     if args.format == "table":  # the other formats are data for other programs: nothing but the data
         ranked = (f", ranked by {results[0].metric}, trials that trained to their full budget first"
                   if results and args.by == "trial" else f", by model entry, by {results[0].metric}" if results else "")
@@ -341,14 +341,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from orchestrator import sweep_report
+    from orchestrator import report
 
     out = os.path.abspath(args.out)
     client, exp, parent = _find_sweep(args)
-    data = sweep_report.collect(client, exp.experiment_id, parent)
+    data = report.collect(client, exp.experiment_id, parent)
     if data.empty:
         raise UsageError(f"report: {data.message()}")
-    path = sweep_report.write(data, out)
+    path = report.write(data, out)
     print(f"experiment {exp.name!r}, {data.scope}: {len(data.entries)} model entr"
           f"{'y' if len(data.entries) == 1 else 'ies'}; {data.answers[0].question}: {data.answers[0].text}")
     print(path)

@@ -28,7 +28,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
 from orchestrator.config import SweepSpec
-from orchestrator.reports import leaderboard_table, render
+from orchestrator.tables import leaderboard_table, render
 from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial, cut
 

@@ -1,7 +1,8 @@
-"""What a sweep shows a person: the comparison table (terminal, CSV, markdown) and the plots
-(learning curves, confusion matrix, accuracy vs size and speed). Pure formatting and drawing: the
-rows are `runs.Result` records (read from MLflow by runs.py), the histories the trials' epochs.
-matplotlib draws with Agg (no display anywhere we run)."""
+"""Tables and per-run plots (the HTML report is orchestrator/report/): the comparison table and
+the leaderboard (terminal, CSV, JSON, markdown) and the plots (learning curves, confusion matrix,
+accuracy vs size and speed). Pure formatting and drawing: the rows are `runs.Result` records (read
+from MLflow by runs.py), the histories the trials' epochs. matplotlib draws with Agg (no display
+anywhere we run)."""
 
 from __future__ import annotations
 
