@@ -87,9 +87,13 @@ def one(name: str, kind: str) -> dict:
     return found[0]
 
 
+def ray_cluster_of(manifest: dict) -> dict:
+    """The Ray cluster's spec: a RayJob's rayClusterSpec, a RayCluster's spec."""
+    return manifest["spec"].get("rayClusterSpec", manifest["spec"])
+
+
 def cluster_spec(name: str) -> dict:
-    """The RayCluster spec: a RayJob's rayClusterSpec, a RayCluster's spec."""
-    return one(RAYJOB, "RayJob")["spec"]["rayClusterSpec"] if name == RAYJOB else one(RAYCLUSTER, "RayCluster")["spec"]
+    return ray_cluster_of(one(name, {RAYJOB: "RayJob", RAYCLUSTER: "RayCluster"}[name]))
 
 
 def pod_specs(name: str) -> list[dict]:
@@ -97,7 +101,7 @@ def pod_specs(name: str) -> list[dict]:
     specs = []
     for doc in documents(name):
         if doc["kind"] in ("RayJob", "RayCluster"):
-            spec = cluster_spec(name)
+            spec = ray_cluster_of(doc)
             specs += [spec["headGroupSpec"]["template"]["spec"]]
             specs += [group["template"]["spec"] for group in spec.get("workerGroupSpecs", [])]
         elif doc["kind"] == "Deployment":
@@ -115,9 +119,8 @@ def env_of(container: dict) -> dict[str, dict]:
 
 # KubeRay's CRD schemas ------------------------------------------------------------------------------
 
-def crd_folder() -> Path | None:
-    folder = Path(os.environ.get("KUBERAY_CRDS") or REPO.parent / "shared" / "kuberay" / KUBERAY)
-    return folder if all((folder / file).is_file() for file, _ in CRDS.values()) else None
+def crd_folder() -> Path:
+    return Path(os.environ.get("KUBERAY_CRDS") or REPO.parent / "shared" / "kuberay" / KUBERAY)
 
 
 def strict(node):
@@ -140,9 +143,9 @@ def strict(node):
 def crd_schema(kind: str) -> dict:
     """The served, stored v1 openAPIV3Schema of the pinned release's CRD for `kind`."""
     folder = crd_folder()
-    if folder is None:
-        pytest.skip(f"KubeRay {KUBERAY} CRDs not found: put {', '.join(f for f, _ in CRDS.values())} in "
-                    f"{REPO.parent / 'shared' / 'kuberay' / KUBERAY} or name their folder in KUBERAY_CRDS")
+    if not all((folder / file).is_file() for file, _ in CRDS.values()):
+        pytest.skip(f"KubeRay {KUBERAY} CRDs not found in {folder}: put {' and '.join(f for f, _ in CRDS.values())} "
+                    f"there, or name the folder that holds them in KUBERAY_CRDS")
     file, sha256 = CRDS[kind]
     data = (folder / file).read_bytes()
     assert hashlib.sha256(data).hexdigest() == sha256, f"{folder / file} is not KubeRay {KUBERAY}'s {file}"
@@ -197,12 +200,11 @@ def test_manifest_passes_kuberays_crd_schema(name):
 
 
 def _worker(manifest):
-    spec = manifest["spec"].get("rayClusterSpec", manifest["spec"])
-    return spec["workerGroupSpecs"][0]
+    return ray_cluster_of(manifest)["workerGroupSpecs"][0]
 
 
 def _head(manifest):
-    return manifest["spec"].get("rayClusterSpec", manifest["spec"])["headGroupSpec"]
+    return ray_cluster_of(manifest)["headGroupSpec"]
 
 
 RAYJOB_GROUP = "$.spec.rayClusterSpec.workerGroupSpecs[0]"
