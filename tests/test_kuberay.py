@@ -385,6 +385,7 @@ def test_mlflow_server_reads_its_store_from_a_secret_and_its_service_is_the_trac
     assert mlflow_option(container, "--port") == str(port["port"])
 
 
+@pytest.mark.slow  # an MLflow server's start: 50-70 s on this 2-core machine under load
 def test_mlflow_server_command_admits_the_services_name_and_no_other_host(tmp_path):
     """The Deployment's own command line and environment, run here: the store is a sqlite file and
     the artefacts a folder instead of the Secret's database and S3, the port a free one."""
