@@ -224,16 +224,29 @@ def _check_store(args) -> None:
 
 
 def _check_report_out(args) -> None:
+    from orchestrator import preflight
+
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
         raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file in it, e.g. report.html")
-    if not os.path.isdir(os.path.dirname(out)):
+    if os.path.exists(out) and not os.path.isfile(out):
+        raise UsageError(f"report: --out: {show(args.out)} is not a regular file; give a file, e.g. report.html")
+    folder = os.path.dirname(out)
+    reason = preflight.check_folder(folder, show(args.out))  # under a file, or nothing may be written there
+    if reason:
+        raise UsageError(f"report: --out: {reason}")
+    if not os.path.isdir(folder):
         raise UsageError(f"report: --out: the folder of {show(args.out)} does not exist")
 
 
 def _check_export_out(args) -> None:
+    from orchestrator import preflight
+
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"export: --out: {show(args.out)} is a file; give a folder (made if missing)")
+    reason = preflight.check_folder(args.out, show(args.out))
+    if reason:
+        raise UsageError(f"export: --out: {reason}")
 
 
 def _check_port_free(args) -> None:
@@ -348,7 +361,10 @@ def cmd_report(args) -> int:
     data = report.collect(client, exp.experiment_id, parent)
     if data.empty:
         raise UsageError(f"report: {data.message()}")
-    path = report.write(data, out)
+    try:
+        path = report.write(data, out)
+    except OSError as e:  # checked before the store was read; a disk that filled up since
+        raise UsageError(f"report: --out: cannot write {show(args.out)} ({e.strerror or e})") from None
     print(f"experiment {exp.name!r}, {data.scope}: {len(data.entries)} model entr"
           f"{'y' if len(data.entries) == 1 else 'ies'}; {data.answers[0].question}: {data.answers[0].text}")
     print(path)
@@ -577,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # MLflow draws a download progress bar on stderr: not in the middle of a command's output
         # (export, evaluate, report and the sweep's end download artefacts). The user's setting wins.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # Nor MLflow's "View run NAME at: URL" lines on stdout at each run's end (a tracking server's
+        # URI as given: its password included, even with -q). The user's setting wins.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         for check in getattr(args, "checks", ()):  # what a command reads must be there before it runs
             check(args)
         return args.func(args)

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -30,7 +29,7 @@ from orchestrator import live, preflight, ray_train, runs, search, storage, trac
 from orchestrator.config import SweepSpec
 from orchestrator.tables import leaderboard_table, render
 from orchestrator.runs import Status
-from orchestrator.schema import Resources, Trial, cut
+from orchestrator.schema import Resources, Trial, cut, slug
 
 
 def preview(spec: SweepSpec, limit: int | None = None) -> list[Trial]:
@@ -40,10 +39,6 @@ def preview(spec: SweepSpec, limit: int | None = None) -> list[Trial]:
     searcher = search.EntrySearch(spec)
     count = spec.search_trial_count() if limit is None else min(limit, spec.search_trial_count())
     return [spec.tune_trial(searcher.suggest(f"preview_{i:05d}"), f"preview_{i:05d}") for i in range(count)]
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "sweep"
 
 
 def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
@@ -100,7 +95,7 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
 
 
 def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
-    run_name = restore_name or f"{slug(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = restore_name or f"{slug(spec.name, 'sweep')}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name),
                                     ray_train.trial_resources(spec.resources))
     if restore_name:
