@@ -604,8 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = schema.mask(str(e).splitlines()[0]) if str(e) else "orchestrate: bad input"
         print(schema.cut(line, schema.MAX_LINE_CHARS), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # a sweep's Stopped carries its signal: SIGTERM is 143
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,18 @@ def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
     return fits, f"{fits} trial(s) at a time on {have} (each trial holds {each})"
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM where the sweep stops at once: outside Tune's loop, or a second signal
+    within it. The CLI exits with 128 + signum (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, verbosity: int = 0,
         out=sys.stdout) -> int:
     """verbosity -1: only the summary; 0: our live trial view; 1: Ray's own trial reporter and
@@ -73,10 +85,27 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
     # state API whether a trial's controller died, and without it an ASHA-stopped trial's workers'
     # resources are never released.
+    before_ray = {s: signal.getsignal(s) for s in SIGNALS}
     if not ray.is_initialized():
         with warnings.catch_warnings():  # Ray <2.60's notice about GPU env vars, printed at every init
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
             ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
+    # Ray's driver handler, installed by ray.init, turns SIGTERM into sys.exit(15): exit code 15, or
+    # 0 where a finalizer or the wait for threads at exit swallows the SystemExit. Ours instead,
+    # outside Tune's loop (stop_on_signals has that): the signal is kept and stops the sweep with
+    # 128 + its number; during Ray's shutdown it is only kept, so the shutdown is never cut short.
+    late = types.SimpleNamespace(signum=None)
+
+    def keep(signum, frame):
+        late.signum = late.signum or signum
+
+    def stop(signum, frame):
+        keep(signum, frame)
+        raise Stopped(signum)
+
+    for s in SIGNALS:
+        signal.signal(s, stop)
+    code = None
     try:
         cluster = ray.cluster_resources()
         fits, line = packing(spec.resources, cluster)
@@ -88,10 +117,18 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
                   f"for resources", file=out, flush=True)
         # A DDP trial's driver would otherwise hold a slot while its workers wait for a placement group.
         concurrent = (min(asked, fits) if asked else fits) if local else asked
-        return _run_tuner(spec, restore_name, concurrent, out, verbosity)
+        code = _run_tuner(spec, restore_name, concurrent, out, verbosity)
+    except Stopped as e:
+        code = 128 + e.signum
     finally:
+        for s in SIGNALS:
+            signal.signal(s, keep)
         if started_here:
             ray.shutdown()
+        for s, handler in before_ray.items():
+            signal.signal(s, handler)
+    return 128 + late.signum if late.signum else code
+
 
 
 def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
@@ -164,6 +201,11 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             # results are MLflow's, so it still finishes.
             print(f"Ray Tune could not read back its results ({type(e).__name__}: {cut(str(e))}); "
                   f"the summary is MLflow's", file=sys.stderr, flush=True)
+    if stopped.signum is None:
+        try:  # the best model registered, the comparison and the report on the parent run
+            results, version = record.finish(register_as=spec.registered_model)
+        except Stopped as e:  # a signal meanwhile: the parent run is marked, the resume command printed
+            stopped.signum = e.signum
     if stopped.signum is not None:
         record.interrupt()
         print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
@@ -171,7 +213,6 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                   "orchestrate", "sweep", spec.file, "--resume", "--tracking-uri", spec.tracking_uri,
                   "--storage", spec.storage_path), file=out, flush=True)
         return 128 + stopped.signum
-    results, version = record.finish(register_as=spec.registered_model)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     trained = any(r.has_model for r in results)
@@ -197,7 +238,7 @@ def stop_on_signals():
 
     def handler(signum, frame):
         if state.signum is not None or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            raise KeyboardInterrupt  # the second signal, or Tune's loop not running yet
+            raise Stopped(signum)  # the second signal, or Tune's loop not running yet
         state.signum = signum
         ray_train.INTERRUPTED.set()
         print(f"{signal.Signals(signum).name}: stopping the trials and saving the sweep's state "
@@ -205,7 +246,7 @@ def stop_on_signals():
         os.kill(os.getpid(), signal.SIGUSR1)
 
     ray_train.INTERRUPTED.clear()
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield state
