@@ -471,7 +471,7 @@ def test_gpus_per_worker_is_a_share_of_one_gpu_or_whole_gpus(value, ok):
     if ok:
         assert config.parse(raw, "x.yaml").resources.gpus_per_worker == value
     else:
-        with pytest.raises(config.ConfigError, match="resources.gpus_per_worker: .* must be in \\(0, 1\\]"):
+        with pytest.raises(config.ConfigError, match="resources.gpus_per_worker: .* must be in \\[0.01, 1\\]"):
             config.parse(raw, "x.yaml")
 
 
