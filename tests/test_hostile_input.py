@@ -81,6 +81,21 @@ def _state(folder: str, text: str) -> Callable[[Path], None]:
     return setup
 
 
+class _ReadOnlyMount:
+    """An empty read-only tmpfs at tmp/ro (root, the test set-up, writes anywhere else)."""
+
+    def __init__(self, tmp: Path):
+        self.folder = tmp / "ro"
+        self.folder.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(self.folder)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.strip()[:120]})")
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.folder)], capture_output=True)
+
+
 def _checkpoint(tmp: Path) -> None:
     (tmp / "ckpt").mkdir()
     (tmp / "ckpt" / "state.pt").write_bytes(b"not a torch checkpoint")
@@ -279,6 +294,10 @@ PROBES = [
           says=("report: --out: '/sys/orchestrate-test/r.html': cannot write in /sys",)),
     Probe("report_out_under_a_file", ["report", "--out", "{tmp}/taken/r.html"], files={"taken": "a file"},
           says=("report: --out: '{tmp}/taken/r.html': {tmp}/taken is a file, not a folder",)),
+    Probe("report_out_in_a_read_only_folder", ["report", "--out", "{tmp}/ro/r.html"], setup=_ReadOnlyMount,
+          says=("report: --out: '{tmp}/ro/r.html': cannot write in {tmp}/ro (Read-only file system)",)),
+    Probe("export_out_in_a_read_only_folder", ["export", "0123", "--out", "{tmp}/ro/sub"], setup=_ReadOnlyMount,
+          says=("export: --out: '{tmp}/ro/sub': cannot write in {tmp}/ro (Read-only file system)",)),
     Probe("export_out_where_nothing_may_be_written", ["export", "0123", "--out", "/sys/orchestrate-test"],
           files=EMPTY_STORE, says=("export: --out: '/sys/orchestrate-test': cannot write in /sys",)),
     Probe("export_out_under_a_file", ["export", "0123", "--out", "{tmp}/taken/sub"], files={"taken": "a file"},
