@@ -206,7 +206,7 @@ def test_ray_job_stop_marks_the_runs_killed_logs_the_resume_command_and_submit_r
 def test_submit_returns_the_sweeps_exit_code_and_ctrl_c_stops_the_job(job_cluster, tmp_path):
     sweep_file(tmp_path, "job-submit", epochs=4)
     # Bad input found here: one line, exit 2, no job.
-    before = job_cluster.ray("list").stdout.count("raysubmit_")
+    before = job_cluster.ray("list").stdout.count("submission_id=")
     bad = job_cluster.orchestrate("submit", "sweep.yaml", "--tracking-uri", "http://me:pw@127.0.0.1:1",
                                   cwd=tmp_path)
     out, err = bad.communicate(timeout=300)
@@ -217,8 +217,9 @@ def test_submit_returns_the_sweeps_exit_code_and_ctrl_c_stops_the_job(job_cluste
     bad = job_cluster.orchestrate("submit", "sweep.yaml", "--storage", str(tmp_path / "a-file"), cwd=tmp_path)
     out, err = bad.communicate(timeout=300)
     assert bad.returncode == 2, out[-3000:] + err[-3000:]
-    assert "--storage" in out.strip().splitlines()[-1] or "storage" in out.strip().splitlines()[-1], out
-    assert job_cluster.ray("list").stdout.count("raysubmit_") == before + 1
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("sweep.yaml: storage: ") and last.endswith("is a file, not a folder"), out[-2000:]
+    assert job_cluster.ray("list").stdout.count("submission_id=") == before + 1
 
     # Ctrl-C while the trial trains: the job stops, the sweep's stopping is streamed, exit 130.
     proc = job_cluster.orchestrate("submit", "sweep.yaml", *places(tmp_path), cwd=tmp_path)
