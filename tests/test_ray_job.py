@@ -25,9 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ORCHESTRATE, REPO, free_port, kill_own_processes, metric_steps, trials, wait_for
-
-pytestmark = pytest.mark.ray
+from support import ORCHESTRATE, REPO, free_port, kill_own_processes, metric_steps, run_cli, trials, wait_for
 
 BIN = Path(sys.executable).parent  # the venv: `ray`, `orchestrate`
 RAY_CLI = str(BIN / "ray")
@@ -121,11 +119,39 @@ def sweep_file(folder: Path, name: str, epochs: int) -> Path:
     return path
 
 
+def test_submit_hands_the_job_the_paths_as_they_resolve_here_and_needs_a_job_server(tmp_path, monkeypatch):
+    from orchestrator import config, submit
+
+    monkeypatch.chdir(tmp_path)
+    spec = config.load(str(sweep_file(tmp_path, "job-paths", epochs=1)), {"tracking_uri": "sqlite:///my db.sqlite"})
+    assert submit.resolved_here(spec.tracking_uri) == f"sqlite:///{tmp_path}/my db.sqlite"
+    for uri in ("http://127.0.0.1:5000", "sqlite:////abs/x.db", "postgresql+psycopg2://h/db", "file:///x"):
+        assert submit.resolved_here(uri) == uri
+    assert submit.resolved_here("mlruns") == f"{tmp_path}/mlruns"
+    spec = submit.dataclasses.replace(spec, tracking_uri=submit.resolved_here(spec.tracking_uri))
+    assert submit.entrypoint(spec, resume=True, verbosity=-1) == (
+        f"orchestrate sweep sweep.yaml --tracking-uri 'sqlite:///{tmp_path}/my db.sqlite' "
+        f"--storage {tmp_path}/ray_results --resume -q")
+
+    # No job server: one line, exit 2, nothing submitted anywhere.
+    env = {"RAY_ADDRESS": "", "RAY_API_SERVER_ADDRESS": ""}
+    result = run_cli(["submit", "sweep.yaml"], cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith("submit: --address: not given and RAY_API_SERVER_ADDRESS / RAY_ADDRESS"), result
+    port = free_port()
+    result = run_cli(["submit", "sweep.yaml", "--address", f"http://127.0.0.1:{port}"], cwd=tmp_path, env=env,
+                     timeout=300)
+    assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1, result
+    assert result.stderr.startswith(f"submit: --address: http://127.0.0.1:{port}: no Ray job server answered"), result
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
 def places(folder: Path) -> list[str]:
     """--tracking-uri and --storage outside the job's temporary working dir."""
     return ["--tracking-uri", f"sqlite:///{folder}/mlflow.db", "--storage", str(folder / "ray_results")]
 
 
+@pytest.mark.ray
 def test_ray_job_submit_succeeds_with_the_sweep_and_fails_on_a_bad_file_with_its_one_line(job_cluster, tmp_path):
     sweep_file(tmp_path, "job-tiny", epochs=1)
     job_id, result = job_cluster.submit(tmp_path, "orchestrate", "sweep", "sweep.yaml", *places(tmp_path))
@@ -160,6 +186,7 @@ def wait_for_epoch(read, what: str, timeout_s=600):
     return wait_for(lambda: "epoch 1/" in read(), timeout_s, what=what)
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_ray_job_stop_marks_the_runs_killed_logs_the_resume_command_and_submit_resume_finishes(job_cluster, tmp_path):
     sweep_file(tmp_path, "job-stop", epochs=4)
@@ -202,6 +229,7 @@ def test_ray_job_stop_marks_the_runs_killed_logs_the_resume_command_and_submit_r
     assert metric_steps(client, run.info.run_id) == [1, 2, 3, 4]  # each epoch once
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_submit_returns_the_sweeps_exit_code_and_ctrl_c_stops_the_job(job_cluster, tmp_path):
     sweep_file(tmp_path, "job-submit", epochs=4)
