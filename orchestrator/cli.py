@@ -281,6 +281,18 @@ def cmd_sweep(args) -> int:
         raise UsageError(str(e)) from None
 
 
+def cmd_submit(args) -> int:
+    from orchestrator import config, submit
+
+    try:
+        spec = config.load(args.file, {"tracking_uri": args.tracking_uri, "storage_path": args.storage})
+        return submit.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet)
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+    except submit.SubmitError as e:
+        raise UsageError(f"submit: {e}") from None
+
+
 PREVIEW_ROWS = 50  # a dry run lists this many trials, then says how many more
 
 
@@ -519,6 +531,18 @@ def build_parser() -> Parser:
                    help="Ray's own trial reporter and every worker's log lines instead of the live view")
     s.add_argument("-q", "--quiet", action="count", default=0, help="print only the summary")
     s.set_defaults(func=cmd_sweep)
+
+    j = sub.add_parser("submit", help="run a sweep file as a Ray job on a running cluster: the file and this "
+                                      "machine's models uploaded, its output streamed, the sweep's exit code")
+    j.add_argument("file")
+    j.add_argument("--address", help="the cluster's job server, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
+                                     "then RAY_ADDRESS); token auth as for any Ray client: RAY_AUTH_MODE=token")
+    j.add_argument("--tracking-uri", help="as for sweep; resolved here, so it must name the same store on the head")
+    j.add_argument("--storage", help="as for sweep; resolved here, so it must name the same place on the cluster")
+    j.add_argument("--resume", action="store_true", help="continue this sweep's latest interrupted run")
+    j.add_argument("-v", "--verbose", action="count", default=0, help="as for sweep")
+    j.add_argument("-q", "--quiet", action="count", default=0, help="as for sweep")
+    j.set_defaults(func=cmd_submit)
 
     c = sub.add_parser("compare", help="table of an experiment's trials, best val accuracy first")
     c.add_argument("experiment", nargs="?", help="experiment name (default: the most recently active)")

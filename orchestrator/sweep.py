@@ -63,6 +63,28 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+# `ray job stop` sends a job's entrypoint SIGTERM, then SIGKILL this many seconds later (Ray's job
+# supervisor reads the variable from the job's environment; Ray's default is 3 s). Stopping Tune and
+# marking the runs takes seconds more than that on a busy head, so a sweep asks for JOB_STOP_WAIT_S.
+JOB_STOP_WAIT_VAR, RAY_JOB_STOP_WAIT_S, JOB_STOP_WAIT_S = "RAY_JOB_STOP_WAIT_TIME_S", 3, 60
+
+
+def job_stop_note() -> str | None:
+    """When this sweep is a Ray job whose stop wait is shorter than JOB_STOP_WAIT_S: the line that
+    says so, and how to give it more."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # set by Ray's job supervisor for the entrypoint
+        return None
+    try:
+        wait = float(os.environ.get(JOB_STOP_WAIT_VAR, RAY_JOB_STOP_WAIT_S))
+    except ValueError:
+        wait = RAY_JOB_STOP_WAIT_S
+    if wait >= JOB_STOP_WAIT_S:
+        return None
+    return (f"note: `ray job stop` kills this sweep {wait:g} s after its SIGTERM ({JOB_STOP_WAIT_VAR}), which "
+            f"may cut short the marking of its runs and the resume command; submit with --runtime-env-json "
+            f"'{{\"env_vars\": {{\"{JOB_STOP_WAIT_VAR}\": \"{JOB_STOP_WAIT_S}\"}}}}', or with orchestrate submit")
+
+
 def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, verbosity: int = 0,
         out=sys.stdout) -> int:
     """verbosity -1: only the summary; 0: our live trial view; 1: Ray's own trial reporter and
@@ -76,6 +98,8 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # cannot grow: refuse what it can never hold and never start more trials than fit. A cluster
     # joined by address may autoscale, so there only the user's cap applies.
     local = not address
+    if verbosity >= 0 and (note := job_stop_note()):
+        print(note, file=out, flush=True)
     started_here = local and not ray.is_initialized()
     if started_here:
         # Token auth stays on (Ray's default for local clusters); only its notice about that is
