@@ -22,21 +22,11 @@ import pytest
 import stores
 from orchestrator import tracking
 from orchestrator.runs import ROLE_SWEEP, Tag
-from support import ORCHESTRATE, REPO, metric_steps, processes_mentioning, run_cli, trials, wait_for
+from support import ORCHESTRATE, PAIR_SWEEP, REPO, metric_steps, processes_mentioning, run_cli, trials, wait_for
 
 # Two single-worker trials side by side on 2 CPUs, 4 epochs on digits (long enough to restart the
 # database and to interrupt the sweep while both train).
-REMOTE_SWEEP = textwrap.dedent("""\
-    name: NAME
-    dataset: {name: digits}
-    train: {epochs: 4, batch_size: 32, lr: 0.1, warmup_epochs: 0.5, seed: 0}
-    resources: {num_workers: 1, cpus_per_worker: 1}
-    search: {scheduler: fifo}
-    models:
-      - arch: resnet18
-        knobs: {width: 0.125}
-        lr: {grid: [0.05, 0.1]}
-    """)
+REMOTE_SWEEP = PAIR_SWEEP.replace("e2e-pair", "NAME").replace("epochs: 3", "epochs: 4")
 EPOCHS = [1, 2, 3, 4]
 
 
@@ -109,6 +99,28 @@ def test_a_database_out_of_reach_directly_or_behind_a_tracking_server_counts_as_
             pg.start()
         for client, run_id in zip(clients, run_ids):  # and back: the pools reconnect
             client.log_metric(run_id, "a", 2.0)
+
+
+def test_a_sweeps_folder_under_an_s3_uri_with_options_keeps_them(s3, monkeypatch):
+    """Ray's storage accepts pyarrow's URI options (?scheme=http&endpoint_override=HOST:PORT);
+    --resume's path to a sweep's folder keeps them after the folder's name."""
+    import pyarrow.fs
+
+    from orchestrator import storage
+
+    for key, value in s3.env.items():
+        if key != "AWS_ENDPOINT_URL":  # the URI names the endpoint
+            monkeypatch.setenv(key, value)
+    s3.create_bucket("options")
+    uri = f"s3://options/results?scheme=http&endpoint_override=127.0.0.1:{s3.port}"
+    joined = storage.join(uri, "sweep-1")
+    assert joined == f"s3://options/results/sweep-1?scheme=http&endpoint_override=127.0.0.1:{s3.port}"
+    storage.write_state(uri, "sweep-1", {"experiment": "x"})
+    fs, path = pyarrow.fs.FileSystem.from_uri(joined)
+    assert path == "options/results/sweep-1"
+    assert fs.get_file_info(f"{path}/{storage.STATE_FILE}").type == pyarrow.fs.FileType.File
+    assert storage.find_resumable(uri, "x") == "sweep-1"
+    assert storage.join("/data/results/", "sweep-1") == "/data/results/sweep-1"
 
 
 # ---------------------------------------------------------------------------------------------
