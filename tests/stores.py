@@ -96,12 +96,11 @@ class Postgres:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        log = open(self.log, "a")
-        self.proc = subprocess.Popen(
-            [f"{self.bin}/postgres", "-D", self.data, "-k", self.folder, "-h", "127.0.0.1", "-p", str(self.port),
-             "-c", "fsync=off", "-c", "max_connections=200"],
-            user=self.user, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [f"{self.bin}/postgres", "-D", self.data, "-k", self.folder, "-h", "127.0.0.1", "-p", str(self.port),
+                 "-c", "fsync=off", "-c", "max_connections=200"],
+                user=self.user, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_until(self._ready, self.proc, self.log, "PostgreSQL")
 
     def _ready(self) -> bool:
@@ -150,9 +149,10 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.env = {**AWS_ENV, "AWS_ENDPOINT_URL": self.endpoint, "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
         self.log = Path(folder) / "moto.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **self.env})
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, **self.env})
         _wait_until(self._ready, self.proc, self.log, "moto's S3 server")
 
     def _ready(self) -> bool:
@@ -210,12 +210,13 @@ def mlflow_server(folder, backend: str | None = None, artifacts: str | None = No
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = folder / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend or f"sqlite:///{folder}/server.db",
-         "--artifacts-destination", artifacts or str(folder / "artifacts"), "--workers", "1"],
-        cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--backend-store-uri", backend or f"sqlite:///{folder}/server.db",
+             "--artifacts-destination", artifacts or str(folder / "artifacts"), "--workers", "1"],
+            cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:

@@ -144,6 +144,7 @@ def direct_sweep(pg, tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
         end_cluster(ray_tmpdir)
+    (folder / "sweep.out").write_text(out)  # to read after a failure
     return uri, name, proc.returncode, out, rows
 
 
@@ -205,6 +206,7 @@ def served_sweep(pg, s3, tmp_path_factory):
             end_cluster(ray_tmpdir, remove=False)
         # The resume: the sweep file (a user has it) and the URIs, nothing of the first folder.
         (second / "sweep.yaml").write_text(REMOTE_SWEEP.replace("NAME", name))
+        (first / "sweep.out").write_text(out)  # to read after a failure
         resumed = run_cli(["sweep", "sweep.yaml", "--resume", "--storage", storage], cwd=second,
                           env={**env, "MLFLOW_TRACKING_URI": url})
         end_cluster(ray_tmpdir)
