@@ -55,6 +55,11 @@ def masked_sweep_text(path: str) -> str:
 # The MLflow tracking store
 
 DATABASES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's SQLAlchemy stores besides sqlite
+# The URI form and driver that work with the SQLAlchemy MLflow pins, per database (SQLAlchemy 2.1's
+# default postgresql driver is psycopg 3: psycopg2-binary serves only a postgresql+psycopg2:// URI).
+DRIVERS = {"postgresql": "postgresql+psycopg2://... with pip install 'orchestrate[postgres]' (psycopg2-binary)",
+           "mysql": "mysql+pymysql://... with pip install pymysql",
+           "mssql": "mssql+pyodbc://... with pip install pyodbc"}
 SQLITE_HEADER = b"SQLite format 3\x00"
 ALLOWED_STORES = "http(s)://HOST[:PORT], sqlite:///FILE, postgresql+psycopg2://, mysql+pymysql://, mssql://"
 
@@ -162,12 +167,8 @@ def _check_database(uri: str, shown: str) -> str | None:
         dialect = url.get_dialect()
         (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # SQLAlchemy 2 / 1.4
     except ImportError as e:
-        if url.drivername == "postgresql":  # SQLAlchemy 2.1 reads it as postgresql+psycopg (psycopg 3)
-            return (f"{shown}: its driver is not installed ({cut(str(e))}): postgresql:// means "
-                    f"postgresql+{dialect.driver}:// to this SQLAlchemy; use postgresql+psycopg2:// and install "
-                    f"psycopg2-binary (or install the {dialect.driver} package)")
-        return (f"{shown}: its driver is not installed ({cut(str(e))}); install it (e.g. pymysql for "
-                f"mysql+pymysql, psycopg2-binary for postgresql+psycopg2) or use sqlite:///FILE")
+        return (f"{shown}: its driver is not installed ({cut(str(e))}); use "
+                f"{DRIVERS[url.get_backend_name()]}, or sqlite:///FILE")
     except Exception as e:  # noqa: BLE001 - NoSuchModuleError: an unknown +driver
         return f"{shown}: {show(url.drivername)} is not a driver SQLAlchemy knows ({cut(str(e))})"
     if url.host:

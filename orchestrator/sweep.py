@@ -161,7 +161,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                                     ray_train.trial_resources(spec.resources))
     if restore_name:
         meta = storage.read_state(spec.storage_path, run_name)
-        restore_path = spec.storage_path.rstrip("/") + "/" + run_name
+        restore_path = storage.join(spec.storage_path, run_name)
         record = tracking.SweepRecord(spec.tracking_uri, spec.name, meta["parent_run_id"], spec.file, spec.storage_path)
         record.resume()
         tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)

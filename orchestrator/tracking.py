@@ -585,14 +585,17 @@ class SweepRecord:
 def transient(error: BaseException) -> bool:
     """Whether `error` (or one it was raised from) is a store briefly out of reach: a connection
     refused or cut mid-response (a tracking server restarting), a timeout, a database busy with
-    another writer (MLflow's TEMPORARILY_UNAVAILABLE). MLflow retries a refused connection itself;
-    a response cut after its headers, or a sqlite lock held past its timeout, reach us."""
+    another writer or out of reach (MLflow's TEMPORARILY_UNAVAILABLE: a sqlite lock, PostgreSQL
+    restarting), a tracking server that kept answering with a status MLflow's client retries
+    (RetryError: 503 while the database behind it is down, 502/504 from a proxy, 429). MLflow
+    retries those itself; what outlasts its retries reaches us."""
     import requests
 
     seen = error
     while seen is not None:
         if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                             requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+                             requests.exceptions.Timeout, requests.exceptions.RetryError, ConnectionError,
+                             TimeoutError)):
             return True
         if isinstance(seen, MlflowException) and seen.error_code == "TEMPORARILY_UNAVAILABLE":
             return True

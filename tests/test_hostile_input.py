@@ -193,7 +193,7 @@ PROBES = [
     Probe("tracking_on_postgresql_without_its_driver",
           **sweep(sweep_yaml(), "--tracking-uri", "postgresql://me:s3cret@127.0.0.1/mlflow"),
           says=("tracking.uri: postgresql://me:***@127.0.0.1/mlflow: its driver is not installed",
-                "use postgresql+psycopg2:// and install psycopg2-binary"),  # not SQLAlchemy 2.1's default, psycopg
+                "use postgresql+psycopg2://... with pip install 'orchestrate[postgres]'"),
           never=("s3cret",)),
     Probe("tracking_in_a_file_that_is_not_sqlite",
           **sweep(sweep_yaml(), "--tracking-uri", "sqlite:///{tmp}/junk.db", files={"junk.db": b"\x00" * 64 + b"junk"}),
