@@ -26,7 +26,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Iterable
 
-from orchestrator.schema import (EPOCH_METRICS, METRIC_RANGE, DataSpec, Failure, Resources, Search, TrainConfig,
+from orchestrator.schema import (CREDENTIALS, EPOCH_METRICS, METRIC_RANGE, DataSpec, Failure, Resources, Search, TrainConfig,
                                  Trial)
 
 if TYPE_CHECKING:  # mlflow is imported by the callers that talk to a store
@@ -306,6 +306,28 @@ def download_model(client: MlflowClient, run: Run, dst: str) -> str:
     repo = get_artifact_repository(location, tracking_uri=client.tracking_uri)
     os.makedirs(dst, exist_ok=True)
     return repo.download_artifacts("", dst_path=dst)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MLflow UI
+
+UI_PORT = 5000  # where `orchestrate ui` serves a local store's UI by default
+COMPARE_MAX_RUNS = 100  # runs in one compare-runs link (a URL holds their ids): the best ones
+
+
+def compare_url(tracking_uri: str, experiment_id: str, run_ids: Iterable[str]) -> str:
+    """The MLflow UI's compare-runs page of `run_ids` (best first; at most COMPARE_MAX_RUNS): each
+    trial's params, metrics and val_acc side by side, one click from every curve. A tracking
+    server serves its own UI; any other store is shown by `orchestrate ui` on 127.0.0.1:UI_PORT.
+    Credentials are never in the link (the browser asks)."""
+    from urllib.parse import quote
+
+    if tracking_uri.startswith(("http://", "https://")):
+        base = CREDENTIALS.sub(r"\g<scheme>", tracking_uri).rstrip("/")
+    else:
+        base = f"http://127.0.0.1:{UI_PORT}"
+    ids = json.dumps(list(run_ids)[:COMPARE_MAX_RUNS], separators=(",", ":"))
+    return f"{base}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([experiment_id]))}"
 
 
 # ---------------------------------------------------------------------------------------------

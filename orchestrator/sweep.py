@@ -240,7 +240,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     trained = any(r.has_model for r in results)
-    print_summary(results, spec, trained, out)
+    print_summary(results, spec, trained, out, record.experiment_id)
     if version is not None:
         print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
               f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
@@ -280,7 +280,7 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
+def print_summary(results: list, spec: SweepSpec, trained: bool, out, experiment_id: str | None = None) -> None:
     print("", file=out)
     print(render(results, "table"), end="", file=out)
     standings = runs.leaderboard(results, spec.search.mode)
@@ -297,6 +297,10 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
         print("\nNo trial completed (exit code 1).", file=out)
     print("\nOpen the MLflow UI:  " + preflight.command_line("orchestrate", "ui", "--tracking-uri", spec.tracking_uri),
           file=out)
+    if results and experiment_id:
+        more = f" (the best {runs.COMPARE_MAX_RUNS})" if len(results) > runs.COMPARE_MAX_RUNS else ""
+        print(f"Compare the trials there{more}:  "
+              + runs.compare_url(spec.tracking_uri, experiment_id, [r.run_id for r in results]), file=out)
     if trained:
         print("The report (leaderboard, Pareto frontiers, answers; also report.html on the parent run):  "
               + preflight.command_line("orchestrate", "report", spec.name, "--tracking-uri", spec.tracking_uri),
