@@ -117,15 +117,18 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # Ray's driver handler, installed by ray.init, turns SIGTERM into sys.exit(15): exit code 15, or
     # 0 where a finalizer or the wait for threads at exit swallows the SystemExit. Ours instead,
     # outside Tune's loop (stop_on_signals has that): the signal is kept and stops the sweep with
-    # 128 + its number; during Ray's shutdown it is only kept, so the shutdown is never cut short.
-    late = types.SimpleNamespace(signum=None)
-
-    def keep(signum, frame):
-        late.signum = late.signum or signum
+    # 128 + its number; during Ray's shutdown the first is only kept (a second one quits at once).
+    late = types.SimpleNamespace(signum=None, in_shutdown=0)
 
     def stop(signum, frame):
-        keep(signum, frame)
+        late.signum = late.signum or signum
         raise Stopped(signum)
+
+    def keep(signum, frame):
+        late.in_shutdown += 1
+        if late.in_shutdown > 1:
+            stop(signum, frame)
+        late.signum = late.signum or signum
 
     for s in SIGNALS:
         signal.signal(s, stop)
@@ -147,12 +150,14 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     finally:
         for s in SIGNALS:
             signal.signal(s, keep)
-        if started_here:
-            ray.shutdown()
-        for s, handler in before_ray.items():
-            signal.signal(s, handler)
-    return 128 + late.signum if late.signum else code
-
+        try:
+            if started_here:
+                ray.shutdown()
+        finally:
+            for s, handler in before_ray.items():
+                signal.signal(s, handler)
+    # A signal whose Stopped a finalizer swallowed, or one during the shutdown, still sets the code.
+    return 128 + late.signum if late.signum and (code is None or code < 128) else code
 
 
 def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
