@@ -27,6 +27,13 @@ def storage_fs(uri: str):
     return pyarrow.fs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def join(storage_path: str, name: str) -> str:
+    """The storage path of `name` under `storage_path`, a URI's query kept last
+    (s3://bucket/results?endpoint_override=host:9000 -> s3://bucket/results/NAME?endpoint_override=...)."""
+    path, sep, query = storage_path.partition("?") if "://" in storage_path else (storage_path, "", "")
+    return f"{path.rstrip('/')}/{name}{sep}{query}"
+
+
 def write_state(storage_path: str, run_name: str, meta: dict[str, Any]) -> None:
     """Our state beside Tune's. A tracking URI is stored with its password masked: --resume takes
     the real one from the sweep file, --tracking-uri or MLFLOW_TRACKING_URI, as the first run did."""

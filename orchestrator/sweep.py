@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -28,9 +27,9 @@ from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
 from orchestrator.config import SweepSpec
-from orchestrator.reports import leaderboard_table, render
+from orchestrator.tables import leaderboard_table, render
 from orchestrator.runs import Status
-from orchestrator.schema import Resources, Trial, cut
+from orchestrator.schema import Resources, Trial, cut, slug
 
 
 def preview(spec: SweepSpec, limit: int | None = None) -> list[Trial]:
@@ -42,10 +41,6 @@ def preview(spec: SweepSpec, limit: int | None = None) -> list[Trial]:
     return [spec.tune_trial(searcher.suggest(f"preview_{i:05d}"), f"preview_{i:05d}") for i in range(count)]
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "sweep"
-
-
 def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
     """How many trials fit at once, counting everything a trial holds (its workers, and the
     driver of a DDP trial) against the cluster's CPUs and GPUs, and the line that says so."""
@@ -54,6 +49,18 @@ def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
     have = ", ".join(f"{cluster.get(k, 0):g} {k}s" for k in need)
     each = ", ".join(f"{v:g} {k}" for k, v in need.items())
     return fits, f"{fits} trial(s) at a time on {have} (each trial holds {each})"
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM where the sweep stops at once: outside Tune's loop, or a second signal
+    within it. The CLI exits with 128 + signum (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 # `ray job stop` sends a job's entrypoint SIGTERM, then SIGKILL this many seconds later (Ray's job
@@ -102,10 +109,27 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
     # state API whether a trial's controller died, and without it an ASHA-stopped trial's workers'
     # resources are never released.
+    before_ray = {s: signal.getsignal(s) for s in SIGNALS}
     if not ray.is_initialized():
         with warnings.catch_warnings():  # Ray <2.60's notice about GPU env vars, printed at every init
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
             ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
+    # Ray's driver handler, installed by ray.init, turns SIGTERM into sys.exit(15): exit code 15, or
+    # 0 where a finalizer or the wait for threads at exit swallows the SystemExit. Ours instead,
+    # outside Tune's loop (stop_on_signals has that): the signal is kept and stops the sweep with
+    # 128 + its number; during Ray's shutdown it is only kept, so the shutdown is never cut short.
+    late = types.SimpleNamespace(signum=None)
+
+    def keep(signum, frame):
+        late.signum = late.signum or signum
+
+    def stop(signum, frame):
+        keep(signum, frame)
+        raise Stopped(signum)
+
+    for s in SIGNALS:
+        signal.signal(s, stop)
+    code = None
     try:
         cluster = ray.cluster_resources()
         fits, line = packing(spec.resources, cluster)
@@ -117,19 +141,27 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
                   f"for resources", file=out, flush=True)
         # A DDP trial's driver would otherwise hold a slot while its workers wait for a placement group.
         concurrent = (min(asked, fits) if asked else fits) if local else asked
-        return _run_tuner(spec, restore_name, concurrent, out, verbosity)
+        code = _run_tuner(spec, restore_name, concurrent, out, verbosity)
+    except Stopped as e:
+        code = 128 + e.signum
     finally:
+        for s in SIGNALS:
+            signal.signal(s, keep)
         if started_here:
             ray.shutdown()
+        for s, handler in before_ray.items():
+            signal.signal(s, handler)
+    return 128 + late.signum if late.signum else code
+
 
 
 def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
-    run_name = restore_name or f"{slug(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = restore_name or f"{slug(spec.name, 'sweep')}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name),
                                     ray_train.trial_resources(spec.resources))
     if restore_name:
         meta = storage.read_state(spec.storage_path, run_name)
-        restore_path = spec.storage_path.rstrip("/") + "/" + run_name
+        restore_path = storage.join(spec.storage_path, run_name)
         record = tracking.SweepRecord(spec.tracking_uri, spec.name, meta["parent_run_id"], spec.file, spec.storage_path)
         record.resume()
         tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -193,6 +225,11 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             # results are MLflow's, so it still finishes.
             print(f"Ray Tune could not read back its results ({type(e).__name__}: {cut(str(e))}); "
                   f"the summary is MLflow's", file=sys.stderr, flush=True)
+    if stopped.signum is None:
+        try:  # the best model registered, the comparison and the report on the parent run
+            results, version = record.finish(register_as=spec.registered_model)
+        except Stopped as e:  # a signal meanwhile: the parent run is marked, the resume command printed
+            stopped.signum = e.signum
     if stopped.signum is not None:
         record.interrupt()
         print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
@@ -200,7 +237,6 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                   "orchestrate", "sweep", spec.file, "--resume", "--tracking-uri", spec.tracking_uri,
                   "--storage", spec.storage_path), file=out, flush=True)
         return 128 + stopped.signum
-    results, version = record.finish(register_as=spec.registered_model)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     trained = any(r.has_model for r in results)
@@ -226,7 +262,7 @@ def stop_on_signals():
 
     def handler(signum, frame):
         if state.signum is not None or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            raise KeyboardInterrupt  # the second signal, or Tune's loop not running yet
+            raise Stopped(signum)  # the second signal, or Tune's loop not running yet
         state.signum = signum
         ray_train.INTERRUPTED.set()
         print(f"{signal.Signals(signum).name}: stopping the trials and saving the sweep's state "
@@ -234,7 +270,7 @@ def stop_on_signals():
         os.kill(os.getpid(), signal.SIGUSR1)
 
     ray_train.INTERRUPTED.clear()
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield state
@@ -250,7 +286,7 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
     standings = runs.leaderboard(results, spec.search.mode)
     if standings:
         print(f"\nPer model entry ({spec.search.metric}, {spec.search.mode}; mean of the best configuration's "
-              f"seed runs with a 95% interval where search.seeds > 1):", file=out)
+              f"seed runs with a 95% interval where search.seeds > 1, inside the metric's range):", file=out)
         print(leaderboard_table(standings).render("table"), end="", file=out)
     failed = [r for r in results if r.status == Status.FAILED]
     if failed:

@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from orchestrator import preflight, reports, runs, storage
+from orchestrator import preflight, runs, storage, tables
 from orchestrator.runs import Artifact, Status, Tag
 from orchestrator.schema import EPOCH_METRICS, DataSpec, Trial
 
@@ -397,7 +397,7 @@ class TrialRecord:
                 storage.local_checkpoint(self.sweep.storage_path, best.path if best else None) as local:
             if history:
                 path = os.path.join(tmp, Artifact.CURVES)
-                reports.plot_curves(history, path, self.trial.name)
+                tables.plot_curves(history, path, self.trial.name)
                 client.log_artifact(self.run_id, path)
             if local and os.path.isdir(local):
                 eval_file = os.path.join(local, "eval.json")
@@ -405,7 +405,7 @@ class TrialRecord:
                     with open(eval_file) as f:
                         info = json.load(f)
                     path = os.path.join(tmp, Artifact.CONFUSION)
-                    reports.plot_confusion(info, path, f"{self.trial.name} (epoch {best.epoch}, val)")
+                    tables.plot_confusion(info, path, f"{self.trial.name} (epoch {best.epoch}, val)")
                     client.log_artifact(self.run_id, path)
                     client.log_dict(self.run_id, info, Artifact.PER_CLASS)
                 client.log_artifacts(self.run_id, local, Artifact.BEST_CHECKPOINT)
@@ -540,16 +540,16 @@ class SweepRecord:
         version = self.register_best(results, register_as) if register_as else None
         mode = runs.selection(self.client, self.parent_run_id)[1]
         with tempfile.TemporaryDirectory() as tmp:
-            for path in reports.write_comparison(results, runs.leaderboard(results, mode), tmp):
+            for path in tables.write_comparison(results, runs.leaderboard(results, mode), tmp):
                 self.client.log_artifact(self.parent_run_id, path)
         counts: dict[str, int] = {}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1
         self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
-        from orchestrator import sweep_report  # matplotlib: only a finishing sweep draws the report
+        from orchestrator import report  # matplotlib, jinja2: only a finishing sweep draws the report
 
         try:  # report.html on the parent run, the frontier runs tagged
-            sweep_report.publish(self.client, self.experiment_id, self.parent_run_id)
+            report.publish(self.client, self.experiment_id, self.parent_run_id)
         except Exception as e:  # noqa: BLE001 - the trained sweep stands; `orchestrate report` redraws it
             warnings.warn(f"the sweep's report was not written ({type(e).__name__}: {e}); "
                           f"`orchestrate report {self.experiment}` writes it", stacklevel=2)
@@ -585,14 +585,17 @@ class SweepRecord:
 def transient(error: BaseException) -> bool:
     """Whether `error` (or one it was raised from) is a store briefly out of reach: a connection
     refused or cut mid-response (a tracking server restarting), a timeout, a database busy with
-    another writer (MLflow's TEMPORARILY_UNAVAILABLE). MLflow retries a refused connection itself;
-    a response cut after its headers, or a sqlite lock held past its timeout, reach us."""
+    another writer or out of reach (MLflow's TEMPORARILY_UNAVAILABLE: a sqlite lock, PostgreSQL
+    restarting), a tracking server that kept answering with a status MLflow's client retries
+    (RetryError: 503 while the database behind it is down, 502/504 from a proxy, 429). MLflow
+    retries those itself; what outlasts its retries reaches us."""
     import requests
 
     seen = error
     while seen is not None:
         if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                             requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+                             requests.exceptions.Timeout, requests.exceptions.RetryError, ConnectionError,
+                             TimeoutError)):
             return True
         if isinstance(seen, MlflowException) and seen.error_code == "TEMPORARILY_UNAVAILABLE":
             return True

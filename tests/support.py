@@ -260,10 +260,16 @@ def trials(uri, experiment):
 
 def logged_epochs(db) -> int:
     """val_acc rows in the store, read-only (see the resume test for why not an MlflowClient)."""
+    return store_count(db, "SELECT count(*) FROM metrics WHERE key = 'val_acc'")
+
+
+def store_count(db, query: str) -> int:
+    """A `SELECT count(*) ...` of the sqlite store at `db`, read-only; 0 while it (or the table)
+    does not exist yet."""
     if not db.exists():
         return 0
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT count(*) FROM metrics WHERE key = 'val_acc'").fetchone()[0]
+            return con.execute(query).fetchone()[0]
     except sqlite3.OperationalError:
         return 0

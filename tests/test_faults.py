@@ -29,7 +29,8 @@ import urllib.parse
 import pytest
 import torch
 
-from support import REPO, logged_epochs, metric_steps, processes_mentioning, run_cli, sweep_through, trials, wait_for
+from support import (REPO, logged_epochs, metric_steps, processes_mentioning, run_cli, store_count, sweep_through, trials,
+                     wait_for)
 from orchestrator import cli, config, engine, ray_train, runs, storage, tracking
 from orchestrator.data import load_splits
 from orchestrator.runs import ROLE_SWEEP, Status, Tag
@@ -499,3 +500,33 @@ def test_a_double_ctrl_c_quits_at_once_marks_the_runs_and_resume_finishes_past_c
     # The trial did read past the cut checkpoints (its warnings are in Ray's worker logs).
     logs = "".join(open(p, errors="replace").read() for p in glob.glob(f"{ray_tmpdir}/**/worker-*.err", recursive=True))
     assert "training from the first epoch" in logs
+
+
+def test_sigterm_while_the_sweep_registers_its_best_model_exits_143_marks_the_parent_and_resume_finishes_it(
+        tmp_path, ray_tmpdir):
+    # After Tune's loop, Ray's own SIGTERM handler (sys.exit(15)) used to be back: exit 15, or 0
+    # with "Exception ignored ... SystemExit: 15", and the parent run left RUNNING.
+    (tmp_path / "sweep.yaml").write_text(one_trial_sweep("e2e-sigterm-finish", epochs=2, steps=4))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def sigterm_while_registering(proc):
+        wait_for(lambda: store_count(tmp_path / "mlflow.db", "SELECT count(*) FROM model_versions"), 600, proc,
+                 "the best model's registration")
+        proc.send_signal(signal.SIGTERM)
+
+    code, out = sweep_through(tmp_path, ray_tmpdir, sigterm_while_registering, timeout_s=300)
+    assert code == 143, out[-3000:]
+    assert "Exception ignored" not in out and "Traceback" not in out, out[-3000:]
+    assert processes_mentioning(ray_tmpdir) == []
+    client, by_name, parents = the_runs(uri, "e2e-sigterm-finish")
+    (run,) = by_name.values()
+    assert run.data.tags[Tag.STATUS] == Status.COMPLETED  # trained and recorded before the signal
+    assert parents[0].info.status == "KILLED"
+    (command,) = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("orchestrate sweep ")]
+    resumed = run_cli(shlex.split(command)[1:], cwd=tmp_path, env={"RAY_TMPDIR": ray_tmpdir})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, after, parents = the_runs(uri, "e2e-sigterm-finish")
+    assert {n: r.info.run_id for n, r in after.items()} == {n: r.info.run_id for n, r in by_name.items()}
+    assert parents[0].info.status == "FINISHED"
+    assert client.get_model_version_by_alias("e2e-sigterm-finish", "best").run_id == run.info.run_id
+    assert metric_steps(client, run.info.run_id) == [1, 2]
