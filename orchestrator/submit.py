@@ -37,8 +37,8 @@ import time
 
 from orchestrator import preflight
 from orchestrator.config import SweepSpec
-from orchestrator.sweep import JOB_STOP_WAIT_S, JOB_STOP_WAIT_VAR
 from orchestrator.schema import cut, mask
+from orchestrator.sweep import JOB_STOP_WAIT_S, JOB_STOP_WAIT_VAR
 
 ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")  # where Ray's job client looks, in order
 
@@ -74,6 +74,7 @@ def client(address: str | None):
     if not address and not any(os.environ.get(v) for v in ADDRESS_VARS):
         raise SubmitError("--address", f"not given and {' / '.join(ADDRESS_VARS)} are not set; give the "
                                        f"cluster's dashboard, e.g. http://127.0.0.1:8265")
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     # Ray's job client logs each upload and the log stream's end at INFO: not among our lines.
@@ -83,8 +84,12 @@ def client(address: str | None):
     shown = address or next(os.environ[v] for v in ADDRESS_VARS if os.environ.get(v))
     try:
         c = JobSubmissionClient(address)
-        c.get_version()  # a request that needs the token: a wrong or missing one fails here
-    except Exception as e:  # noqa: BLE001 - connection refused, a bad address, a refused token ...
+        c.list_jobs()  # a request that needs the token
+    except AuthenticationError:
+        raise SubmitError("--address", f"{cut(mask(shown), 80)}: the cluster refused this client's token; set "
+                                       f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to the cluster's token file "
+                                       f"(or RAY_AUTH_TOKEN)") from None
+    except Exception as e:  # noqa: BLE001 - connection refused, a bad address ...
         raise SubmitError("--address", f"{cut(mask(shown), 80)}: no Ray job server answered "
                                        f"({type(e).__name__}: {cut(mask(str(e)), 200)})") from None
     return c

@@ -70,9 +70,9 @@ class JobCluster:
     def logs(self, job_id: str) -> str:
         return self.ray("logs", job_id, timeout=120).stdout
 
-    def orchestrate(self, *args, cwd, **popen) -> subprocess.Popen:
-        return subprocess.Popen(ORCHESTRATE + list(args), cwd=cwd, env={**self.env, "PYTHONPATH": str(REPO)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    def orchestrate(self, *args, cwd, env=None) -> subprocess.Popen:
+        return subprocess.Popen(ORCHESTRATE + list(args), cwd=cwd, env=env or {**self.env, "PYTHONPATH": str(REPO)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +240,14 @@ def test_submit_returns_the_sweeps_exit_code_and_ctrl_c_stops_the_job(job_cluste
     out, err = bad.communicate(timeout=300)
     assert bad.returncode == 2 and out == "" and err.count("\n") == 1 and "pw" not in err, (out, err)
     assert err.startswith("submit: tracking uri: has a password"), err
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    wrong.chmod(0o600)
+    bad = job_cluster.orchestrate("submit", "sweep.yaml", cwd=tmp_path, env={
+        **job_cluster.env, "PYTHONPATH": str(REPO), "RAY_AUTH_TOKEN_PATH": str(wrong)})
+    out, err = bad.communicate(timeout=300)
+    assert bad.returncode == 2 and out == "" and err.count("\n") == 1, (out, err)
+    assert "the cluster refused this client's token" in err and wrong.read_text() not in err, err
     # Bad input found on the head (a storage that is a file): the sweep's exit code 2, its line streamed.
     (tmp_path / "a-file").write_text("")
     bad = job_cluster.orchestrate("submit", "sweep.yaml", "--storage", str(tmp_path / "a-file"), cwd=tmp_path)
