@@ -6,14 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 
 import pytest
 
-from support import DDP_SWEEP, FAIR_SWEEP, Sweep, free_port, processes_mentioning, run_sweep
+from support import DDP_SWEEP, FAIR_SWEEP, MlflowServer, Sweep, processes_mentioning, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -41,35 +38,9 @@ def fair_sweep(tmp_path_factory) -> Sweep:
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1, in its own process group (it starts children)."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts"),
-         "--workers", "1"],
-        cwd=folder, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
-        time.sleep(1)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -221,3 +221,56 @@ def logged_epochs(db) -> int:
             return con.execute("SELECT count(*) FROM metrics WHERE key = 'val_acc'").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend and artefacts in `folder`), in its own
+    process group (it starts children): `kill()` SIGKILLs the whole group, `start()` brings it
+    back on the same port and store."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder, self.port = Path(folder), port or free_port()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.url, self.db = f"http://127.0.0.1:{self.port}", self.folder / "server.db"
+        self.proc = None
+        self.start()
+
+    def start(self, timeout_s: float = 120) -> None:
+        import urllib.request
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.folder / "artifacts"),
+             "--workers", "1"],
+            cwd=self.folder, stdout=open(self.folder / "server.log", "a"), stderr=subprocess.STDOUT,
+            start_new_session=True, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.kill()
+                raise RuntimeError("mlflow server did not start: " + (self.folder / "server.log").read_text()[-2000:])
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):  # its children too, even if it has ended
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()

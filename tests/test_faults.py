@@ -50,8 +50,9 @@ models:
 @pytest.fixture(scope="module")
 def trial_folder(tmp_path_factory):
     """Three real epochs of vgg11 (width 0.125) on synthetic data, checkpointed as Tune lays a
-    trial out (trial/checkpoint_000000 ...): (folder, [metrics per epoch])."""
-    folder = tmp_path_factory.mktemp("storage") / "vgg11_t1"
+    trial out (<storage>/<experiment>/trial/checkpoint_000000 ..., and result.json: one result a
+    line, naming its checkpoint): (folder, [metrics per epoch])."""
+    folder = tmp_path_factory.mktemp("storage") / "faults-1" / "vgg11_t1"
     torch.set_num_threads(1)
     run = fresh_engine()
     history = []
@@ -62,6 +63,8 @@ def trial_folder(tmp_path_factory):
             shutil.copytree(checkpoint_dir, folder / f"checkpoint_{metrics['epoch'] - 1:06d}")
 
     run.fit(Keep())
+    (folder / "result.json").write_text("".join(json.dumps({**m, "checkpoint_dir_name": f"checkpoint_{i:06d}"}) + "\n"
+                                                for i, m in enumerate(history)))
     return folder, history
 
 
