@@ -30,7 +30,7 @@ import torch
 
 from orchestrator import data, engine, storage
 from orchestrator.config import SweepSpec
-from orchestrator.schema import Resources, Trial
+from orchestrator.schema import Resources, Tracking, Trial
 
 
 # Set by the sweep (in this, the driver's, process) when SIGINT/SIGTERM stops it: trials that Tune
@@ -218,14 +218,15 @@ class MlflowCallback(ray.tune.Callback):
         """Every child run finished before the sweep's summary: what the recorder has queued,
         then any run whose trial Tune holds as ended but whose finishing was lost (a sweep killed
         with work queued, then resumed: Tune will not report that trial again; or the store was
-        away when it ended), completed from what Tune kept in the storage. A store that does not take them within `tracking.wait_s` (unreachable, full) is waited
-        for no longer: ENDING says what it did not take. So does a Ctrl-C during that wait."""
+        away when it ended), completed from what Tune kept in the storage. A store that takes
+        nothing for `tracking.wait_s` (unreachable, full) is waited for no longer, nor is it after
+        a Ctrl-C: ENDING says what it did not take."""
         if not INTERRUPTED.is_set():  # Tune's clean-up marks stopped trials TERMINATED: they did not end
             by_id = {t.trial_id: t for t in trials}
             self.recorder.finish_orphans({t.trial_id: t.status == "ERROR" for t in trials
                                           if t.status in ("TERMINATED", "ERROR")}, set(by_id),
                                          lambda trial_id: self._kept(by_id[trial_id]))
-        wait_s = getattr(self.spec, "tracking_wait_s", None)
+        wait_s = getattr(self.spec, "tracking_wait_s", Tracking.wait_s)  # (a sweep pickled before the setting)
         if outage := self.recorder.outage():
             self._say(f"{outage.line(self.spec.tracking_uri)}: waiting up to {wait_s:.0f} s (tracking.wait_s) "
                       f"for the store, Ctrl-C to stop waiting")

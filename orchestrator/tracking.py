@@ -794,7 +794,7 @@ class BackgroundWriter:
         failing = self._failing
         if failing is None:
             return None
-        return Outage(failing[0], self._jobs.unfinished_tasks, reason(failing[1]))
+        return Outage(failing[0], self.pending, reason(failing[1]))
 
     def flush(self, timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> bool:
         """Wait until everything submitted has run (True), re-raising the first error kept. Once
@@ -817,6 +817,11 @@ class BackgroundWriter:
 
     def give_up(self) -> None:
         self._given_up.set()
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not yet run (the one running included)."""
+        return self._jobs.unfinished_tasks
 
 
 @dataclasses.dataclass
@@ -920,7 +925,7 @@ class Recorder:
         return Unrecorded(runs=sum(not p.run for p in progress),
                           epochs=sum(max(0, p.epochs_reported - p.epochs_logged) for p in progress),
                           models=sum(p.ended == Status.COMPLETED and not p.ended_logged for p in progress),
-                          writes=self._writer._jobs.unfinished_tasks, outage=self._writer.outage())
+                          writes=self._writer.pending, outage=self._writer.outage())
 
     def flush(self, timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> Unrecorded | None:
         """Everything queued written (None), or, past `timeout_s` or once `stop()` (or on a second

@@ -12,6 +12,7 @@ share of the suite's time."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -401,23 +402,37 @@ def the_runs(uri: str, experiment: str):
     return client, by_name, parents
 
 
-def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_says_why_it_cannot_go_on(
-        tmp_path, ray_tmpdir):
-    mount = tmp_path / "storage"
+@contextlib.contextmanager
+def small_tmpfs(mount, size: str):
+    """A tmpfs of `size` (e.g. "32m") mounted on the new folder `mount`, unmounted afterwards; the
+    test is skipped where mounting is not allowed."""
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], capture_output=True,
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                              text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:120]})")
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(mount) -> None:
+    """The disk under `mount` full, by a file `filler` in it."""
+    with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * (1 << 16))
+
+
+def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_says_why_it_cannot_go_on(
+        tmp_path, ray_tmpdir):
+    with small_tmpfs(tmp_path / "storage", "32m") as mount:
         (tmp_path / "sweep.yaml").write_text(one_trial_sweep("e2e-disk-full", str(mount)))
 
         def fill_the_disk(proc):
             wait_for(lambda: glob.glob(str(mount / "*" / "resnet18_*" / "checkpoint_000000")), 600, proc,
                      "the first checkpoint")
-            with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * (1 << 20))
+            fill(mount)
 
         code, out = sweep_through(tmp_path, ray_tmpdir, fill_the_disk, timeout_s=300)
         # The trial fails on the full disk; the sweep still ends as a sweep: no traceback, the
@@ -446,8 +461,6 @@ def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_say
             assert {n: r.info.run_id for n, r in after.items()} == {n: r.info.run_id for n, r in by_name.items()}
             assert after[run.info.run_name].data.tags[Tag.STATUS] == Status.COMPLETED
             assert metric_steps(client, run.info.run_id) == [1, 2, 3, 4]
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_a_double_ctrl_c_quits_at_once_marks_the_runs_and_resume_finishes_past_checkpoints_cut_short(

@@ -15,6 +15,7 @@ import glob
 import http.server
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -25,7 +26,7 @@ import pytest
 import test_faults
 from benchmarks import tracking_outage
 from support import ORCHESTRATE, REPO, MlflowServer, logged_epochs, processes_mentioning, run_cli, wait_for
-from orchestrator import runs, storage, tracking
+from orchestrator import cli, runs, storage, tracking
 from orchestrator.runs import Status, Tag
 from test_faults import trial_folder  # noqa: F401 - the fixture
 
@@ -93,6 +94,7 @@ def assert_recorded_as_trained(client, replay, tune_trial, trial_ids):
 # The rules, without Ray
 
 
+@pytest.mark.slow
 def test_the_end_waits_a_bounded_time_for_a_server_gone_then_the_resume_fills_in_from_tunes_storage(
         tmp_path, tune_trial, quick_requests):
     server = MlflowServer(tmp_path / "server")
@@ -196,22 +198,14 @@ def test_a_server_whose_database_stays_down_is_an_outage_the_end_waits_for_a_bou
 
 
 def test_a_sqlite_store_whose_disk_fills_up_is_an_outage_with_no_traceback(tmp_path, tune_trial, capfd):
-    mount = tmp_path / "store"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:120]})")
-    try:
+    with test_faults.small_tmpfs(tmp_path / "store", "8m") as mount:
         tracking.quiet_mlflow()
         replay = Replay(f"sqlite:///{mount}/mlflow.db", tmp_path, tune_trial, "disk-full")
         recorder = tracking.Recorder(replay.again)
         recorder.started(replay.trial_at("t1"))
         feed(recorder, tune_trial, "t1", [1])
         assert recorder.flush() is None
-        with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
-            while True:
-                f.write(b"\0" * (1 << 16))
+        test_faults.fill(mount)
         feed(recorder, tune_trial, "t1", [2, 3])
         recorder.ended("t1")
         unrecorded = recorder.flush(timeout_s=5)
@@ -223,8 +217,16 @@ def test_a_sqlite_store_whose_disk_fills_up_is_an_outage_with_no_traceback(tmp_p
         again = replay.again()
         assert again.finish_orphans({"t1": False}, {"t1"}, {"t1": replay.kept(tune_trial, "t1", 0.05)}.get) == []
         assert_recorded_as_trained(again.client, replay, tune_trial, ["t1"])
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("value, says", [("-1", "-1 is not in [0, 86400]"), (".inf", "inf is not a finite number"),
+                                         ("100000", "100000 is not in [0, 86400]"), ("soon", "'soon' is not a float")])
+def test_tracking_wait_s_is_a_finite_number_of_seconds_up_to_a_day(tmp_path, capsys, value, says):
+    (tmp_path / "s.yaml").write_text(test_faults.SWEEP + f"tracking: {{wait_s: {value}}}\n")
+    code = cli.main(["sweep", str(tmp_path / "s.yaml"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "tracking.wait_s" in err and says in err, err
+    assert not (tmp_path / "m.db").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +265,9 @@ def test_a_tracking_server_killed_mid_sweep_ends_it_in_bounded_time_and_resume_r
     storage_path = str(tmp_path / "ray_results")
     assert f"tracking store {server.url} unreachable for" in line and "not recorded" in line, line
     assert storage_path in line and "epoch" in line and "model" in line, line
+    # The live view said so while the trials trained, then the end said how long it waits.
+    assert re.search(rf"^\[ *\w+\] tracking store {re.escape(server.url)} unreachable for \d+ s .*write\(s\) waiting$",
+                     out, re.M), out[-3000:]
     assert f"waiting up to {wait_s} s" in out, out[-3000:]
     trained = tune_results(storage_path)
     assert len(trained) == 3 and all([m["epoch"] for m in r] == [1, 2, 3] for r in trained.values())
