@@ -76,12 +76,11 @@ def header(state: ViewState, now: float) -> str:
             f"elapsed {_seconds(now - state.started)}  |  ETA ~{_seconds(state.eta_s())}")
 
 
-def table(state: ViewState, now: float, notice: str | None = None):
-    """The rich Table drawn on a terminal; `notice` (the tracking store unreachable) under it."""
+def table(state: ViewState, now: float):
+    """The rich Table drawn on a terminal."""
     from rich.table import Table
 
-    t = Table(title=header(state, now), title_justify="left", expand=False, caption=notice,
-              caption_justify="left", caption_style="bold yellow")
+    t = Table(title=header(state, now), title_justify="left", expand=False)
     for column, justify in (("trial", "left"), ("status", "left"), ("epoch", "right"), ("val_acc", "right"),
                             ("best", "right"), ("img/s", "right"), ("elapsed", "right")):
         t.add_column(column, justify=justify, no_wrap=column == "trial")
@@ -89,6 +88,16 @@ def table(state: ViewState, now: float, notice: str | None = None):
         t.add_row(row.name, row.status, f"{row.epoch}/{row.epochs}", _acc(row.val_acc), _acc(row.best_val_acc),
                   "-" if row.imgs_per_s is None else f"{row.imgs_per_s:.0f}", _seconds(row.elapsed(now)))
     return t
+
+
+def screen(state: ViewState, now: float, notice: str | None = None):
+    """What a terminal shows: the table, and under it `notice` (the tracking store unreachable)."""
+    if notice is None:
+        return table(state, now)
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(table(state, now), Text(notice, style="bold yellow"))
 
 
 def line(state: ViewState, row: TrialRow, event: str, now: float) -> str:
@@ -139,10 +148,10 @@ class LiveView(ray.tune.Callback):
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(table(self.state, now, self._shown[0]), console=Console(file=self.stream),
+            self._live = Live(screen(self.state, now, self._shown[0]), console=Console(file=self.stream),
                               refresh_per_second=2, transient=False)
             self._live.start()
-        self._live.update(table(self.state, now, self._shown[0]))
+        self._live.update(screen(self.state, now, self._shown[0]))
 
     def _show(self, row: TrialRow, event: str) -> None:
         now = time.time()

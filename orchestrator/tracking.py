@@ -574,7 +574,7 @@ class SweepRecord:
             if run is not None and run.data.tags.get(Tag.STATUS) in runs.FINISHED_STATUSES:
                 continue
             what = kept(trial_id) if kept else None
-            if what is not None:
+            if what is not None and (what.results or run is None):  # none kept: what MLflow holds stands
                 if problem := self.fill_in(what, run):
                     missing.append(problem)
             elif run is not None:

@@ -219,6 +219,31 @@ def test_a_sqlite_store_whose_disk_fills_up_is_an_outage_with_no_traceback(tmp_p
         assert_recorded_as_trained(again.client, replay, tune_trial, ["t1"])
 
 
+def test_the_live_view_shows_the_outage_in_one_line_while_it_lasts():
+    import io
+
+    from rich.console import Console
+
+    from orchestrator import live
+
+    outage = tracking.Outage(since=time.time() - 42, waiting=17, why="[Errno 111] Connection refused")
+    notice = outage.line("http://me:secret@127.0.0.1:5000")
+    assert notice == ("tracking store http://me:***@127.0.0.1:5000 unreachable for 42 s ([Errno 111] Connection "
+                      "refused); 17 write(s) waiting")
+    shown = [notice]
+    out = io.StringIO()
+    view = live.LiveView(lambda t: ("net", 2), total=1, concurrency=1, stream=out, notice=lambda: shown[0])
+    view.on_step_end(0, [])
+    view.on_step_end(0, [])  # the same outage: said once (again every NOTICE_EVERY_S)
+    shown[0] = None
+    view.on_step_end(0, [])
+    assert out.getvalue().splitlines()[0].endswith(notice) and len(out.getvalue().splitlines()) == 2
+    assert out.getvalue().splitlines()[1].endswith("the tracking store answers again")
+    console = Console(file=io.StringIO(), width=200, record=True)  # on a terminal: under the table
+    console.print(live.screen(live.ViewState(total=1), time.time(), notice))
+    assert notice in console.export_text()
+
+
 @pytest.mark.parametrize("value, says", [("-1", "-1 is not in [0, 86400]"), (".inf", "inf is not a finite number"),
                                          ("100000", "100000 is not in [0, 86400]"), ("soon", "'soon' is not a float")])
 def test_tracking_wait_s_is_a_finite_number_of_seconds_up_to_a_day(tmp_path, capsys, value, says):
