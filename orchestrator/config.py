@@ -72,6 +72,7 @@ class SweepSpec:
     storage_path: str
     models: tuple[ModelEntry, ...]
     registered_model: str  # the Model Registry name of the sweep's best model
+    tracking_wait_s: float = schema.Tracking.wait_s  # tracking.wait_s: how long the end waits for the store
 
     # Ray Tune pickles the spec into the storage (tuner.pkl holds the MLflow callback's, the
     # searcher's state file the searcher's) and Ray's object store (the trainable's parameter): a
@@ -458,7 +459,8 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
 
     spec = SweepSpec(file=path, name=name, dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
-                     models=models, registered_model=tracking.registered_model or name)
+                     models=models, registered_model=tracking.registered_model or name,
+                     tracking_wait_s=float(tracking.wait_s))
     if spec.trial_count() > schema.MAX_TRIALS:
         raise ConfigError(path, "models", f"{spec.trial_count():,} trials (grid points x search.num_samples "
                                           f"{search.num_samples}) are more than {schema.MAX_TRIALS:,}; "

@@ -374,6 +374,9 @@ class Tracking:
     uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     registered_model: str | None = setting(None, "Model Registry name of the sweep's best model, alias `best` "
                                                  "(default: the sweep's name)", check=mlflow_name)
+    wait_s: float = setting(120.0, "seconds the sweep's end waits for writes the store has not taken (it is "
+                                   "unreachable or full); then exit 1 with the --resume command that records them",
+                            check=in_interval(0, 86400, low_open=False, high_open=False))
 
 
 SECTIONS: dict[str, type] = {"dataset": DataSpec, "train": TrainConfig, "resources": Resources,

@@ -144,6 +144,7 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
                   f"for resources", file=out, flush=True)
         # A DDP trial's driver would otherwise hold a slot while its workers wait for a placement group.
         concurrent = (min(asked, fits) if asked else fits) if local else asked
+        tracking.bound_requests()  # MLflow's retries of one request must not outlast tracking.wait_s
         code = _run_tuner(spec, restore_name, concurrent, out, verbosity)
     except Stopped as e:
         code = 128 + e.signum
@@ -183,6 +184,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             "created": time.time(), "sweep_file": os.path.abspath(spec.file)})
         s = spec.search
         searcher = search.EntrySearch(spec)
+        recording = ray_train.MlflowCallback(spec, parent, quiet=verbosity < 0)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -196,8 +198,9 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 trial_dirname_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=spec.storage_path,
-                callbacks=[ray_train.MlflowCallback(spec, parent)] + (
-                    [live.LiveView(lambda t: _describe(spec, t), spec.trial_count(), max(1, max_concurrent), out)] if verbosity == 0 else []),
+                callbacks=[recording] + (
+                    [live.LiveView(lambda t: _describe(spec, t), spec.trial_count(), max(1, max_concurrent), out,
+                                   notice=recording.outage_line)] if verbosity == 0 else []),
                 checkpoint_config=ray_train.checkpoint_config(tune.CheckpointConfig, spec),
                 # Single-worker trials are retried by Tune from their last checkpoint; a DDP
                 # trial's worker group is restarted by Ray Train's own FailureConfig instead.
@@ -214,6 +217,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray_train.EXPERIMENT_ENDED.clear()
+    ray_train.ENDING.unrecorded, ray_train.ENDING.missing = None, []
     with stop_on_signals() as stopped:
         try:
             tuner.fit()
@@ -230,6 +234,12 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             # results are MLflow's, so it still finishes.
             print(f"Ray Tune could not read back its results ({type(e).__name__}: {cut(str(e))}); "
                   f"the summary is MLflow's", file=sys.stderr, flush=True)
+    ending = ray_train.ENDING
+    if ending.unrecorded is not None or ending.missing:
+        # The record disagrees with what trained: never exit 0 with it (nor mark runs on a store
+        # that is away); say what is missing and how to record it.
+        print(not_recorded(spec, run_name, ending.unrecorded, ending.missing), file=sys.stderr, flush=True)
+        return 128 + stopped.signum if stopped.signum is not None else 1
     if stopped.signum is None:
         try:  # the best model registered, the comparison and the report on the parent run
             results, version = record.finish(register_as=spec.registered_model)
@@ -250,6 +260,22 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
               f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
     return 0 if trained else 1
+
+
+def not_recorded(spec: SweepSpec, run_name: str, unrecorded, missing: list[str]) -> str:
+    """The one line of a sweep whose record is not complete: what is not recorded, where the
+    checkpoints are, and the command that records them."""
+    resume = preflight.command_line("orchestrate", "sweep", spec.file, "--resume", "--tracking-uri", spec.tracking_uri,
+                                    "--storage", spec.storage_path)
+    where = spec.storage_path.rstrip("/") + "/" + run_name
+    if unrecorded is None:
+        return (f"not recorded in {preflight.show_uri(spec.tracking_uri)}: {'; '.join(missing)}; the rest of the "
+                f"sweep is in {where}; after restoring what is missing, run: {resume}")
+    outage = unrecorded.outage
+    state = (f"unreachable for {time.time() - outage.since:.0f} s ({outage.why})" if outage
+             else f"took nothing for tracking.wait_s ({spec.tracking_wait_s:g} s)")
+    return (f"tracking store {preflight.show_uri(spec.tracking_uri)} {state}: {unrecorded.counts()} not recorded; "
+            f"the checkpoints and results are in {where}; once the store is back, record them with: {resume}")
 
 
 def _describe(spec: SweepSpec, tune_trial) -> tuple[str, int]:

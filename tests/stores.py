@@ -201,33 +201,57 @@ def s3_server(folder: str | None = None):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1, in its own process group (it starts children), its log in
+    `folder`/server.log. backend: its --backend-store-uri (default: sqlite in `folder`); artifacts:
+    its --artifacts-destination (default: a folder in `folder`; s3://... needs `env`). `kill()`
+    SIGKILLs the whole group (a server that dies), `start()` brings it back on the same port and
+    store, `stop()` ends it."""
+
+    def __init__(self, folder, port: int | None = None, backend: str | None = None, artifacts: str | None = None,
+                 env: dict | None = None):
+        self.folder, self.port = Path(folder), port or free_port()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.url, self.db = f"http://127.0.0.1:{self.port}", self.folder / "server.db"
+        self.backend, self.artifacts, self.env = backend or f"sqlite:///{self.db}", artifacts, env or {}
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        log = self.folder / "server.log"
+        with open(log, "a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--backend-store-uri", self.backend,
+                 "--artifacts-destination", self.artifacts or str(self.folder / "artifacts"), "--workers", "1"],
+                cwd=self.folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env})
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        _wait_until(ready, self.proc, log, "mlflow server")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):  # its children too, even if it has ended
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, timeout=20)
+
+
 @contextlib.contextmanager
 def mlflow_server(folder, backend: str | None = None, artifacts: str | None = None, env: dict | None = None):
-    """A real `mlflow server` on 127.0.0.1 (its URL), in its own process group (it starts children),
-    its log in `folder`/server.log. backend: its --backend-store-uri (default: sqlite in `folder`);
-    artifacts: its --artifacts-destination (default: a folder in `folder`; s3://... needs `env`)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = folder / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", backend or f"sqlite:///{folder}/server.db",
-             "--artifacts-destination", artifacts or str(folder / "artifacts"), "--workers", "1"],
-            cwd=folder, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
+    """A MlflowServer for the block: its URL."""
+    server = MlflowServer(folder, backend=backend, artifacts=artifacts, env=env)
     try:
-        _wait_until(ready, proc, log, "mlflow server")
-        yield url
+        yield server.url
     finally:
-        _stop_group(proc, timeout=20)
+        server.stop()

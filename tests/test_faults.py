@@ -12,6 +12,7 @@ share of the suite's time."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -51,8 +52,9 @@ models:
 @pytest.fixture(scope="module")
 def trial_folder(tmp_path_factory):
     """Three real epochs of vgg11 (width 0.125) on synthetic data, checkpointed as Tune lays a
-    trial out (trial/checkpoint_000000 ...): (folder, [metrics per epoch])."""
-    folder = tmp_path_factory.mktemp("storage") / "vgg11_t1"
+    trial out (<storage>/<experiment>/trial/checkpoint_000000 ..., and result.json: one result a
+    line, naming its checkpoint): (folder, [metrics per epoch])."""
+    folder = tmp_path_factory.mktemp("storage") / "faults-1" / "vgg11_t1"
     torch.set_num_threads(1)
     run = fresh_engine()
     history = []
@@ -63,6 +65,8 @@ def trial_folder(tmp_path_factory):
             shutil.copytree(checkpoint_dir, folder / f"checkpoint_{metrics['epoch'] - 1:06d}")
 
     run.fit(Keep())
+    (folder / "result.json").write_text("".join(json.dumps({**m, "checkpoint_dir_name": f"checkpoint_{i:06d}"}) + "\n"
+                                                for i, m in enumerate(history)))
     return folder, history
 
 
@@ -399,23 +403,37 @@ def the_runs(uri: str, experiment: str):
     return client, by_name, parents
 
 
-def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_says_why_it_cannot_go_on(
-        tmp_path, ray_tmpdir):
-    mount = tmp_path / "storage"
+@contextlib.contextmanager
+def small_tmpfs(mount, size: str):
+    """A tmpfs of `size` (e.g. "32m") mounted on the new folder `mount`, unmounted afterwards; the
+    test is skipped where mounting is not allowed."""
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], capture_output=True,
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                              text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:120]})")
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(mount) -> None:
+    """The disk under `mount` full, by a file `filler` in it."""
+    with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * (1 << 16))
+
+
+def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_says_why_it_cannot_go_on(
+        tmp_path, ray_tmpdir):
+    with small_tmpfs(tmp_path / "storage", "32m") as mount:
         (tmp_path / "sweep.yaml").write_text(one_trial_sweep("e2e-disk-full", str(mount)))
 
         def fill_the_disk(proc):
             wait_for(lambda: glob.glob(str(mount / "*" / "resnet18_*" / "checkpoint_000000")), 600, proc,
                      "the first checkpoint")
-            with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * (1 << 20))
+            fill(mount)
 
         code, out = sweep_through(tmp_path, ray_tmpdir, fill_the_disk, timeout_s=300)
         # The trial fails on the full disk; the sweep still ends as a sweep: no traceback, the
@@ -444,8 +462,6 @@ def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_say
             assert {n: r.info.run_id for n, r in after.items()} == {n: r.info.run_id for n, r in by_name.items()}
             assert after[run.info.run_name].data.tags[Tag.STATUS] == Status.COMPLETED
             assert metric_steps(client, run.info.run_id) == [1, 2, 3, 4]
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_a_double_ctrl_c_quits_at_once_marks_the_runs_and_resume_finishes_past_checkpoints_cut_short(
