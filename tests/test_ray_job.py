@@ -152,6 +152,7 @@ def places(folder: Path) -> list[str]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_job_submit_succeeds_with_the_sweep_and_fails_on_a_bad_file_with_its_one_line(job_cluster, tmp_path):
     sweep_file(tmp_path, "job-tiny", epochs=1)
     job_id, result = job_cluster.submit(tmp_path, "orchestrate", "sweep", "sweep.yaml", *places(tmp_path))
