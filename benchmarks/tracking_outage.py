@@ -2,7 +2,7 @@
 
     python -m benchmarks.tracking_outage [--code DIR] [--wait-s S] [--watch-s 150] [--out DIR]
 
-A real `mlflow server` (its own process group, sqlite backend; tests/support.py's MlflowServer),
+A real `mlflow server` (its own process group, sqlite backend; tests/stores.py's MlflowServer),
 the sweep of tests/test_tracking_outage.py's end-to-end case (3 single-worker resnet18 trials on
 digits, 3 epochs of 10 steps, 2 at a time) run as a user runs it with the code in `--code` (a
 checkout's root; default this one) on PYTHONPATH, in its own Ray (a private RAY_TMPDIR). When the
@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the suite's own server and process helpers
 
-from support import ORCHESTRATE, MlflowServer, logged_epochs, processes_mentioning  # noqa: E402
+from stores import MlflowServer  # noqa: E402
+from support import ORCHESTRATE, logged_epochs, processes_mentioning  # noqa: E402
 
 SWEEP = """\
 name: e2e-server-gone
