@@ -37,6 +37,16 @@ METRIC_RANGE = {"train_acc": (0.0, 1.0), "val_acc": (0.0, 1.0), "val_top5": (0.0
                 "train_loss": (0.0, None), "val_loss": (0.0, None), "lr": (0.0, None), "imgs_per_s": (0.0, None),
                 "train_s": (0.0, None), "epoch_s": (0.0, None)}
 
+class CheckpointFile:
+    """The files of a checkpoint folder: the engine writes them, the run record reads the eval and
+    history files without importing torch."""
+
+    STATE = "state.pt"
+    MODEL = "model.json"  # how to rebuild the model: arch, knobs, classes, normalisation
+    EVAL = "eval.json"  # per-class accuracy and confusion matrix on the val split
+    HISTORY = "history.json"  # every epoch's reported metrics up to this checkpoint
+
+
 # A trial either searches its entry's space, or re-trains the entry's best configuration with a
 # fresh seed after the search (`search.seeds`).
 PHASE_SEARCH, PHASE_SEEDS = "search", "seeds"

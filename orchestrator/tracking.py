@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from orchestrator import preflight, runs, storage, tables
 from orchestrator.runs import Artifact, Status, Tag
-from orchestrator.schema import EPOCH_METRICS, DataSpec, Trial, cut
+from orchestrator.schema import EPOCH_METRICS, CheckpointFile, DataSpec, Trial, cut
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -409,7 +409,7 @@ class TrialRecord:
                 tables.plot_curves(history, path, self.trial.name)
                 client.log_artifact(self.run_id, path)
             if local and os.path.isdir(local):
-                eval_file = os.path.join(local, "eval.json")
+                eval_file = os.path.join(local, CheckpointFile.EVAL)
                 if os.path.exists(eval_file):
                     with open(eval_file) as f:
                         info = json.load(f)
@@ -545,7 +545,7 @@ class SweepRecord:
     def checkpoint_history(self, path: str) -> list[dict[str, Any]]:
         """The per-epoch metrics a checkpoint carries (the engine's history.json), or []."""
         with storage.local_checkpoint(self.storage_path, path) as local:
-            file = os.path.join(local, "history.json") if local else None
+            file = os.path.join(local, CheckpointFile.HISTORY) if local else None
             if not file or not os.path.exists(file):
                 return []
             with open(file) as f:
