@@ -33,14 +33,13 @@ from PIL import Image
 
 from orchestrator import data
 from orchestrator.runs import ROLE_TRIAL, Tag
-from stores import s3_server
 from support import ORCHESTRATE, REPO, free_port, run_cli, wait_for
 from test_multinode import kill_own_processes, own_processes
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 RAY_CLI = str(Path(sys.executable).with_name("ray"))
-BUCKET = "sweeps"
+BUCKET = "noshare"
 
 # Run with the cluster's environment in a subprocess (this pytest process never joins Ray).
 # Prints, per worker node (a node with CPUs), which of the given paths exist there, from a task
@@ -87,14 +86,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def s3():
-    with s3_server() as server:
-        server.create_bucket(BUCKET)
-        yield server
-
-
-@pytest.fixture(scope="module")
 def cluster(tmp_path_factory, s3, mlflow_server):
+    s3.create_bucket(BUCKET)
     basetemp = str(tmp_path_factory.getbasetemp())  # every test folder and the MLflow server's store
     tmpdir = tempfile.mkdtemp(prefix="rns-", dir="/tmp")  # the head's temp dir; short: socket paths
     keys = tempfile.mkdtemp(prefix="rns-key-", dir="/tmp")  # every node reads its own copy on a real cluster
@@ -204,6 +197,7 @@ def run_sweep(cluster: Cluster, folder: Path, text: str, uri: str, during=None) 
     finally:
         if proc.poll() is None:
             proc.kill()
+    print(out)  # shown with -s, or when a test fails
     assert proc.returncode == 0, out[-5000:]
     return out
 
@@ -310,8 +304,8 @@ def test_report_and_export_from_a_fresh_folder_with_only_the_uris(cluster, s3, t
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     assert "resnet18" in (tmp_path / "report.html").read_text()
     for experiment in ("noshare-single", "noshare-ddp"):
-        export = run_cli(["export", f"models:/{experiment}@best", "--format", "pt2", "--out", "out",
+        export = run_cli(["export", f"models:/{experiment}@best", "--format", "pt2", "--out", experiment,
                           "--tracking-uri", mlflow_server], cwd=tmp_path, env=s3.env)
         assert export.returncode == 0, export.stdout[-3000:] + export.stderr[-3000:]
         assert "top-1 agreement 100.00%" in export.stdout, export.stdout
-    assert len(list((tmp_path / "out").glob("*.pt2"))) == 2
+        assert len(list((tmp_path / experiment).glob("*.pt2"))) == 1
