@@ -33,8 +33,7 @@ from PIL import Image
 
 from orchestrator import data
 from orchestrator.runs import ROLE_TRIAL, Tag
-from support import ORCHESTRATE, REPO, free_port, run_cli, wait_for
-from test_multinode import kill_own_processes, own_processes
+from support import ORCHESTRATE, REPO, free_port, kill_own_processes, own_processes, run_cli, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
