@@ -510,8 +510,8 @@ def _dataset(path: str, raw: Any) -> DataSpec:
 
 def _check_data(path: str, spec: DataSpec, train: TrainConfig, resources: Resources,
                 models: tuple[ModelEntry, ...]) -> None:
-    """The data loaded as a trial will load it (decoded once; an imagefolder into the cache the
-    trials read, CIFAR downloaded if asked), and every batch size a model entry can take leaving
+    """The data loaded as the sweep's driver will load it to ship it to the trials (decoded once;
+    an imagefolder into this machine's cache, CIFAR downloaded if asked), and every batch size a model entry can take leaving
     each worker a full batch of the training split. Before Ray starts, so bad data is one line,
     never a failed trial; last in `parse`, being the slowest check."""
     from orchestrator import data  # torch: see _check_model

@@ -24,6 +24,7 @@ import traceback
 import warnings
 from typing import Any
 
+import ray
 import ray.train
 import ray.tune
 import torch
@@ -78,13 +79,25 @@ class TrainReporter:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None) -> None:
-    """Data, engine, restore from `checkpoint` if given, fit: the same on both paths."""
+def ship_data(spec: SweepSpec) -> tuple | None:
+    """Data read from files (CIFAR batches, an imagefolder) is read once, here in the driver (the
+    head on a cluster), and shipped to every trial through Ray's object store: a worker node
+    needs no copy of the dataset, no download and no decoded-image cache, so it never needs the
+    driver's paths. None for data every node builds itself (digits, synthetic). A one-item tuple,
+    so that Tune's with_parameters passes the reference on unresolved (each trial fetches it)."""
+    if spec.dataset.root is None:
+        return None
+    return (ray.put(data.load_splits(spec.dataset)),)
+
+
+def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None, source: tuple | None = None) -> None:
+    """Data (shipped by the driver, see ship_data, or loaded here), engine, restore from
+    `checkpoint` if given, fit: the same on both paths."""
     # Ray gives each actor OMP_NUM_THREADS from its CPU share; make torch agree.
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    splits = data.load_splits(trial.dataset)
+    splits = ray.get(source[0]) if source else data.load_splits(trial.dataset)
     run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), splits,
                         device=device, prepare_model=prepare_model)
     if checkpoint is not None:
@@ -118,7 +131,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     # Here, not at the top: a single-worker trial never loads Ray Train's torch side.
     from ray.train.torch import get_device, prepare_model
 
-    _train(config["trial"], TrainReporter(), ray.train.get_checkpoint(), get_device(), prepare_model)
+    _train(config["trial"], TrainReporter(), ray.train.get_checkpoint(), get_device(), prepare_model,
+           config["source"])
 
 
 def trial_resources(resources: Resources) -> dict[str, float]:
@@ -129,12 +143,13 @@ def trial_resources(resources: Resources) -> dict[str, float]:
     return {"cpu": resources.driver_cpus}
 
 
-def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
-    """One Tune trial. A TorchTrainer's run name is derived from the trial id, so a restored
-    trial finds (and resumes from) its own checkpoints."""
+def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str, source: tuple | None = None) -> None:
+    """One Tune trial (`source`: the shipped data, see ship_data). A TorchTrainer's run name is
+    derived from the trial id, so a restored trial finds (and resumes from) its own checkpoints."""
     trial = spec.tune_trial(config, ray.tune.get_context().get_trial_id())
     if trial.resources.in_process:
-        _train(trial, TuneReporter(), ray.tune.get_checkpoint(), "cuda" if trial.resources.use_gpu else "cpu")
+        _train(trial, TuneReporter(), ray.tune.get_checkpoint(), "cuda" if trial.resources.use_gpu else "cpu",
+               source=source)
         return
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -146,7 +161,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
     res = trial.resources
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": trial},
+        train_loop_config={"trial": trial, "source": source},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=res.per_worker(),
                                      placement_strategy=res.placement_strategy),

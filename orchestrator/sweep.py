@@ -163,7 +163,8 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
 
 def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
     run_name = restore_name or f"{slug(spec.name, 'sweep')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name),
+    trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name,
+                                                         source=ray_train.ship_data(spec)),
                                     ray_train.trial_resources(spec.resources))
     if restore_name:
         meta = storage.read_state(spec.storage_path, run_name)
