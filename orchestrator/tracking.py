@@ -147,9 +147,8 @@ def quiet_mlflow() -> None:
     if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        # Its SQL store logs every database error with a traceback, then raises it (as
-        # TEMPORARILY_UNAVAILABLE when the database is out of reach): the background writer
-        # retries that and reports what still fails, so a PostgreSQL restart prints nothing.
+        # A database error's traceback, logged before MLflow raises it as TEMPORARILY_UNAVAILABLE:
+        # the writer retries that, and a store that stays away is the sweep's one line at its end.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
