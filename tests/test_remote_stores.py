@@ -155,6 +155,7 @@ def test_a_sweep_tracked_in_postgresql_directly_loses_no_epoch_when_the_database
     assert code == 0, out[-3000:]
     assert 1 <= rows < 2 * len(EPOCHS)  # the restart came while the trials trained
     assert "sqlite" not in out
+    assert "Traceback" not in out and "ERROR" not in out, out[-5000:]  # the restart is not the user's problem
     assert_every_epoch_once(uri, name)
 
 
@@ -224,6 +225,13 @@ def test_a_served_sweep_on_s3_resumed_from_an_empty_folder_logs_every_epoch_once
     assert "resuming" in resumed.stdout
     assert_every_epoch_once(served_sweep["url"], served_sweep["name"])
     assert sorted(os.listdir(served_sweep["second"])) == ["sweep.yaml"]  # no mlflow.db, no ray_results
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_served_sweep_prints_no_error_while_the_database_behind_the_server_restarts(served_sweep):
+    code, out = served_sweep["first"]
+    assert "Traceback" not in out and "ERROR" not in out, out[-5000:]
 
 
 @pytest.mark.ray
