@@ -44,7 +44,7 @@ NEAR_BEST_FOR_SIZE = 0.98
 # The costs a frontier is drawn against: the Standing attribute, its axis label, its unit in prose.
 COSTS = (("latency_ms", "batch-1 inference latency (ms)", "latency"),
          ("params", "parameters", "params"),
-         ("flops", "FLOPs (one 32x32 image)", "FLOPs"))
+         ("flops", "FLOPs (one image at the sweep's size)", "FLOPs"))
 
 SWEEP_FILE_CHARS = 200_000  # a longer sweep file is shown cut
 DATE_FORMAT = "%Y-%m-%d %H:%M UTC"
@@ -191,6 +191,7 @@ class Provenance:
     infer_devices: tuple[str, ...]
     started: str | None
     ended: str | None
+    image_sizes: tuple[str, ...] = ()  # dataset.image_size of the trials (one, unless sweeps differ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +334,7 @@ def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Pr
         sweeps=tuple(f"{p.info.run_name} ({p.info.run_id})" for p in parents),
         sweep_file_name=name, sweep_file_text=text, train=section("train."), search=section("search."),
         dataset=params.get("dataset.name") or next((p["dataset.name"] for p in child if "dataset.name" in p), None),
+        image_sizes=_distinct(p.get("dataset.image_size") for p in child),
         dataset_digests=_distinct(p.get("dataset_digest") for p in child),
         git_commits=_distinct([p.data.tags.get("mlflow.source.git.commit") for p in parents]
                               + [r.data.tags.get("mlflow.source.git.commit") for r in trial_runs]),
@@ -590,6 +592,8 @@ def _provenance(data: ReportData) -> str:
             ("search", _pairs(p.search)),
             ("budget per entry", budget or "-"),
             ("dataset", _e(p.dataset or "not recorded")),
+            # Runs from before dataset.image_size existed trained at 32x32.
+            ("image size", ", ".join(f"{_e(s)}x{_e(s)}" for s in p.image_sizes) or "32x32"),
             ("dataset content digest", digests),
             ("git commit", ", ".join(_e(c) for c in p.git_commits) or "not recorded (sweep file not in a git checkout)"),
             ("library versions", _pairs(p.versions)),
