@@ -185,12 +185,19 @@ def cmd_train(args) -> int:
     if args.width is not None:
         knobs["width"] = args.width
     try:
+        if archs.user.is_reference(args.arch):  # your own model: PATH.py relative to this folder
+            archs.user.load(args.arch, base_dir=os.getcwd())
         knobs = archs.validate(args.arch, knobs)
+    except archs.user.CodeError as e:
+        raise UsageError(f"train: --arch: {e}") from None
     except archs.KnobError as e:
         raise UsageError(f"train: {'--arch' if e.knob == 'arch' else '--knob ' + schema.show_key(e.knob)}: "
                          f"{show(e.value)} {e.allowed}") from None
     cfg = _from_options(schema.TrainConfig, args)
     spec = _from_options(schema.DataSpec, args)
+    wrong_size = archs.get(args.arch).size_problem(spec.image_size)
+    if wrong_size:
+        raise UsageError(f"train: {_option(schema.DataSpec, 'image_size')}: {wrong_size}")
     if args.resume and not os.path.isfile(os.path.join(args.resume, engine.STATE_FILE)):
         raise UsageError(f"train: --resume: {show(args.resume)} holds no checkpoint ({engine.STATE_FILE}); "
                          f"give the --checkpoint-dir of an earlier run")

@@ -293,23 +293,20 @@ def _check_knobs(file: str, key: str, arch_name: str, knobs: dict[str, Any]) -> 
                 knob.check(value)
             except archs.KnobError as e:
                 raise ConfigError(file, f"{key}.knobs.{name}", f"{show(e.value)} {e.allowed}") from None
-    # Cross-knob rules (and required knobs) over every discrete combination, a range at its low
-    # end (ranges are checked at both ends above).
-    combos = _knob_combos(knobs)
-    for combo in itertools.islice(combos, 4096):
+    # Cross-knob rules (and knobs without a default) over every discrete combination (ranges are
+    # checked at their ends above).
+    discrete = {n: _leaf_values(v) for n, v in knobs.items()}
+    names = [n for n, vals in discrete.items() if vals is not None]
+    for combo in itertools.islice(itertools.product(*(discrete[n] for n in names)), 4096):
         try:
-            archs.validate(arch_name, combo)
+            archs.validate(arch_name, dict(zip(names, combo)))
         except archs.KnobError as e:
             if e.value is archs.registry.REQUIRED:
+                if e.knob in knobs:  # set, by a range
+                    continue
                 raise ConfigError(file, f"{key}.knobs.{e.knob}", e.allowed) from None
             raise ConfigError(file, f"{key}.knobs.{e.knob}", f"{show(e.value)} {e.allowed}"
-                              + (f" (with {show(combo)})" if len(combo) > 1 else "")) from None
-
-
-def _knob_combos(knobs: dict[str, Any]):
-    """Every combination of a knob space's discrete values, a range taken at its low end."""
-    values = {n: _leaf_values(v) or _leaf_bounds(v)[:1] for n, v in knobs.items()}
-    return (dict(zip(values, combo)) for combo in itertools.product(*values.values()))
+                              + (f" (with {show(dict(zip(names, combo)))})" if len(names) > 1 else "")) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -183,3 +183,26 @@ def test_a_file_whose_name_is_an_importable_module_is_refused(tmp_path):
     (tmp_path / "json.py").write_text("def Net(num_classes: int):\n    pass\n")
     with pytest.raises(archs.user.CodeError, match="module name 'json' is already"):
         archs.user.load("json.py:Net", base_dir=str(tmp_path))
+
+
+def test_a_sweep_ships_its_model_file_and_lists_a_files_models(tmp_path, monkeypatch, capsys):
+    from orchestrator import cli, config
+
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "tiny.py").write_text(TINY_NET.replace("assert image_size == 48, image_size", "pass"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the file is found beside the sweep file, not in the working folder
+    spec = config.parse({"name": "ship", "dataset": {"name": "synthetic", "synthetic_size": 64, "num_classes": 3},
+                         "train": {"batch_size": 8},
+                         "models": [{"arch": "nets/tiny.py:TinyNet", "knobs": {"width": {"grid": [2, 3]}}},
+                                    {"arch": "resnet18"}]},
+                        str(tmp_path / "sweep.yaml"), {"tracking_uri": f"sqlite:///{tmp_path}/m.db",
+                                                       "storage_path": str(tmp_path / "rr")})
+    assert spec.py_modules() == [str(tmp_path / "nets" / "tiny.py")]  # Ray's runtime_env py_modules
+    (code,) = spec.code()
+    assert code.ref == "nets/tiny.py:TinyNet" and code.module == "tiny"
+
+    assert cli.main(["archs", "--from", str(tmp_path / "nets" / "tiny.py")]) == 0
+    out = capsys.readouterr().out
+    assert "tiny.py:TinyNet" in out and "width=4 (any int)" in out and "act=relu (one of relu, gelu)" in out
