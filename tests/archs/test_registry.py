@@ -132,3 +132,10 @@ def test_an_arch_runs_at_every_image_size_unless_its_registry_record_fixes_one(n
     if arch.input_size is not None:
         with torch.device("meta"), pytest.raises(RuntimeError):
             arch.builder(num_classes=3, **arch.smallest)(torch.zeros(2, 3, 96, 96))
+
+
+def test_flops_grow_with_the_pixels_and_params_do_not():
+    model32 = archs.create_on_meta("resnet18", num_classes=3, width=0.125)
+    model64 = archs.create_on_meta("resnet18", num_classes=3, width=0.125, image_size=64)
+    assert archs.count_params(model32) == archs.count_params(model64)
+    assert archs.count_flops(model64, 64) / archs.count_flops(model32, 32) == pytest.approx(4, rel=0.01)
