@@ -206,3 +206,49 @@ def test_a_sweep_ships_its_model_file_and_lists_a_files_models(tmp_path, monkeyp
     assert cli.main(["archs", "--from", str(tmp_path / "nets" / "tiny.py")]) == 0
     out = capsys.readouterr().out
     assert "tiny.py:TinyNet" in out and "width=4 (any int)" in out and "act=relu (one of relu, gelu)" in out
+
+
+def test_export_rebuilds_a_user_model_from_its_file_only_while_the_file_is_what_the_run_trained(tmp_path, capsys):
+    # The run record without Ray (as tests/test_deploy.py records one): a real engine run in a real store.
+    import shutil
+
+    import torch
+
+    from orchestrator import cli, config, engine, tracking
+    from orchestrator.data import load_splits
+    from orchestrator.runs import Artifact
+
+    (tmp_path / "tiny.py").write_text(TINY_NET.replace("assert image_size == 48, image_size", "pass"))
+    (tmp_path / "own.yaml").write_text("name: own-export\ndataset: {name: synthetic, synthetic_size: 48, num_classes: 3, "
+                                       "image_size: 24}\ntrain: {epochs: 1, batch_size: 8, benchmark_inference: false}\n"
+                                       "search: {scheduler: fifo}\nmodels: [{arch: tiny.py:TinyNet, knobs: {width: 3}}]\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = config.load(str(tmp_path / "own.yaml"), {"tracking_uri": uri, "storage_path": str(tmp_path)})
+    trial = spec.trial(spec.models[0].point_space(), "t1")
+    torch.set_num_threads(1)
+    run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), load_splits(trial.dataset),
+                        device="cpu")
+    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(tmp_path), {"search": {"metric": "val_acc"}})
+    record = sweep.open_trial(trial)
+
+    class Record:
+        def report(self, metrics, checkpoint_dir):
+            kept = shutil.copytree(checkpoint_dir, tmp_path / f"epoch{metrics['epoch']}")
+            record.epoch(metrics)
+            record.checkpoint(metrics["epoch"], str(kept))
+
+    run.fit(Record())
+    record.finish()
+    sweep.finish()
+    client = sweep.client
+    assert [a.path for a in client.list_artifacts(record.run_id, Artifact.CODE)] == ["code/tiny.py"]
+
+    assert cli.main(["export", record.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "x")]) == 0
+    assert client.get_run(record.run_id).data.metrics["onnx_max_abs_diff"] < 1e-4
+    capsys.readouterr()
+
+    (tmp_path / "tiny.py").write_text(TINY_NET.replace("assert image_size == 48, image_size", "pass  # edited"))
+    assert cli.main(["export", record.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"trained tiny.py:TinyNet from {tmp_path / 'tiny.py'}" in err[0]
+    assert "which has changed here; put that file back" in err[0]
