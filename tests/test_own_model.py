@@ -15,7 +15,7 @@ from PIL import Image
 
 import archs
 from datafiles import zip_tree
-from support import run_cli
+from support import record_one_trial, run_cli
 
 # Two typed knobs, one a Literal; `image_size` is passed because the signature has it.
 TINY_NET = textwrap.dedent('''\
@@ -209,46 +209,26 @@ def test_a_sweep_ships_its_model_file_and_lists_a_files_models(tmp_path, monkeyp
 
 
 def test_export_rebuilds_a_user_model_from_its_file_only_while_the_file_is_what_the_run_trained(tmp_path, capsys):
-    # The run record without Ray (as tests/test_deploy.py records one): a real engine run in a real store.
-    import shutil
+    # The run record without Ray: a real engine run recorded in a real store.
+    import mlflow
 
-    import torch
-
-    from orchestrator import cli, config, engine, tracking
-    from orchestrator.data import load_splits
+    from orchestrator import cli
     from orchestrator.runs import Artifact
 
     (tmp_path / "tiny.py").write_text(TINY_NET.replace("assert image_size == 48, image_size", "pass"))
     (tmp_path / "own.yaml").write_text("name: own-export\ndataset: {name: synthetic, synthetic_size: 48, num_classes: 3, "
                                        "image_size: 24}\ntrain: {epochs: 1, batch_size: 8, benchmark_inference: false}\n"
                                        "search: {scheduler: fifo}\nmodels: [{arch: tiny.py:TinyNet, knobs: {width: 3}}]\n")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    spec = config.load(str(tmp_path / "own.yaml"), {"tracking_uri": uri, "storage_path": str(tmp_path)})
-    trial = spec.trial(spec.models[0].point_space(), "t1")
-    torch.set_num_threads(1)
-    run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), load_splits(trial.dataset),
-                        device="cpu")
-    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(tmp_path), {"search": {"metric": "val_acc"}})
-    record = sweep.open_trial(trial)
+    uri, run_id = record_one_trial(tmp_path, "own.yaml")
+    client = mlflow.MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(run_id, Artifact.CODE)] == ["code/tiny.py"]
 
-    class Record:
-        def report(self, metrics, checkpoint_dir):
-            kept = shutil.copytree(checkpoint_dir, tmp_path / f"epoch{metrics['epoch']}")
-            record.epoch(metrics)
-            record.checkpoint(metrics["epoch"], str(kept))
-
-    run.fit(Record())
-    record.finish()
-    sweep.finish()
-    client = sweep.client
-    assert [a.path for a in client.list_artifacts(record.run_id, Artifact.CODE)] == ["code/tiny.py"]
-
-    assert cli.main(["export", record.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "x")]) == 0
-    assert client.get_run(record.run_id).data.metrics["onnx_max_abs_diff"] < 1e-4
+    assert cli.main(["export", run_id, "--tracking-uri", uri, "--out", str(tmp_path / "x")]) == 0
+    assert client.get_run(run_id).data.metrics["onnx_max_abs_diff"] < 1e-4
     capsys.readouterr()
 
     (tmp_path / "tiny.py").write_text(TINY_NET.replace("assert image_size == 48, image_size", "pass  # edited"))
-    assert cli.main(["export", record.run_id, "--tracking-uri", uri, "--out", str(tmp_path / "y")]) == 2
+    assert cli.main(["export", run_id, "--tracking-uri", uri, "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"trained tiny.py:TinyNet from {tmp_path / 'tiny.py'}" in err[0]
     assert "which has changed here; put that file back" in err[0]
