@@ -65,7 +65,7 @@ def check_source(spec: DataSpec) -> tuple[int, int]:
     """Load `spec`'s data as a trial will and return how many images its training split holds
     and how many classes it has:
     CIFAR is downloaded if asked, and its batches are read and checked; an imagefolder is decoded
-    once, into the cache its trials then read. A sweep calls it before Ray starts, so bad data is a
+    once, into this machine's cache (the sweep's driver reads it from there and ships it). A sweep calls it before Ray starts, so bad data is a
     one-line error, never a failed trial. Raises DataError as load_splits would."""
     _check_settings(spec)
     train_data, _, classes = load_source(spec)
