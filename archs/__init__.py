@@ -1,4 +1,5 @@
-"""The model zoo: CIFAR-sized (32x32 input) image classifiers behind one registry.
+"""The model zoo: CIFAR-sized (32x32 input, most at any size) image classifiers behind one registry,
+and the user's own models (archs/user.py) beside them.
 
     import archs
     archs.names()                          # every registered arch
@@ -15,6 +16,7 @@ from archs import (  # noqa: E402,F401
     parnet, shufflenet, resnet, resnext, senet, densenet, res2net, resnest, mobilenet,
     efficientnet, alexnet, vgg, googlenet,
 )
+from archs import registry, user  # noqa: E402,F401  (user: the user's own models, `PATH.py:NAME`)
 
 __all__ = ["Arch", "Knob", "KnobError", "count_flops", "count_params", "create", "create_on_meta",
            "families", "get", "names", "validate"]

@@ -55,6 +55,8 @@ class AlexNet(nn.Module):
           knobs=[WIDTH,
                  Knob("dropout", float, 0.5, low=0.0, high=0.9,
                       help="dropout probability before the first two linear layers")],
-          smallest={"width": 0.125})
+          smallest={"width": 0.125},
+          input_size=32, input_reason=f"its classifier's first Linear is sized for the {FEATURE_SIZE}x{FEATURE_SIZE} "
+                                      f"feature map of a 32x32 input")
 def alexnet(num_classes: int = 10, width: float = 1.0, dropout: float = 0.5) -> AlexNet:
     return AlexNet(num_classes, width, dropout)

@@ -5,6 +5,10 @@ declaring its knobs (name, type, default, allowed values or range, what it means
 beside the code that uses them (`orchestrate archs -l` shows them). `validate()` checks a knob dict
 against those declarations without building anything, so a sweep file is rejected before a single
 Ray worker starts; `create()` validates and then builds.
+
+A model from the user's own code (`arch: nets/tiny.py:TinyNet`, archs/user.py) becomes an `Arch`
+record of this same registry, under that reference, its knobs read from its signature: everything
+downstream (validation, search spaces, the engine, the run record) treats it as any other arch.
 """
 
 from __future__ import annotations
@@ -14,6 +18,16 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+
+
+class _Required:
+    """The default of a knob that has none (a user's constructor argument without a default)."""
+
+    def __repr__(self) -> str:
+        return "required"
+
+
+REQUIRED = _Required()
 
 
 class KnobError(ValueError):
@@ -36,14 +50,21 @@ class Knob:
     high: float | None = None
     help: str = ""
 
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
     def allowed(self) -> str:
         if self.choices is not None:
             return "is not one of " + ", ".join(str(c) for c in self.choices)
+        if self.low is None:
+            return f"is not a {self.type.__name__}"
         return f"is not a {self.type.__name__} in [{self.low}, {self.high}]"
 
     def check(self, value: Any) -> Any:
         """Return `value` coerced to the knob's type, or raise KnobError."""
-        if isinstance(value, bool) or not isinstance(value, (int, float) if self.type is float else self.type):
+        if (isinstance(value, bool) != (self.type is bool)
+                or not isinstance(value, (int, float) if self.type is float else self.type)):
             raise KnobError(self.name, value, f"is not a {self.type.__name__}; " + self.describe())
         value = self.type(value)
         if self.choices is not None and value not in self.choices:
@@ -55,6 +76,8 @@ class Knob:
     def describe(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.low is None:
+            return f"any {self.type.__name__}"
         return f"{self.type.__name__} in [{self.low}, {self.high}]"
 
 
@@ -73,9 +96,24 @@ class Arch:
     check: Callable[[dict[str, Any]], KnobError | None] | None = None
     # The smallest setting of the knobs, used by tests and the quickstart.
     smallest: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The one image side the design takes (None: any), and why: e.g. a classifier whose Linear is
+    # sized for the feature map of a 32x32 input.
+    input_size: int | None = None
+    input_reason: str = ""
+    # The builder takes `image_size=` (a user's model may ask for it).
+    takes_image_size: bool = False
+    # A user's model (archs/user.py): where its code is. Empty for the zoo.
+    code: Any = None
 
     def defaults(self) -> dict[str, Any]:
-        return {k.name: k.default for k in self.knobs}
+        return {k.name: k.default for k in self.knobs if not k.required}
+
+    def size_problem(self, image_size: int) -> str | None:
+        """None if this arch can take `image_size` x `image_size` images, else why not."""
+        if self.input_size is None or image_size == self.input_size:
+            return None
+        return (f"{self.name} takes {self.input_size}x{self.input_size} images only ({self.input_reason}), "
+                f"not {image_size}x{image_size}")
 
 
 _REGISTRY: dict[str, Arch] = {}
@@ -83,7 +121,7 @@ _REGISTRY: dict[str, Arch] = {}
 
 def register(*, family: str, knobs: Iterable[Knob], paper: str,
              check: Callable[[dict[str, Any]], KnobError | None] | None = None,
-             smallest: dict[str, Any] | None = None):
+             smallest: dict[str, Any] | None = None, input_size: int | None = None, input_reason: str = ""):
     """Decorator registering a builder under its own name, as timm's `register_model` does:
 
         @register(family="ResNet", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
@@ -94,10 +132,20 @@ def register(*, family: str, knobs: Iterable[Knob], paper: str,
         name = builder.__name__
         if name in _REGISTRY:
             raise RuntimeError(f"arch {name!r} registered twice")
-        _REGISTRY[name] = Arch(name, family, builder, tuple(knobs), paper, check, dict(smallest or {}))
+        _REGISTRY[name] = Arch(name, family, builder, tuple(knobs), paper, check, dict(smallest or {}),
+                               input_size=input_size, input_reason=input_reason)
         return builder
 
     return decorate
+
+
+def put(arch: Arch) -> Arch:
+    """Add (or replace) a user's model record under its reference (archs/user.py); a zoo name is
+    never replaced."""
+    if arch.name in _REGISTRY and _REGISTRY[arch.name].code is None:
+        raise RuntimeError(f"arch {arch.name!r} is the zoo's")
+    _REGISTRY[arch.name] = arch
+    return arch
 
 
 def _load_all() -> None:
@@ -109,7 +157,8 @@ def names(pattern: str | None = None) -> list[str]:
     import fnmatch
 
     _load_all()
-    return sorted(n for n in _REGISTRY if pattern is None or fnmatch.fnmatch(n, pattern))
+    return sorted(n for n, a in _REGISTRY.items()
+                  if a.code is None and (pattern is None or fnmatch.fnmatch(n, pattern)))
 
 
 def families() -> dict[str, list[str]]:
@@ -120,9 +169,16 @@ def families() -> dict[str, list[str]]:
 
 
 def get(name: str) -> Arch:
+    """The zoo's arch `name`, or the user's model a reference names (`PATH.py:NAME`,
+    `package.module:NAME`), loaded once per process (archs/user.py)."""
     _load_all()
     if name not in _REGISTRY:
-        raise KnobError("arch", name, "is not one of " + ", ".join(names()))
+        from archs import user
+
+        if not user.is_reference(name):
+            raise KnobError("arch", name, "is not one of " + ", ".join(names())
+                            + ", or PATH.py:NAME or package.module:NAME (your own model)")
+        return user.load(name)
     return _REGISTRY[name]
 
 
@@ -135,6 +191,9 @@ def validate(name: str, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if key not in declared:
             raise KnobError(key, value, f"is not a knob of {name}; its knobs are " + (", ".join(declared) or "none"))
         resolved[key] = declared[key].check(value)
+    missing = [k.name for k in arch.knobs if k.name not in resolved]
+    if missing:
+        raise KnobError(missing[0], REQUIRED, f"is missing: {name} has no default for it; set it under knobs")
     if arch.check is not None:
         err = arch.check(resolved)
         if err is not None:
@@ -142,10 +201,16 @@ def validate(name: str, knobs: dict[str, Any] | None = None) -> dict[str, Any]:
     return resolved
 
 
-def create(name: str, num_classes: int = 10, **knobs: Any) -> nn.Module:
-    """Build `name` for `num_classes` at 32x32 input, after validating its knobs."""
+def create(name: str, num_classes: int = 10, image_size: int = 32, **knobs: Any) -> nn.Module:
+    """Build `name` for `num_classes` at `image_size` x `image_size` input, after validating its
+    knobs and that the arch takes that size."""
     resolved = validate(name, knobs)
-    return get(name).builder(num_classes=num_classes, **resolved)
+    arch = get(name)
+    too_small = arch.size_problem(image_size)
+    if too_small:
+        raise KnobError("image_size", image_size, too_small.removeprefix(f"{name} "))
+    sized = {"image_size": image_size} if arch.takes_image_size else {}
+    return arch.builder(num_classes=num_classes, **sized, **resolved)
 
 
 def create_on_meta(name: str, num_classes: int = 10, **knobs: Any) -> nn.Module:

@@ -44,6 +44,12 @@ def make_features(config: list, width: float) -> tuple[nn.Sequential, int]:
     return nn.Sequential(*layers), in_ch
 
 
+# Five 2x2 max-pools take a 32x32 input to 1x1, and the classifier is a Linear on exactly those
+# 512 x width features: another size reaches it as a different feature count (or as 0x0).
+FIXED_INPUT = dict(input_size=32, input_reason="five max-pools take 32x32 to the 1x1 map its linear classifier "
+                                               "is sized for")
+
+
 class VGG(nn.Module):
     def __init__(self, config: list, num_classes: int = 10, width: float = 1.0):
         super().__init__()
@@ -55,21 +61,21 @@ class VGG(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125}, **FIXED_INPUT)
 def vgg11(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["A"], num_classes, width)
 
 
-@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125}, **FIXED_INPUT)
 def vgg13(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["B"], num_classes, width)
 
 
-@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125}, **FIXED_INPUT)
 def vgg16(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["D"], num_classes, width)
 
 
-@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125})
+@register(family="VGG", knobs=[WIDTH], paper=PAPER, smallest={"width": 0.125}, **FIXED_INPUT)
 def vgg19(num_classes: int = 10, width: float = 1.0) -> VGG:
     return VGG(CONFIGS["E"], num_classes, width)

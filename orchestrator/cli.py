@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import fnmatch
 import os
 import signal
 import socket
@@ -128,14 +129,28 @@ def cmd_archs(args) -> int:
     import archs
     from orchestrator import tables
 
-    names = archs.names(args.pattern)
+    if args.from_file:  # your own models: the file's classes and functions that take num_classes
+        try:
+            names = [n for n in archs.user.models_in(args.from_file)
+                     if args.pattern is None or fnmatch.fnmatch(n.rsplit(":", 1)[1], args.pattern)]
+        except archs.user.CodeError as e:
+            raise UsageError(f"archs: --from: {e}") from None
+        if not names:
+            raise UsageError(f"archs: --from: {args.from_file} defines no class or function taking num_classes"
+                             + (f" matching {args.pattern!r}" if args.pattern else ""))
+    else:
+        names = archs.names(args.pattern)
     if not names:
         raise UsageError(f"archs: no arch matches {args.pattern!r}; known: {', '.join(archs.names())}")
     # Counted on meta-device models (shapes only, no memory, no weight init): the parameters of every
     # arch in ~0.2 s. FLOPs need a forward pass, ~0.1 s an arch even there: only on --flops.
     counted: dict[str, dict[str, str]] = {name: {} for name in names}
     for name in ([] if args.no_count else names):
-        model = archs.create_on_meta(name)
+        try:
+            model = archs.create_on_meta(name)
+        except archs.KnobError:  # a knob without a default: nothing to count until it is set
+            counted[name].update(params="-", **({"FLOPs": "-"} if args.flops else {}))
+            continue
         counted[name]["params"] = f"{archs.count_params(model) / 1e6:.2f}M"
         if args.flops:
             counted[name]["FLOPs"] = f"{archs.count_flops(model) / 1e6:.0f}M"
@@ -170,12 +185,19 @@ def cmd_train(args) -> int:
     if args.width is not None:
         knobs["width"] = args.width
     try:
+        if archs.user.is_reference(args.arch):  # your own model: PATH.py relative to this folder
+            archs.user.load(args.arch, base_dir=os.getcwd())
         knobs = archs.validate(args.arch, knobs)
+    except archs.user.CodeError as e:
+        raise UsageError(f"train: --arch: {e}") from None
     except archs.KnobError as e:
         raise UsageError(f"train: {'--arch' if e.knob == 'arch' else '--knob ' + schema.show_key(e.knob)}: "
                          f"{show(e.value)} {e.allowed}") from None
     cfg = _from_options(schema.TrainConfig, args)
     spec = _from_options(schema.DataSpec, args)
+    wrong_size = archs.get(args.arch).size_problem(spec.image_size)
+    if wrong_size:
+        raise UsageError(f"train: {_option(schema.DataSpec, 'image_size')}: {wrong_size}")
     if args.resume and not os.path.isfile(os.path.join(args.resume, engine.STATE_FILE)):
         raise UsageError(f"train: --resume: {show(args.resume)} holds no checkpoint ({engine.STATE_FILE}); "
                          f"give the --checkpoint-dir of an earlier run")
@@ -306,6 +328,9 @@ def _print_preview(file: str, spec, trials) -> None:
              if s.seeds else "")
     print(f"{file}: valid; {spec.search_trial_count()} search trial(s) ({drawn}){seeds}; "
           f"tracking {preflight.show_uri(spec.tracking_uri)}; storage {preflight.show_uri(spec.storage_path)}")
+    for code in spec.code():  # a sweep file that names code runs it: say which
+        where = "shipped to every node" if code.ship else "from the environment, on every node"
+        print(f"imports {code.ref}: {code.file} (sha256 {code.sha256[:12]}; {where})")
     table = [("#", "entry", "arch", "knobs", "lr", "seed", "epochs", "batch_size", "optimizer")]
     for i, t in enumerate(trials):
         knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items()))
@@ -506,6 +531,9 @@ def build_parser() -> Parser:
     counting.add_argument("--flops", action="store_true",
                           help="also count the forward FLOPs of one 32x32 image (~0.1 s an arch)")
     counting.add_argument("--no-count", action="store_true", help="skip counting parameters")
+    a.add_argument("--from", dest="from_file", metavar="FILE.py",
+                   help="list your own models instead: the file's classes and functions taking num_classes, "
+                        "their knobs read from their signatures (this imports the file: it runs its code)")
     a.set_defaults(func=cmd_archs)
 
     t = sub.add_parser("train", help="one training run on this machine, without Ray")

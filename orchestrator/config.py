@@ -87,6 +87,19 @@ class SweepSpec:
     def __setstate__(self, state):
         self.__dict__.update(state, tracking_uri=schema.unmask(state["tracking_uri"]))
 
+    def code(self) -> tuple:
+        """The user's code the sweep imports (archs.user.Code: reference, file, sha256, what is
+        shipped), one per `arch: PATH.py:NAME` / `package.module:NAME` reference, in entry order."""
+        import archs  # torch: the file was checked, so the registry is loaded
+
+        refs = dict.fromkeys(m.arch for m in self.models if archs.user.is_reference(m.arch))
+        return tuple(archs.get(ref).code for ref in refs)
+
+    def py_modules(self) -> list[str]:
+        """What Ray's runtime_env `py_modules` ships to every node: each user file or package
+        found beside the sweep file (one installed in the environment is every node's already)."""
+        return list(dict.fromkeys(c.ship for c in self.code() if c.ship))
+
     def entry_budget(self, entry: ModelEntry) -> int:
         """The trials a model entry's search gets: `search.trials_per_model`, else its grid
         points x num_samples (random dimensions do not multiply)."""
@@ -231,8 +244,15 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
     if "arch" not in raw:
         raise ConfigError(file, f"{key}.arch", "missing; choose one of " + ", ".join(archs.names()))
     arch_name = raw["arch"]
-    if not isinstance(arch_name, str) or arch_name not in archs.names():
-        raise ConfigError(file, f"{key}.arch", f"{show(arch_name)} is not one of " + ", ".join(archs.names()))
+    if isinstance(arch_name, str) and archs.user.is_reference(arch_name):
+        # The user's own model: its code is imported here, as `python FILE.py` would run it.
+        try:
+            archs.user.load(arch_name, base_dir=os.path.dirname(os.path.abspath(file)))
+        except archs.user.CodeError as e:
+            raise ConfigError(file, f"{key}.arch", str(e)) from None
+    elif not isinstance(arch_name, str) or arch_name not in archs.names():
+        raise ConfigError(file, f"{key}.arch", f"{show(arch_name)} is not one of " + ", ".join(archs.names())
+                          + "; or your own model as PATH.py:NAME or package.module:NAME")
 
     train_types = schema.field_types(TrainConfig)
     overrides: dict[str, Any] = {}
@@ -288,13 +308,18 @@ def _check_knobs(file: str, key: str, arch_name: str, knobs: dict[str, Any]) -> 
                 knob.check(value)
             except archs.KnobError as e:
                 raise ConfigError(file, f"{key}.knobs.{name}", f"{show(e.value)} {e.allowed}") from None
-    # Cross-knob rules over every discrete combination (ranges are checked at their ends above).
+    # Cross-knob rules (and knobs without a default) over every discrete combination (ranges are
+    # checked at their ends above).
     discrete = {n: _leaf_values(v) for n, v in knobs.items()}
     names = [n for n, vals in discrete.items() if vals is not None]
     for combo in itertools.islice(itertools.product(*(discrete[n] for n in names)), 4096):
         try:
             archs.validate(arch_name, dict(zip(names, combo)))
         except archs.KnobError as e:
+            if e.value is archs.registry.REQUIRED:
+                if e.knob in knobs:  # set, by a range
+                    continue
+                raise ConfigError(file, f"{key}.knobs.{e.knob}", e.allowed) from None
             raise ConfigError(file, f"{key}.knobs.{e.knob}", f"{show(e.value)} {e.allowed}"
                               + (f" (with {show(dict(zip(names, combo)))})" if len(names) > 1 else "")) from None
 
@@ -455,7 +480,9 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
         raise ConfigError(path, "models", "must be a non-empty list of {arch: ..., knobs: ..., lr: ...}")
     models = tuple(_check_model(path, i, m, train) for i, m in enumerate(models_raw))
     _check_search(path, search, models)
-    _check_data(path, dataset, train, resources, models)
+    _check_sizes(path, models, dataset.image_size)
+    num_classes = _check_data(path, dataset, train, resources, models)
+    _check_builds(path, models, num_classes, dataset.image_size)
 
     spec = SweepSpec(file=path, name=name, dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
@@ -508,16 +535,50 @@ def _dataset(path: str, raw: Any) -> DataSpec:
     return spec
 
 
+def _check_sizes(path: str, models: tuple[ModelEntry, ...], image_size: int) -> None:
+    """A zoo arch whose design fixes its input size (the registry's rule) is refused at another."""
+    import archs  # torch: see _check_model
+
+    for index, entry in enumerate(models):
+        arch = archs.get(entry.arch)
+        wrong_size = arch.size_problem(image_size)
+        if wrong_size:
+            raise ConfigError(path, f"models[{index}].arch", f"{wrong_size} (dataset.image_size); "
+                              f"use image_size {arch.input_size} or another arch")
+
+
+def _check_builds(path: str, models: tuple[ModelEntry, ...], num_classes: int, image_size: int) -> None:
+    """Every user model is built for the data's classes at `image_size` (on the meta device, else
+    the CPU) with each discrete combination of its knobs (ranges at their ends, at most
+    MAX_BUILDS) and must map a batch of 2 to [2, num_classes]: one line naming the entry, its arch
+    and the call that failed."""
+    import archs  # torch: see _check_model
+
+    for index, entry in enumerate(models):
+        arch = archs.get(entry.arch)
+        if arch.code is None:
+            continue
+        bounds = {n: _leaf_bounds(v) for n, v in entry.knobs.items()}
+        for combo in itertools.islice(itertools.product(*bounds.values()), MAX_BUILDS):
+            knobs = archs.validate(entry.arch, dict(zip(bounds, combo)))
+            wrong = archs.user.check_model(arch, knobs, num_classes, image_size)
+            if wrong:
+                raise ConfigError(path, f"models[{index}].arch", f"{entry.arch}: {wrong}")
+
+
+MAX_BUILDS = 8  # user-model builds per entry in the check before Ray (each can take a second)
+
+
 def _check_data(path: str, spec: DataSpec, train: TrainConfig, resources: Resources,
-                models: tuple[ModelEntry, ...]) -> None:
+                models: tuple[ModelEntry, ...]) -> int:
     """The data loaded as the sweep's driver will load it to ship it to the trials (decoded once;
     an imagefolder into this machine's cache, CIFAR downloaded if asked), and every batch size a model entry can take leaving
     each worker a full batch of the training split. Before Ray starts, so bad data is one line,
-    never a failed trial; last in `parse`, being the slowest check."""
+    never a failed trial; near the end of `parse`, being slow. Returns the number of classes."""
     from orchestrator import data  # torch: see _check_model
 
     try:
-        images = data.check_source(spec)
+        images, num_classes = data.check_source(spec)
     except data.DataError as e:
         raise ConfigError(path, f"dataset.{e.key}", str(e).removeprefix(f"{spec.name}: ")) from None
     for index, entry in enumerate(models):
@@ -528,3 +589,4 @@ def _check_data(path: str, spec: DataSpec, train: TrainConfig, resources: Resour
             except data.DataError as e:
                 raise ConfigError(path, f"models[{index}].batch_size" if overridden else "train.batch_size",
                                   str(e)) from None
+    return num_classes

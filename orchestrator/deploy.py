@@ -63,7 +63,35 @@ def trained_model(client: MlflowClient, run, folder: str) -> tuple[torch.nn.Modu
         local = client.download_artifacts(run.info.run_id, Artifact.BEST_CHECKPOINT, folder)
     except (MlflowException, OSError):
         raise DeployError(f"run {run.info.run_id} has no best checkpoint (it trained no model)") from None
+    if run.data.tags.get(Tag.CODE_SHA256):
+        load_code(run)
     return engine.load_model(local)
+
+
+def load_code(run) -> None:
+    """A user's model (arch: PATH.py:NAME): its file loaded from where the sweep found it, under
+    the run's arch reference, if it still holds what the run trained (its sha256); a
+    `package.module:NAME` is imported from the environment. The copy in the store (the run's code/
+    artefact) is never run: nothing from a store runs code."""
+    import archs
+
+    arch, recorded = run.data.tags[Tag.ARCH], run.data.tags[Tag.CODE_SHA256]
+    path, file = archs.user.parse(arch)[0], run.data.tags.get(Tag.CODE_FILE, "")
+    try:
+        if path is None:
+            loaded = archs.user.load(arch)
+        else:
+            if not os.path.isfile(file) or archs.user.sha256_of(file) != recorded:
+                state = "is missing" if not os.path.isfile(file) else "has changed"
+                raise DeployError(f"run {run.info.run_id} trained {arch} from {file or 'a file'} (sha256 "
+                                  f"{recorded[:12]}), which {state} here; put that file back (the run's "
+                                  f"{Artifact.CODE}/ artefact holds a copy, never run from the store)")
+            loaded = archs.user.load(arch, file=file)
+    except archs.user.CodeError as e:
+        raise DeployError(str(e)) from None
+    if loaded.code.sha256 != recorded:
+        raise DeployError(f"run {run.info.run_id} trained {arch} with sha256 {recorded[:12]}; the code imported "
+                          f"here is {loaded.code.sha256[:12]}")
 
 
 def validation_batch(trial, meta: dict[str, Any], n: int = CHECK_IMAGES) -> torch.Tensor:

@@ -183,7 +183,8 @@ def load_model(checkpoint_dir: str) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint was saved from, in eval mode, on the CPU."""
     with open(os.path.join(checkpoint_dir, MODEL_FILE)) as f:
         meta = json.load(f)
-    model = archs.create(meta["arch"], num_classes=len(meta["classes"]), **meta["knobs"])
+    model = archs.create(meta["arch"], num_classes=len(meta["classes"]),
+                         image_size=meta.get("image_size", data_mod.IMAGE_SIZE), **meta["knobs"])
     model.load_state_dict(load_state(checkpoint_dir)["model"])
     return model.eval(), meta
 
@@ -241,7 +242,9 @@ class Engine:
         seed_everything(cfg.seed, cfg.deterministic)
 
         # Same seed on every rank: DDP also broadcasts rank 0's weights, but equal init is free.
-        model = archs.create(model_spec.arch, num_classes=splits.num_classes, **model_spec.knobs)
+        self.image_size = splits.image_size
+        model = archs.create(model_spec.arch, num_classes=splits.num_classes, image_size=self.image_size,
+                             **model_spec.knobs)
         self.param_count = archs.count_params(model)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(self.device, memory_format=self.memory_format)
@@ -253,9 +256,10 @@ class Engine:
         self.model = torch.compile(model) if cfg.compile else model
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
 
-        self.data_path = data_mod.input_path(cfg.data_path, self.device)
         self.train_batches, self.val_batches = data_mod.make_inputs(splits, cfg, device=self.device, rank=self.rank,
                                                                     world_size=self.world_size)
+        # The path taken: "auto" falls back to the loader where the splits would not fit the device.
+        self.data_path = "device" if isinstance(self.train_batches, data_mod.DeviceBatches) else "loader"
         self.steps_per_epoch = len(self.train_batches)
         if cfg.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.steps_per_epoch)
@@ -274,7 +278,7 @@ class Engine:
     def flops(self) -> int:
         """Forward FLOPs per image: counted once, when first asked for (by rank 0 when it saves),
         not by every rank at start-up."""
-        return archs.count_flops(unwrap(self.model))
+        return archs.count_flops(unwrap(self.model), self.image_size)
 
     def describe(self) -> dict[str, Any]:
         """What a run's numbers depend on besides its config: the data (a digest of its content),
@@ -285,6 +289,7 @@ class Engine:
         if self.cfg.benchmark_inference:
             cost = inference.measure(unwrap(self.model), self.device,
                                      batch_sizes=(1, self.cfg.inference_batch_size),
+                                     image_shape=(3, self.image_size, self.image_size),
                                      precision="bf16" if self.amp_dtype == torch.bfloat16 else "fp32")
             facts.update(inference.as_metrics(cost), **inference.as_params(cost))
         return facts
@@ -301,7 +306,7 @@ class Engine:
         torch.save(self.state_dict(), os.path.join(directory, STATE_FILE))
         meta = {"arch": self.spec.arch, "knobs": self.spec.knobs, "classes": self.splits.classes,
                 "mean": list(self.splits.mean), "std": list(self.splits.std), "epoch": self.epoch,
-                "param_count": self.param_count, "flops": self.flops}
+                "param_count": self.param_count, "flops": self.flops, "image_size": self.image_size}
         with open(os.path.join(directory, MODEL_FILE), "w") as f:
             json.dump(meta, f)
         if eval_info is not None:

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-IMAGE_SHAPE = (3, 32, 32)  # every arch in the zoo takes normalised 32x32 RGB
+IMAGE_SHAPE = (3, 32, 32)  # normalised RGB at the default dataset.image_size; the engine passes its own
 BATCH_SIZES = (1, 256)  # latency is measured at the first, throughput (and peak memory) at the second
 PRECISIONS = ("fp32", "bf16")
 # Per batch size. With two batch sizes, the warm-up and the memory pass, a small model costs 2-3 s of

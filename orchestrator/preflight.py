@@ -253,6 +253,15 @@ def resumable(spec: SweepSpec) -> str:
     if not isinstance(meta, dict) or not isinstance(meta.get("parent_run_id"), str):
         raise ConfigError(spec.file, "--resume", f"{spec.storage_path}/{name}/{storage.STATE_FILE} names no "
                                                  f"MLflow parent run (parent_run_id); start the sweep afresh")
+    # A model file changed since the sweep started: refused, not used. Its finished trials and the
+    # checkpoints Tune would restore were trained by the old code (the new one may not even load
+    # them), and the comparison would rank two different models under one arch name.
+    for code in spec.code():
+        recorded = (meta.get("code") or {}).get(code.ref)
+        if recorded and recorded != code.sha256:
+            raise ConfigError(spec.file, "--resume", f"{code.ref}: {code.file} changed since the sweep started "
+                              f"(sha256 {recorded[:12]} -> {code.sha256[:12]}); its trials trained the old code: "
+                              f"restore the file, or start the sweep afresh without --resume")
     if problem := storage.unreadable_tune_state(spec.storage_path, name):
         raise ConfigError(spec.file, "--resume", f"{problem}; this sweep cannot be continued: start it afresh "
                                                  f"without --resume")

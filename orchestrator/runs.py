@@ -10,13 +10,14 @@ module only knows the shapes.
     experiment = the sweep's `name`
     ├─ parent run  (tag orchestrate.role=sweep): the sweep file, comparison table, plots
     └─ child run per trial (orchestrate.role=trial, parent = the sweep's run):
-         params  arch, knobs.*, every train field, dataset.*, resources.*, world_size, versions,
-                 param_count, flops, train_size, val_size (the model the engine built)
+         params  arch, knobs.*, every train field, dataset.* (image_size too), resources.*, world_size,
+                 versions, param_count, flops, train_size, val_size (the model the engine built),
+                 code_sha256 (a user's model: its file's sha256, also a tag)
          tags    trial_id, arch, family, status, best_epoch, best_value, best_checkpoint,
                  logged_model_id, model_format, orchestrate.trial (the resolved Trial, JSON)
          metrics every EPOCH_METRICS key per epoch (step = epoch); model_<metric> at best_epoch
          files   trial.json, curves.png, confusion_matrix.png, per_class_accuracy.json,
-                 best_checkpoint/, model (a LoggedModel), model_meta.json
+                 best_checkpoint/, model (a LoggedModel), model_meta.json, code/FILE.py (a user's model)
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class Tag:
     SWEEP_FILE = "sweep_file"  # parent run
     REGISTERED_MODEL = "registered_model"  # parent run: NAME/VERSION of the registered best model
     ONNX_MODEL_ID = "onnx_model_id"  # `orchestrate export --format onnx`: the run's ONNX LoggedModel
+    CODE_SHA256 = "code_sha256"  # a user's model (arch: PATH.py:NAME): the sha256 of its file (also a param)
+    CODE_FILE = "code_file"  # ... and that file's absolute path on the machine that ran the sweep
     PARETO = "orchestrate.pareto"  # "true" on each entry's best run that is on a Pareto frontier (the report)
 
 
@@ -83,6 +86,7 @@ class Artifact:
     MODEL_META = "model_meta.json"
     ONNX = "onnx"  # the LoggedModel `orchestrate export` logs, in MLflow's onnx flavour
     EXPORT = "export"  # other exported files (a pt2 archive)
+    CODE = "code"  # a user's model: the file that defines it, as the trial imported it
 
 
 # Facts the engine reports with its first epoch (engine.describe), logged once: the model it built
@@ -122,10 +126,11 @@ def trial_from_dict(d: dict[str, Any]) -> Trial:
     return Trial(**{k: SECTIONS[k](**v) if k in SECTIONS else v for k, v in d.items()})
 
 
-def encode(trial: Trial, knobs: dict[str, Any], family: str) -> tuple[dict[str, str], dict[str, str]]:
+def encode(trial: Trial, knobs: dict[str, Any], family: str, code_sha256: str | None = None,
+           code_file: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
     """(params, tags) of a trial's child run. `knobs` are the arch's full knobs (defaults filled
-    in by archs.validate), `family` the arch's family: the caller has the registry, this module
-    does not import torch."""
+    in by archs.validate), `family` the arch's family, `code_sha256` and `code_file` a user
+    model's file's sha256 and path: the caller has the registry, this module does not import torch."""
     params = {"arch": trial.arch, **{f"knobs.{k}": v for k, v in knobs.items()},
               **dataclasses.asdict(trial.train), "warmup_epochs": trial.train.effective_warmup_epochs,
               **{f"dataset.{k}": v for k, v in dataclasses.asdict(trial.dataset).items()},
@@ -133,6 +138,9 @@ def encode(trial: Trial, knobs: dict[str, Any], family: str) -> tuple[dict[str, 
               "world_size": trial.resources.num_workers}
     tags = {Tag.ROLE: ROLE_TRIAL, Tag.TRIAL_ID: trial.trial_id, Tag.ARCH: trial.arch, Tag.FAMILY: family,
             Tag.TRIAL: json.dumps(trial_to_dict(trial), separators=(",", ":"))}
+    if code_sha256:
+        params[Tag.CODE_SHA256] = tags[Tag.CODE_SHA256] = code_sha256
+        tags[Tag.CODE_FILE] = code_file or ""
     return {k: str(v) for k, v in params.items()}, tags
 
 

@@ -244,6 +244,9 @@ class DataSpec:
     synthetic_size: int = setting(512, "synthetic: training images (the test split is a quarter)",
                                   check=in_interval(4, SYNTHETIC_MAX, low_open=False, high_open=False))
     num_classes: int = setting(10, "synthetic: number of classes", check=at_least(2))
+    image_size: int = setting(32, "side of the square RGB images every model sees: an imagefolder is decoded at it, "
+                                  "cifar, digits and synthetic are resized to it",
+                              check=in_interval(16, 256, low_open=False, high_open=False))
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.name in ("cifar10", "cifar100", "imagefolder") and not self.root:

@@ -113,7 +113,10 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     if not ray.is_initialized():
         with warnings.catch_warnings():  # Ray <2.60's notice about GPU env vars, printed at every init
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
-            ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
+            # The user's model files and packages reach every node through Ray's runtime_env.
+            shipped = {"runtime_env": {"py_modules": spec.py_modules()}} if spec.py_modules() else {}
+            ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING",
+                     **shipped)
     # Ray's driver handler, installed by ray.init, turns SIGTERM into sys.exit(15): exit code 15, or
     # 0 where a finalizer or the wait for threads at exit swallows the SystemExit. Ours instead,
     # outside Tune's loop (stop_on_signals has that): the signal is kept and stops the sweep with
@@ -182,7 +185,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         parent = record.parent_run_id
         storage.write_state(spec.storage_path, run_name, {
             "experiment": spec.name, "parent_run_id": parent, "tracking_uri": spec.tracking_uri,
-            "created": time.time(), "sweep_file": os.path.abspath(spec.file)})
+            "created": time.time(), "sweep_file": os.path.abspath(spec.file),
+            "code": {c.ref: c.sha256 for c in spec.code()}})
         s = spec.search
         searcher = search.EntrySearch(spec)
         recording = ray_train.MlflowCallback(spec, parent, quiet=verbosity < 0)
@@ -195,8 +199,9 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 # A finished trial's process (torch, Ray Train and the data set's modules already
                 # imported) runs the next trial: every trial of a sweep asks for the same resources.
                 reuse_actors=True,
-                trial_name_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}",
-                trial_dirname_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}"),
+                # A folder name: a user's `nets/tiny.py:TinyNet` becomes nets-tiny.py-TinyNet.
+                trial_name_creator=lambda t: f"{slug(t.config['model']['arch'], 'model')}_{t.trial_id}",
+                trial_dirname_creator=lambda t: f"{slug(t.config['model']['arch'], 'model')}_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=spec.storage_path,
                 callbacks=[recording] + (

@@ -159,7 +159,8 @@ def quiet_mlflow() -> None:
 
 def save_model(model, path: str, pip_requirements: list[str], metadata: dict[str, Any],
                mlflow_model=None) -> str:
-    """Save `model` (eval mode, CPU, 32x32 RGB input) as an MLflow model folder at `path`.
+    """Save `model` (eval mode, CPU, RGB input of metadata's image_size, else the default) as an
+    MLflow model folder at `path`.
     Preferred format: MLflow's "pt2" (torch.export): no pickle, loads with torch alone, and the
     batch dimension stays dynamic because the example holds two images. A model torch.export
     cannot trace falls back to the pickled module, with a warning. Returns the format used."""
@@ -167,7 +168,8 @@ def save_model(model, path: str, pip_requirements: list[str], metadata: dict[str
 
     import mlflow.pytorch  # imports torch: only the sweep driver pays for it
 
-    example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
+    size = metadata.get("image_size", DataSpec.image_size)  # the model's input side (dataset.image_size)
+    example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
     common = dict(input_example=example, pip_requirements=pip_requirements, metadata=metadata,
                   mlflow_model=mlflow_model)
     try:
@@ -198,8 +200,8 @@ def log_model(client: MlflowClient, run_id: str, model_id: str, checkpoint_dir: 
         local = os.path.join(tmp, Artifact.MODEL)
         description = Model(artifact_path=logged.artifact_location, model_uuid=model_id, run_id=run_id,
                             model_id=model_id)
-        fmt = save_model(model, local, reqs, {k: meta[k] for k in ("arch", "knobs", "classes", "mean", "std", "epoch")},
-                         mlflow_model=description)
+        keep = ("arch", "knobs", "classes", "mean", "std", "epoch", "image_size")
+        fmt = save_model(model, local, reqs, {k: meta[k] for k in keep if k in meta}, mlflow_model=description)
         client.log_model_artifacts(model_id, local)
     outputs = client.get_run(run_id).outputs
     if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else ())):  # a retry: once
@@ -218,7 +220,18 @@ def encode(trial: Trial) -> tuple[dict[str, str], dict[str, str]]:
     """runs.encode with the arch's full knobs and family from the registry."""
     import archs  # torch: only the sweep driver pays for it, `orchestrate compare` does not
 
-    return runs.encode(trial, archs.validate(trial.arch, dict(trial.knobs)), archs.get(trial.arch).family)
+    arch = archs.get(trial.arch)
+    return runs.encode(trial, archs.validate(trial.arch, dict(trial.knobs)), arch.family,
+                       *((arch.code.sha256, arch.code.file) if arch.code else ()))
+
+
+def log_code(client: MlflowClient, run_id: str, arch: str) -> None:
+    """A user's model: the file that defines it, as an artefact of the run (code/FILE.py)."""
+    import archs  # torch: see encode
+
+    code = archs.get(arch).code
+    if code is not None:
+        client.log_artifact(run_id, code.file, Artifact.CODE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +298,7 @@ class TrialRecord:
         client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
                          tags=[RunTag(Tag.LOGGED_MODEL_ID, model_id)])
         client.log_dict(run_id, runs.trial_to_dict(trial), Artifact.TRIAL)
+        log_code(client, run_id, trial.arch)
         return cls(sweep, trial, run_id, model_id, logged=params)
 
     @classmethod

@@ -172,6 +172,36 @@ def run_sweep(tmp_path_factory, name: str, text: str, uri: str | None = None) ->
     return sweep
 
 
+def record_one_trial(folder: Path, sweep_file: str, register_as: str | None = None) -> tuple[str, str]:
+    """(store URI, run id) of the first trial of the sweep file `folder/sweep_file`, trained by the
+    engine on the CPU (no Ray) and recorded by the run record itself in a sqlite store in `folder`,
+    its checkpoints kept there; its model registered as `register_as` if given."""
+    import shutil
+
+    from orchestrator import config, engine, tracking
+    from orchestrator.data import load_splits
+
+    uri = f"sqlite:///{folder}/mlflow.db"
+    spec = config.load(str(folder / sweep_file), {"tracking_uri": uri, "storage_path": str(folder)})
+    trial = spec.trial(spec.models[0].point_space(), "t1")
+    torch.set_num_threads(1)
+    run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), load_splits(trial.dataset),
+                        device="cpu")
+    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(folder), {"search": {"metric": "val_acc"}})
+    record = sweep.open_trial(trial)
+
+    class Record:
+        def report(self, metrics, checkpoint_dir):
+            kept = shutil.copytree(checkpoint_dir, folder / f"epoch{metrics['epoch']}")
+            record.epoch(metrics)
+            record.checkpoint(metrics["epoch"], str(kept))
+
+    run.fit(Record())
+    record.finish()
+    sweep.finish(register_as=register_as)
+    return uri, record.run_id
+
+
 @torch.no_grad()
 def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
     """`model` in eval mode with each BatchNorm's running statistics set to `images`' own (one

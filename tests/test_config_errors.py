@@ -496,8 +496,9 @@ def test_a_wrong_image_folder_root_is_one_line_and_exit_2_before_ray_starts(make
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "experiments").glob("*.yaml")))
 def test_every_shipped_sweep_file_is_valid(name, tmp_path):
     # Parsed as shipped but for the data (cifar10's batches are not here): every key and knob is
-    # checked against the schema and the registry.
+    # checked against the schema and the registry, and a model file it names is found beside it.
     raw = yaml.safe_load((REPO / "experiments" / name).read_text())
-    raw["dataset"] = {"name": "synthetic", "synthetic_size": 4096}
-    spec = config.parse(raw, name, {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "storage_path": str(tmp_path)})
+    raw["dataset"] = {"name": "synthetic", "synthetic_size": 4096, **{k: v for k, v in raw["dataset"].items()
+                                                                      if k == "image_size"}}
+    spec = config.parse(raw, str(REPO / "experiments" / name), {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "storage_path": str(tmp_path)})
     assert spec.trial_count() >= len(spec.models)

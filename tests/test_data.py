@@ -96,6 +96,44 @@ def test_imagefolder_zip_is_decoded_once_then_read_from_the_cache(tmp_path, monk
         load_splits(DataSpec("imagefolder", root=str(archive), val_fraction=0.2))
 
 
+def test_image_size_decodes_an_imagefolder_at_that_size_into_a_cache_entry_of_its_own(tmp_path):
+    write_tree(tmp_path / "tree")
+    archive = zip_tree(tmp_path / "tree", tmp_path / "tree.zip")
+    at32 = load_splits(DataSpec("imagefolder", root=str(archive), val_fraction=0.2))
+    at48 = load_splits(DataSpec("imagefolder", root=str(archive), val_fraction=0.2, image_size=48))
+    assert at32.image_size == 32 and at48.image_size == 48
+    assert at48.train.images.shape[1:] == (3, 48, 48) and at48.train.images.dtype == torch.uint8
+    assert len(os.listdir(tmp_path / "cache")) == 2  # the cache key holds the size
+    assert_labels_match_colours(all_images(at48), at48.classes)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "digits", "synthetic"])
+def test_cifar_digits_and_synthetic_are_resized_to_the_image_size(name, tmp_path):
+    if name == "cifar10":
+        write_cifar10(tmp_path)
+    splits = load_splits(DataSpec(name, root=str(tmp_path), image_size=64, synthetic_size=40, num_classes=4))
+    assert splits.train.images.shape[1:] == (3, 64, 64) and splits.val.images.shape[1:] == (3, 64, 64)
+    assert splits.test.images.shape[1:] == (3, 64, 64) and splits.train.images.dtype == torch.uint8
+
+
+def test_the_crop_padding_scales_with_the_image_size():
+    assert [data.inputs.padding(s) for s in (16, 32, 48, 64, 96)] == [2, 4, 6, 8, 12]
+    image = torch.full((1, 3, 64, 64), 9, dtype=torch.uint8)
+    out = augment_batch(image.expand(256, -1, -1, -1), torch.Generator().manual_seed(0))
+    assert out.shape == (256, 3, 64, 64)
+    zero_rows = (out[:, 0].amax(dim=2) == 0).sum(dim=1)  # rows of padding each crop shows
+    assert zero_rows.max() == 8  # 8 pixels of padding at 64, as 4 at 32
+
+
+def test_splits_too_large_for_the_device_are_named_with_their_size(small_splits):
+    cuda = torch.device("cuda")
+    need = (len(small_splits.train) + len(small_splits.val)) * 3 * 32 * 32
+    assert data.inputs.device_data_problem(small_splits, cuda, free_bytes=2 * need) is None
+    problem = data.inputs.device_data_problem(small_splits, cuda, free_bytes=need)
+    assert problem.startswith("the 100 images at 32x32 take 0 MiB (N x 3 x 32 x 32 bytes), more than 50% of")
+    assert data.inputs.device_data_problem(small_splits, torch.device("cpu")) is None  # host memory holds them
+
+
 def test_imagefolder_decodes_the_same_without_torchvision_codecs(tmp_path, monkeypatch):
     """torchvision deprecates its image codecs; PIL must give the same images once they are gone."""
     write_tree(tmp_path / "tree")

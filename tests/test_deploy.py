@@ -4,15 +4,13 @@ against the trained model on the run's validation images, and logged back to the
 
 from __future__ import annotations
 
-import shutil
-
 import onnx
 import pytest
 import torch
 
-from orchestrator import cli, config, engine, tracking
-from orchestrator.data import load_splits
+from orchestrator import cli, tracking
 from orchestrator.runs import Artifact, Tag
+from support import record_one_trial
 
 SWEEP = """\
 name: deploy
@@ -29,25 +27,8 @@ def finished_run(tmp_path_factory):
     """One trial's run, finished with its model and registered as deploy@best."""
     folder = tmp_path_factory.mktemp("deploy")
     (folder / "deploy.yaml").write_text(SWEEP)
-    uri = f"sqlite:///{folder}/mlflow.db"
-    spec = config.load(str(folder / "deploy.yaml"), {"tracking_uri": uri, "storage_path": str(folder)})
-    trial = spec.trial(spec.models[0].point_space(), "t1")
-    torch.set_num_threads(1)
-    run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), load_splits(trial.dataset),
-                        device="cpu")
-    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(folder), {"search": {"metric": "val_acc"}})
-    record = sweep.open_trial(trial)
-
-    class Record:
-        def report(self, metrics, checkpoint_dir):
-            kept = shutil.copytree(checkpoint_dir, folder / f"epoch{metrics['epoch']}")
-            record.epoch(metrics)
-            record.checkpoint(metrics["epoch"], str(kept))
-
-    run.fit(Record())
-    record.finish()
-    sweep.finish(register_as="deploy")
-    return uri, record.run_id, folder
+    uri, run_id = record_one_trial(folder, "deploy.yaml", register_as="deploy")
+    return uri, run_id, folder
 
 
 def test_export_writes_onnx_that_matches_the_trained_model_and_logs_the_check_and_the_file(finished_run, tmp_path, capsys):

@@ -101,6 +101,34 @@ def _checkpoint(tmp: Path) -> None:
     (tmp / "ckpt" / "state.pt").write_bytes(b"not a torch checkpoint")
 
 
+# A user's model file (issue #22): two typed knobs, one a Literal; a constructor that raises past a
+# width; a function missing a default and giving the wrong number of logits.
+MYNET = """from typing import Literal
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int, width: int = 4, act: Literal["relu", "gelu"] = "relu"):
+        super().__init__()
+        if width > 64:
+            raise ValueError(f"width {width} is wider than this net allows")
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def seven_logits(num_classes: int, depth: int):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 7))
+"""
+
+
+def own_model(models: str, files: dict | None = None, dataset: str = "{name: digits, val_fraction: 0.1}") -> dict:
+    """A sweep row naming mynet.py's models (beside bad.yaml)."""
+    return sweep(sweep_yaml(models=models, dataset=dataset), files={"mynet.py": MYNET, **(files or {})})
+
+
 UI_BUSY_PORT = free_port()
 EMPTY_STORE = {"mlflow.db": b""}  # an empty file is a new sqlite database, not garbage
 PROBES = [
@@ -287,6 +315,52 @@ PROBES = [
     Probe("compare_in_a_folder_without_a_store", ["compare"], says=("compare: no MLflow store at {tmp}/mlflow.db",)),
     Probe("compare_on_ftp", ["compare", "--tracking-uri", "ftp://host/x"],
           says=("compare: --tracking-uri: ftp://host/x: 'ftp' is not a tracking store",)),
+    # --- your own model (arch: PATH.py:NAME) and the image size (issue #22)
+    Probe("own_model_unknown_knob", **own_model("[{arch: mynet.py:TinyNet, knobs: {depth: 3}}]"),
+          says=("bad.yaml: models[0].knobs.depth: is not a knob of mynet.py:TinyNet; its knobs are width, act",)),
+    Probe("own_model_knob_of_the_wrong_type", **own_model("[{arch: mynet.py:TinyNet, knobs: {width: wide}}]"),
+          says=("bad.yaml: models[0].knobs.width: 'wide' is not a int",)),
+    Probe("own_model_literal_knob_outside_its_values",
+          **own_model("[{arch: mynet.py:TinyNet, knobs: {act: {grid: [relu, tanh]}}}]"),
+          says=("bad.yaml: models[0].knobs.act: 'tanh' is not one of relu, gelu",)),
+    Probe("own_model_file_missing", **own_model("[{arch: nets/tiny.py:TinyNet}]"),
+          says=("bad.yaml: models[0].arch: nets/tiny.py:TinyNet: {tmp}/nets/tiny.py does not exist",)),
+    Probe("own_model_file_with_a_syntax_error", **own_model("[{arch: broken.py:Net}]",
+                                                            files={"broken.py": "import torch\ndef Net(:\n"}),
+          says=("models[0].arch: broken.py:Net: importing {tmp}/broken.py failed at {tmp}/broken.py line 2: "
+                "SyntaxError",)),
+    Probe("own_model_file_raising_on_import", **own_model("[{arch: raising.py:Net}]",
+                                                          files={"raising.py": "x = 1\nimport no_such_module_here\n"}),
+          says=("models[0].arch: raising.py:Net: importing {tmp}/raising.py failed at {tmp}/raising.py line 2: "
+                "ModuleNotFoundError",)),
+    Probe("own_model_name_not_in_the_file", **own_model("[{arch: mynet.py:HugeNet}]"),
+          says=("models[0].arch: mynet.py:HugeNet: {tmp}/mynet.py defines no 'HugeNet'",)),
+    Probe("own_model_constructor_raising", **own_model("[{arch: mynet.py:TinyNet, knobs: {width: {grid: [8, 100]}}}]"),
+          says=("models[0].arch: mynet.py:TinyNet: TinyNet(num_classes=10, width=100, act='relu') raised "
+                "ValueError: width 100 is wider than this net allows",)),
+    Probe("own_model_wrong_output_shape", **own_model("[{arch: mynet.py:seven_logits, knobs: {depth: 2}}]"),
+          says=("models[0].arch: mynet.py:seven_logits: seven_logits(num_classes=10, depth=2) on a batch of 2 "
+                "32x32 images gives [2, 7]; expected [2, 10]",)),
+    Probe("own_model_missing_required_argument", **own_model("[{arch: mynet.py:seven_logits}]"),
+          says=("models[0].knobs.depth: is missing: mynet.py:seven_logits has no default for it",)),
+    Probe("own_model_reference_of_the_wrong_form", **own_model("[{arch: 'my net.py:Tiny Net'}]"),
+          says=("models[0].arch: 'my net.py:Tiny Net' is not PATH.py:NAME or package.module:NAME",)),
+    Probe("own_model_file_changed_before_resume",
+          **{**own_model("[{arch: mynet.py:TinyNet}]"), "argv": ["sweep", "bad.yaml", "--resume"]},
+          setup=_state("bad-input-1", json.dumps({"experiment": "bad-input", "parent_run_id": "abc",
+                                                  "code": {"mynet.py:TinyNet": "0" * 64}})),
+          says=("bad.yaml: --resume: mynet.py:TinyNet: {tmp}/mynet.py changed since the sweep started (sha256 "
+                "000000000000 -> ", "restore the file, or start the sweep afresh without --resume")),
+    Probe("zoo_model_at_a_size_it_cannot_take",
+          **own_model("[{arch: alexnet}]", dataset="{name: digits, image_size: 48}"),
+          says=("models[0].arch: alexnet takes 32x32 images only (its classifier's first Linear is sized for the "
+                "4x4 feature map of a 32x32 input), not 48x48",)),
+    Probe("image_size_0", **sweep(sweep_yaml(dataset="{name: digits, image_size: 0}")),
+          says=("bad.yaml: dataset.image_size: 0 is not in [16, 256]",)),
+    Probe("image_size_10000", **sweep(sweep_yaml(dataset="{name: digits, image_size: 10000}")),
+          says=("bad.yaml: dataset.image_size: 10000 is not in [16, 256]",)),
+    Probe("image_size_big", **sweep(sweep_yaml(dataset="{name: digits, image_size: big}")),
+          says=("bad.yaml: dataset.image_size: 'big' is not a int",)),
     Probe("compare_store_named_by_the_environment", ["compare"], env={"MLFLOW_TRACKING_URI": NO_SUCH_DB},
           says=("compare: MLFLOW_TRACKING_URI: no MLflow store at",)),
     # --- report and export: an --out nothing can be written in, refused before the store is read

@@ -3,9 +3,10 @@
     splits = load_splits(DataSpec("cifar10", root="data/"))
     train, val = make_inputs(splits, train_config, device=device, rank=rank, world_size=world_size)
 
-Every dataset here is CIFAR-sized (32x32 RGB, at most tens of thousands of images), so a split is
-held whole in memory as a uint8 tensor `[N, 3, 32, 32]` (50,000 images are 150 MB). That keeps one
-representation for both input paths. Three modules, each importing only the ones before it:
+Every dataset here is CIFAR-sized (at most tens of thousands of images, 32x32 RGB unless
+`DataSpec.image_size` says otherwise), so a split is held whole in memory as a uint8 tensor
+`[N, 3, S, S]` (50,000 images are 150 MB at 32x32, 600 MB at 64x64). That keeps one representation
+for both input paths. Three modules, each importing only the ones before it:
 
 - `sources`: the loaders (cifar10/cifar100, imagefolder with its decoded-image cache, digits,
   synthetic), each giving the whole training set, the official test split and the class names;

@@ -24,6 +24,33 @@ from orchestrator.data.splits import Splits
 from orchestrator.schema import TrainConfig
 
 PAD = 4  # pixels of zero padding before the random 32x32 crop, as in the ResNet CIFAR recipe
+# The device path keeps whole splits resident: at most this share of the device's free memory, the
+# rest is the model's, its activations' and the optimiser's.
+DEVICE_DATA_SHARE = 0.5
+
+
+def padding(size: int) -> int:
+    """The crop's zero padding for `size` x `size` images: PAD at 32 pixels, scaled with the side
+    (8 at 64, 12 at 96), at least 1, so the augmentation shifts by the same share of the image."""
+    return max(1, round(PAD * size / IMAGE_SIZE))
+
+
+def device_data_problem(splits: Splits, device: torch.device, free_bytes: int | None = None) -> str | None:
+    """None if the training and validation splits (N x 3 x S x S bytes of uint8) fit in
+    DEVICE_DATA_SHARE of `device`'s free memory (`free_bytes`, else torch.cuda.mem_get_info),
+    else a line saying how much they take and how much is free. Only CUDA is checked: on the CPU
+    the splits are already in host memory."""
+    if device.type != "cuda" and free_bytes is None:
+        return None
+    need = sum(part.images.numel() for part in (splits.train, splits.val))
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    if need <= DEVICE_DATA_SHARE * free_bytes:
+        return None
+    size = splits.train.images.shape[-1]
+    return (f"the {len(splits.train) + len(splits.val):,} images at {size}x{size} take {need / 2**20:,.0f} MiB "
+            f"(N x 3 x {size} x {size} bytes), more than {DEVICE_DATA_SHARE:.0%} of the "
+            f"{free_bytes / 2**20:,.0f} MiB free on {device}")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -42,8 +69,22 @@ def input_path(data_path: str, device: torch.device) -> str:
 def make_inputs(splits: Splits, cfg: TrainConfig, *, device: torch.device, rank: int = 0, world_size: int = 1):
     """(training batches, validation batches) for one rank, on `cfg.data_path`'s input path, with
     `cfg.batch_size` (validation: twice that on the device path, where no gradients are kept) and
-    `cfg.seed`. Call the training batches' `set_epoch(epoch)` before each epoch."""
-    if input_path(cfg.data_path, device) == "device":
+    `cfg.seed`. Call the training batches' `set_epoch(epoch)` before each epoch.
+
+    Splits too large for the device: data_path "device" raises DataError (one line, naming the
+    size); "auto" falls back to the DataLoader path with one warning line."""
+    path = input_path(cfg.data_path, device)
+    if path == "device":
+        too_large = device_data_problem(splits, device)
+        if too_large and cfg.data_path == "device":
+            raise DataError(f"data_path device: {too_large}; use data_path loader or a smaller image_size",
+                            key="image_size")
+        if too_large:
+            import warnings
+
+            warnings.warn(f"data_path auto: {too_large}; using the DataLoader path", stacklevel=2)
+            path = "loader"
+    if path == "device":
         common = dict(device=device, rank=rank, world_size=world_size, seed=cfg.seed)
         return (DeviceBatches(splits.train, splits.mean, splits.std, cfg.batch_size, train=True, **common),
                 DeviceBatches(splits.val, splits.mean, splits.std, cfg.batch_size * 2, train=False, **common))
@@ -89,14 +130,15 @@ def channel_tensors(mean, std, device=None) -> tuple[torch.Tensor, torch.Tensor]
 
 
 class AugmentedImageSet(Dataset):
-    """(image, label) pairs: for training a 4-pixel zero pad, random 32x32 crop and random
-    horizontal flip, then normalisation; for evaluation normalisation only. Randomness comes from
+    """(image, label) pairs: for training a zero pad (`padding`: 4 pixels at 32x32), a random crop
+    back to the images' size and a random horizontal flip, then normalisation; for evaluation normalisation only. Randomness comes from
     torch's global RNG, so it is reproducible under torch.manual_seed (and per DataLoader worker)."""
 
     def __init__(self, data: ImageSet, mean, std, train: bool):
         self.data, self.train = data, train
         self.mean, self.std = channel_tensors(mean, std)
-        self.augment = v2.Compose([v2.RandomCrop(IMAGE_SIZE, padding=PAD), v2.RandomHorizontalFlip()])
+        size = data.images.shape[-1]
+        self.augment = v2.Compose([v2.RandomCrop(size, padding=padding(size)), v2.RandomHorizontalFlip()])
 
     def __len__(self) -> int:
         return len(self.data)
@@ -177,15 +219,16 @@ def eval_loader(data: ImageSet, mean, std, batch_size: int) -> DataLoader:
 
 def augment_batch(images_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The training augmentation of `AugmentedImageSet` for a whole uint8 batch [B, 3, H, W] at
-    once, on the batch's device: zero-pad 4 pixels, crop a random HxW window, flip half the images
+    once, on the batch's device: zero-pad (`padding`: 4 pixels at 32x32), crop a random HxW window, flip half the images
     horizontally. One gather, no per-image Python loop. `generator` may live on the CPU or on the
     batch's device; with a seeded one the result is reproducible."""
     b, c, h, w = images_uint8.shape
+    pad = padding(w)
     device = images_uint8.device
     draw_device = generator.device if generator is not None else device
-    offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=generator, device=draw_device).to(device)
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=draw_device).to(device)
     flip = torch.randint(0, 2, (b,), generator=generator, device=draw_device).to(device).bool()
-    padded = torch.nn.functional.pad(images_uint8, (PAD, PAD, PAD, PAD))
+    padded = torch.nn.functional.pad(images_uint8, (pad, pad, pad, pad))
     rows = offsets[0, :, None] + torch.arange(h, device=device)  # [B, H] rows of the padded image
     cols_ascending = torch.arange(w, device=device)
     cols = offsets[1, :, None] + torch.where(flip[:, None], cols_ascending.flip(0), cols_ascending)  # [B, W]

@@ -1,5 +1,6 @@
 """Where a dataset's images come from: one loader per `DataSpec.name`, each returning
-(train ImageSet, test ImageSet or None, class names) as uint8 [N, 3, 32, 32] tensors.
+(train ImageSet, test ImageSet or None, class names) as uint8 [N, 3, S, S] tensors at the spec's
+`image_size` S (32, a CIFAR image's, unless set).
 
 - `cifar10`/`cifar100`: the python-pickle batches (torchvision downloads them on request);
 - `imagefolder`: a `train/<class>/*.jpg|png` tree, as a directory or a .zip read in memory, its
@@ -30,7 +31,7 @@ import torchvision
 
 from orchestrator.schema import DataSpec
 
-IMAGE_SIZE = 32
+IMAGE_SIZE = DataSpec.image_size  # the default side (a CIFAR image's); `DataSpec.image_size` sets it
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # The most pixels an image file may declare (4096 x 4096): far above any CIFAR-sized source, far
 # below a decompression bomb. Checked from the header, before decoding.
@@ -43,7 +44,7 @@ DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_SEED = 1_234_567
 
 CACHE_ENV = "ORCHESTRATE_CACHE_DIR"  # where decoded imagefolder tensors go; "" turns caching off
-CACHE_FORMAT = 1  # bump when the cached content changes meaning
+CACHE_FORMAT = 2  # bump when the cached content changes meaning
 DOWNLOAD_TIMEOUT_S = 30.0  # a connect or read of the CIFAR download that stalls this long fails it
 
 
@@ -58,7 +59,7 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class ImageSet:
-    images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    images: torch.Tensor  # uint8 [N, 3, S, S], S = DataSpec.image_size
     labels: torch.Tensor  # int64 [N]
 
     def __len__(self) -> int:
@@ -71,14 +72,26 @@ def take(data: ImageSet, indices: torch.Tensor) -> ImageSet:
 
 def load_source(spec: DataSpec) -> tuple[ImageSet, ImageSet | None, list[str]]:
     """(training images, the official test split or None, class names) of `spec`, whole and
-    unsplit. Raises DataError with a one-line message."""
+    unsplit, at `spec.image_size`. Raises DataError with a one-line message."""
     return LOADERS[spec.name](spec)
+
+
+def resized(data: ImageSet, size: int) -> ImageSet:
+    """`data` with its images resized to `size` x `size` (antialiased bilinear, as torchvision's
+    `resize`; in chunks, so 50,000 images never need a float copy of the whole set at once)."""
+    if data.images.shape[-1] == size and data.images.shape[-2] == size:
+        return data
+    chunks = [torchvision.transforms.functional.resize(chunk, [size, size], antialias=True)
+              for chunk in data.images.split(4096)]
+    images = torch.cat(chunks) if chunks else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return ImageSet(images.contiguous(), data.labels)
 
 
 # ---------------------------------------------------------------------------------------------
 # CIFAR: the python-pickle batches
 
 
+CIFAR_SIZE = 32  # the side of the images in CIFAR's batch files (resized to `image_size` on load)
 _CIFAR = {
     "cifar10": dict(folder="cifar-10-batches-py", title="CIFAR-10",
                     train=[f"data_batch_{i}" for i in range(1, 6)], test="test_batch",
@@ -151,7 +164,7 @@ def _load_cifar(spec: DataSpec):
             path, entry = read(name)
             data = field(path, entry, "data")
             if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-                    and data.shape[1] == 3 * IMAGE_SIZE * IMAGE_SIZE):
+                    and data.shape[1] == 3 * CIFAR_SIZE * CIFAR_SIZE):
                 found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
                 raise DataError(f"{spec.name}: {path}: 'data' is {found[:80]}, not uint8 [N, 3072] (N 32x32 RGB "
                                 f"images); download it again")
@@ -166,7 +179,7 @@ def _load_cifar(spec: DataSpec):
             if len(outside):
                 raise DataError(f"{spec.name}: {path}: label {outside[0]} is not one of the {num_classes} classes "
                                 f"of {info['meta']}; download the batches again")
-            images.append(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
+            images.append(data.reshape(-1, 3, CIFAR_SIZE, CIFAR_SIZE))
             labels.append(batch_labels)
         return ImageSet(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
 
@@ -176,7 +189,8 @@ def _load_cifar(spec: DataSpec):
         raise DataError(f"{spec.name}: {meta_path}: {info['names_key']!r} is not a list of class names; "
                         f"download it again")
     classes = [c.decode() if isinstance(c, bytes) else c for c in names]
-    return read_split(info["train"], len(classes)), read_split([info["test"]], len(classes)), classes
+    return (resized(read_split(info["train"], len(classes)), spec.image_size),
+            resized(read_split([info["test"]], len(classes)), spec.image_size), classes)
 
 
 def _download_cifar(spec: DataSpec, info: dict, folder: str) -> None:
@@ -257,33 +271,35 @@ def _imagefolder_root(spec: DataSpec) -> str:
 
 def _load_imagefolder(spec: DataSpec):
     root = _imagefolder_root(spec)
-    # The cache key is the source's identity: a zip's path, size and mtime (checked before its
-    # 50,000-entry directory is even parsed); for a directory, every listed file's.
+    size = spec.image_size
+    # The cache key is the source's identity and the size it is decoded at: a zip's path, size and
+    # mtime (checked before its 50,000-entry directory is even parsed); for a directory, every
+    # listed file's.
     if os.path.isdir(root):
         members, read = _list_directory(root)
-        cache_key = _cache_key([(m, *_stat_key(os.path.join(root, m))) for m in members])
+        cache_key = _cache_key(size, [(m, *_stat_key(os.path.join(root, m))) for m in members])
         cached = _cache_load(cache_key)
     else:  # a zip (_imagefolder_root checked)
-        cache_key = _cache_key([(root, *_stat_key(root))])
+        cache_key = _cache_key(size, [(root, *_stat_key(root))])
         cached = _cache_load(cache_key)
         if cached is None:
             with zipfile.ZipFile(root) as archive:
                 members, read = _list_zip(root, archive)
-                return _decode_tree(root, members, read, cache_key)
-    return cached if cached is not None else _decode_tree(root, members, read, cache_key)
+                return _decode_tree(root, members, read, cache_key, size)
+    return cached if cached is not None else _decode_tree(root, members, read, cache_key, size)
 
 
-def _decode_tree(root: str, members: Sequence[str], read: Callable[[str], bytes], cache_key: str):
+def _decode_tree(root: str, members: Sequence[str], read: Callable[[str], bytes], cache_key: str, size: int):
     train_files, test_files, classes = _layout(root, members)
     index = {c: i for i, c in enumerate(classes)}
-    train = _decode_files(root, train_files, index, read)
-    test = _decode_files(root, test_files, index, read) if test_files else None
-    _cache_store(cache_key, (train, test, classes))
+    train = _decode_files(root, train_files, index, read, size)
+    test = _decode_files(root, test_files, index, read, size) if test_files else None
+    _cache_store(cache_key, (train, test, classes), size)
     return train, test, classes
 
 
-def _cache_key(parts: list[tuple]) -> str:
-    return hashlib.sha256(repr((CACHE_FORMAT, parts)).encode()).hexdigest()[:32]
+def _cache_key(size: int, parts: list[tuple]) -> str:
+    return hashlib.sha256(repr((CACHE_FORMAT, size, parts)).encode()).hexdigest()[:32]
 
 
 def _stat_key(path: str) -> tuple[int, int]:
@@ -359,8 +375,8 @@ def _layout(root: str, members: Sequence[str]) -> tuple[list[tuple[str, str]], l
 
 
 def _decode_files(root: str, files: list[tuple[str, str]], index: dict[str, int],
-                  read: Callable[[str], bytes]) -> ImageSet:
-    images = torch.empty(len(files), 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+                  read: Callable[[str], bytes], size: int) -> ImageSet:
+    images = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
     labels = torch.tensor([index[c] for _, c in files], dtype=torch.int64)
     with warnings.catch_warnings():
         # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and
@@ -368,7 +384,7 @@ def _decode_files(root: str, files: list[tuple[str, str]], index: dict[str, int]
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, (member, _) in enumerate(files):
             try:
-                images[i] = _decode(read(member))
+                images[i] = _decode(read(member), size)
             except _TooManyPixels as e:
                 raise DataError(f"imagefolder: {member} in {root} declares an image of {e} pixels; at most "
                                 f"{MAX_IMAGE_PIXELS:,} are decoded, so it is refused (shrink or remove it)") from None
@@ -384,8 +400,8 @@ class _TooManyPixels(ValueError):
     """An image header declaring more than MAX_IMAGE_PIXELS; str() says how many it declares."""
 
 
-def _decode(raw: bytes) -> torch.Tensor:
-    """JPEG/PNG bytes -> uint8 [3, 32, 32]: grey becomes RGB, other sizes are resized
+def _decode(raw: bytes, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """JPEG/PNG bytes -> uint8 [3, size, size]: grey becomes RGB, other sizes are resized
     (antialiased; the aspect ratio is not kept, as for any fixed-size CIFAR-style input)."""
     _check_declared_pixels(raw)
     image = None
@@ -401,8 +417,8 @@ def _decode(raw: bytes) -> torch.Tensor:
         with Image.open(io.BytesIO(raw)) as pil:
             array = np.array(pil.convert("RGB"))
         image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-    if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        image = torchvision.transforms.functional.resize(image, [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    if image.shape[1:] != (size, size):
+        image = torchvision.transforms.functional.resize(image, [size, size], antialias=True)
     return image
 
 
@@ -451,12 +467,12 @@ def _cache_load(key: str):
         return None
 
 
-def _cache_store(key: str, value) -> None:
+def _cache_store(key: str, value, size: int) -> None:
     directory = _cache_dir()
     if not directory:
         return
     train, test, classes = value
-    no_test = ImageSet(torch.empty(0, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8),
+    no_test = ImageSet(torch.empty(0, 3, size, size, dtype=torch.uint8),
                        torch.empty(0, dtype=torch.int64))
     entry = {"train_images": train.images, "train_labels": train.labels, "has_test": test is not None,
              "test_images": (test or no_test).images, "test_labels": (test or no_test).labels,
@@ -487,7 +503,7 @@ def _load_digits(spec: DataSpec):
 
     digits = load_digits()
     values = torch.from_numpy(digits.images).float().mul(255.0 / 16.0).unsqueeze(1)  # [N, 1, 8, 8]
-    values = torch.nn.functional.interpolate(values, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+    values = torch.nn.functional.interpolate(values, size=(spec.image_size, spec.image_size), mode="bilinear",
                                              align_corners=False)
     images = values.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     data = ImageSet(images, torch.from_numpy(digits.target).to(torch.int64))
@@ -507,7 +523,7 @@ def _load_synthetic(spec: DataSpec):
 
     def make(n: int) -> ImageSet:
         labels = (torch.arange(n) % spec.num_classes)[torch.randperm(n, generator=generator)]
-        noise = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator) * 40
+        noise = torch.randn(n, 3, spec.image_size, spec.image_size, generator=generator) * 40
         images = (colours[labels] + noise).round().clamp(0, 255).to(torch.uint8)
         return ImageSet(images, labels)
 

@@ -29,6 +29,11 @@ class Splits:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def image_size(self) -> int:
+        """The side of the (square) images, as the dataset's `image_size` made them."""
+        return self.train.images.shape[-1]
+
     def digest(self) -> str:
         """A digest of the data itself (the train and val images and labels, and the class
         names): the same splits give the same digest on any machine, whatever the files' dates."""
@@ -56,14 +61,15 @@ def load_splits(spec: DataSpec) -> Splits:
     return Splits(train=train, val=val, test=test, classes=list(classes), mean=mean, std=std)
 
 
-def check_source(spec: DataSpec) -> int:
-    """Load `spec`'s data as a trial will and return how many images its training split holds:
+def check_source(spec: DataSpec) -> tuple[int, int]:
+    """Load `spec`'s data as a trial will and return how many images its training split holds
+    and how many classes it has:
     CIFAR is downloaded if asked, and its batches are read and checked; an imagefolder is decoded
     once, into this machine's cache (the sweep's driver reads it from there and ships it). A sweep calls it before Ray starts, so bad data is a
     one-line error, never a failed trial. Raises DataError as load_splits would."""
     _check_settings(spec)
-    train_data, _, _ = load_source(spec)
-    return train_size(spec, len(train_data))
+    train_data, _, classes = load_source(spec)
+    return train_size(spec, len(train_data)), len(classes)
 
 
 def train_size(spec: DataSpec, images: int) -> int:

@@ -18,7 +18,7 @@ NEAR_BEST_FOR_SIZE = 0.98
 # The costs a frontier is drawn against: the Standing attribute, its axis label, its unit in prose.
 COSTS = (("latency_ms", "batch-1 inference latency (ms)", "latency"),
          ("params", "parameters", "params"),
-         ("flops", "FLOPs (one 32x32 image)", "FLOPs"))
+         ("flops", "FLOPs (one image at the sweep's size)", "FLOPs"))
 
 
 
@@ -167,6 +167,7 @@ class Provenance:
     infer_devices: tuple[str, ...]
     started: str | None
     ended: str | None
+    image_sizes: tuple[str, ...] = ()  # dataset.image_size of the trials (one, unless sweeps differ)
 
 
 @dataclasses.dataclass(frozen=True)

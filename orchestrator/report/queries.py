@@ -119,6 +119,7 @@ def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Pr
         sweeps=tuple(f"{p.info.run_name} ({p.info.run_id})" for p in parents),
         sweep_file_name=name, sweep_file_text=text, train=section("train."), search=section("search."),
         dataset=params.get("dataset.name") or next((p["dataset.name"] for p in child if "dataset.name" in p), None),
+        image_sizes=_distinct(p.get("dataset.image_size") for p in child),
         dataset_digests=_distinct(p.get("dataset_digest") for p in child),
         git_commits=_distinct([p.data.tags.get("mlflow.source.git.commit") for p in parents]
                               + [r.data.tags.get("mlflow.source.git.commit") for r in trial_runs]),

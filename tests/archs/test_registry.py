@@ -113,3 +113,29 @@ def test_shufflenet_rejects_groups_5_naming_the_allowed_values():
 def test_arch_tests_run_on_one_intra_op_thread():
     # tests/archs/conftest.py's autouse fixture, which every module in this folder gets.
     assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("name", archs.names())
+def test_an_arch_runs_at_every_image_size_unless_its_registry_record_fixes_one(name):
+    # The rule `dataset.image_size` is checked against (archs.Arch.input_size), recorded once in the
+    # registry: every arch without one takes 16..96 pixels; AlexNet and VGG, whose classifiers are
+    # sized for a 32x32 input's feature map, break at 96 and are refused by create.
+    arch = archs.get(name)
+    for size in (16, 48, 96):
+        if arch.size_problem(size) is None:
+            with torch.device("meta"):
+                model = archs.create(name, num_classes=3, image_size=size, **arch.smallest)
+                assert model(torch.zeros(2, 3, size, size)).shape == (2, 3), size
+        else:
+            with pytest.raises(archs.KnobError, match=f"takes 32x32 images only .*not {size}x{size}"):
+                archs.create(name, num_classes=3, image_size=size, **arch.smallest)
+    if arch.input_size is not None:
+        with torch.device("meta"), pytest.raises(RuntimeError):
+            arch.builder(num_classes=3, **arch.smallest)(torch.zeros(2, 3, 96, 96))
+
+
+def test_flops_grow_with_the_pixels_and_params_do_not():
+    model32 = archs.create_on_meta("resnet18", num_classes=3, width=0.125)
+    model64 = archs.create_on_meta("resnet18", num_classes=3, width=0.125, image_size=64)
+    assert archs.count_params(model32) == archs.count_params(model64)
+    assert archs.count_flops(model64, 64) / archs.count_flops(model32, 32) == pytest.approx(4, rel=0.01)
