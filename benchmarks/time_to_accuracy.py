@@ -56,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--root", help="imagefolder: the CIFAR-10 zip (or a directory holding train/<class>/)")
     p.add_argument("--subset", type=int, help="keep only N training images before the split (smoke runs)")
     p.add_argument("--synthetic-size", type=int, default=512, help="synthetic: images before the split")
+    p.add_argument("--image-size", type=int, default=schema.DataSpec.image_size,
+                   help="side of the images the model sees (the zip is decoded at it)")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--width", type=float, help="the arch's width knob (default: the arch's default)")
     p.add_argument("--epochs", type=int, default=16)
@@ -83,7 +85,7 @@ def main(argv=None) -> None:
         raise SystemExit("--root is not set: point it at the CIFAR-10 zip, e.g. .data/cifar10-jpeg-train.zip")
     device = torch.device(args.device)
     spec = data_mod.DataSpec(args.dataset, root=args.root, val_fraction=0.1, subset=args.subset, split_seed=0,
-                             synthetic_size=args.synthetic_size)
+                             synthetic_size=args.synthetic_size, image_size=args.image_size)
     knobs = {} if args.width is None else {"width": args.width}
     cfg = engine_mod.TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=args.lr, momentum=args.momentum,
@@ -141,6 +143,7 @@ def main(argv=None) -> None:
                    "channels_last": cfg.channels_last, "compile": cfg.compile, "data_path": run.data_path,
                    "seed": cfg.seed},
         "dataset": {"name": spec.name, "root": spec.root, "subset": spec.subset, "split_seed": spec.split_seed,
+                    "image_size": spec.image_size,
                     "val_fraction": spec.val_fraction, "train_images": len(splits.train),
                     "val_images": len(splits.val)},
         "epochs": epochs,
