@@ -25,8 +25,12 @@ from typing import Any
 import ray.train
 import ray.tune
 import torch
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.controller.state import RestartingState
+from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
+from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator import data, engine, storage
+from orchestrator import data, engine, runs, storage
 from orchestrator.config import SweepSpec
 from orchestrator.schema import Resources, Trial
 
@@ -39,12 +43,14 @@ INTERRUPTED = threading.Event()
 EXPERIMENT_ENDED = threading.Event()
 
 
-# Ray Train V2's per-trial machinery, lighter where it costs a DDP trial time and buys nothing on
-# nodes that are not spot instances: the controller polls its workers every 0.2 s instead of 2 s
-# (a finished trial is noticed sooner), and no preemption-watcher actor (one more cold Python
-# process per worker group). A value set in the nodes' environment (e.g. `ray start` on spot
-# nodes with RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1) wins. Measured: benchmarks/RESULTS.md.
-TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Ray Train V2's per-trial machinery, lighter where it costs a DDP trial time: the controller polls
+# its workers every 0.2 s instead of 2 s (a finished trial is noticed sooner). Its preemption
+# watcher (one more cold Python process per worker group) runs only where preemptions are
+# restarted (failure.max_preemptions > 0): it sees a node drained for preemption and restarts the
+# worker group from the last checkpoint by the drain's deadline, charged to the preemption budget.
+# A value set in the nodes' environment wins. Measured: benchmarks/RESULTS.md.
+TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 class TuneReporter:
@@ -124,11 +130,12 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer  # only multi-worker trials need Ray Train's torch side
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     for key, value in TRAIN_ENV_DEFAULTS.items():  # read by the Train controller this trial starts
         os.environ.setdefault(key, value)
+    os.environ.setdefault(PREEMPTION_WATCHER, "1" if trial.failure.max_preemptions > 0 else "0")
     res = trial.resources
+    restarts = RestartCounts()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"trial": trial},
@@ -139,11 +146,38 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
             name=f"{run_name}-{trial.trial_id}",
             storage_path=spec.storage_path,
             checkpoint_config=checkpoint_config(CheckpointConfig, trial),
-            failure_config=FailureConfig(max_failures=trial.failure.max_failures),
-            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=trial.failure.max_failures,
+                                         max_preemption_failures=trial.failure.max_preemptions),
+            callbacks=[restarts, ReportWithRestarts(restarts)],
         ),
     )
     trainer.fit()
+
+
+class RestartCounts(ControllerCallback):
+    """Counts a DDP trial's worker-group restarts in its Train controller, by the budget Ray
+    Train's failure policy charges each to (its own test: a PreemptionError, or a worker lost with
+    its node drained for preemption, is a preemption; anything else a failure)."""
+
+    def __init__(self):
+        self.counts = dict.fromkeys(runs.RESTART_COUNTS, 0)
+
+    def after_controller_state_update(self, previous_state, current_state):
+        if isinstance(current_state, RestartingState):
+            preempted = _is_preemption_failure(current_state.training_failed_error)
+            self.counts["preemptions" if preempted else "restarts"] += 1
+
+
+class ReportWithRestarts(TuneReportCallback):
+    """Ray Tune's report callback; each epoch's metrics carry the restarts so far. (Pickled to the
+    controller in one callback list with its RestartCounts, so both hold the same one.)"""
+
+    def __init__(self, restarts: RestartCounts):
+        super().__init__()
+        self.restarts = restarts
+
+    def after_report(self, run_context, metrics, checkpoint):
+        super().after_report(run_context, [{**metrics[0], **self.restarts.counts}, *metrics[1:]], checkpoint)
 
 
 def checkpoint_config(cls, trial_or_spec):
