@@ -16,6 +16,7 @@ one (its trial actor), a TorchTrainer trial about seven (trial actor, controller
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import traceback
@@ -25,9 +26,12 @@ from typing import Any
 import ray.train
 import ray.tune
 import torch
+from ray.exceptions import RayActorError
 from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.controller.state import RestartingState
 from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
+from ray.train.v2._internal.execution.worker_group.poll import _is_preempted_actor
+from ray.train.v2.api.exceptions import PreemptionError, TrainingFailedError, WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import data, engine, runs, storage
@@ -151,7 +155,62 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
             callbacks=[restarts, ReportWithRestarts(restarts)],
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:  # out of restarts: one line for the summary, not Ray's dump
+        raise TrialFailedError(training_failure(e, trial.failure)) from None
+
+
+class TrialFailedError(RuntimeError):
+    """A DDP trial's worker group failed past its restarts; the message is the reason, one line."""
+
+
+def training_failure(error: TrainingFailedError, failure) -> str:
+    """Why Ray Train gave up on a DDP trial, in one line: which budget ran out, and what each
+    failed rank saw. A rank whose peer's node died usually fails first, on its broken connection,
+    before Ray has noticed the dead node."""
+    if isinstance(error, PreemptionError):
+        return (f"preempted: node(s) {', '.join(error.preemption_info.preempted_node_ids)} drained for preemption, "
+                f"and failure.max_preemptions ({failure.max_preemptions}) allows no more restarts")
+    if not isinstance(error, WorkerGroupError):
+        return f"Ray Train's controller failed: {_last_line(str(error))}"
+    ranks = []
+    for rank, e in sorted(error.worker_failures.items()):
+        e = getattr(e, "health_check_failure", e)  # a worker that died: WorkerHealthCheckFailedError
+        text = str(e)
+        if isinstance(e, RayActorError):
+            ranks.append(f"rank {rank}'s node was preempted" if e.preempted
+                         else f"rank {rank}'s worker process or its node died")
+        elif "Connection reset by peer" in text or "Connection closed by peer" in text:
+            ranks.append(f"rank {rank} lost its connection to another rank (that rank's worker or node died)")
+        else:
+            ranks.append(f"rank {rank}: {_last_line(text)}")
+    budget = (f"failure.max_preemptions ({failure.max_preemptions})"
+              if any(_is_preempted_actor(e) for e in error.worker_failures.values())
+              else f"failure.max_failures ({failure.max_failures})")
+    return f"the DDP worker group failed and {budget} allows no more restarts: " + "; ".join(ranks)
+
+
+class _IncompleteTrialsLog(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trials did not complete")
+
+
+def quiet_trial_failures() -> None:
+    """Ray Tune's error log of each failed trial (its whole traceback) and of the trials that did
+    not complete, off the terminal: the sweep's summary gives each failed trial's reason in one
+    line, as does its run's `error` tag; the traceback stays in the trial's error.txt in the
+    storage (and `-v` shows Ray's logs)."""
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # read when Tune's loop starts
+    log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _IncompleteTrialsLog) for f in log.filters):
+        log.addFilter(_IncompleteTrialsLog())
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[-1] if lines else "no message"
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 class RestartCounts(ControllerCallback):
