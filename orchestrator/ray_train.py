@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import traceback
 import warnings
@@ -311,7 +312,7 @@ def _trial_error(trial) -> str:
             lines = [ln for ln in open(path).read().splitlines() if ln.strip()]
             for ln in reversed(lines):
                 if "Diverged" in ln or "Error" in ln or "Exception" in ln:
-                    return ln.strip()
+                    return re.sub(r"^orchestrator\.(?:\w+\.)*", "", ln.strip())  # our module path: noise
             return lines[-1] if lines else "failed"
     except Exception:  # noqa: BLE001
         return traceback.format_exc(limit=1)
