@@ -545,3 +545,27 @@ def test_with_no_restarts_allowed_a_lost_node_fails_its_trial_and_the_summary_sa
     assert run.data.tags["status"] == "failed" and run.info.status == "FAILED"
     assert run.data.tags["error"] in line
     assert metric_steps(client, run.info.run_id, "val_acc")[0] == 1
+
+
+def test_a_ddp_trial_out_of_restarts_fails_with_one_line_naming_the_budget_and_what_each_rank_saw():
+    # Ray Train's own exceptions, as trainer.fit() raises them (no cluster needed).
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    from orchestrator.ray_train import training_failure
+    from orchestrator.schema import Failure
+
+    lost = WorkerGroupError("...", {
+        1: RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:55476: Connection reset by peer."),
+        0: WorkerHealthCheckFailedError("Worker health check failed.", ActorDiedError())})
+    assert training_failure(lost, Failure()) == (
+        "the DDP worker group failed and failure.max_failures (0) allows no more restarts: rank 0's worker process "
+        "or its node died; rank 1 lost its connection to another rank (that rank's worker or node died)")
+    bug = WorkerGroupError("...", {0: ValueError("Traceback (most recent call last):\n  ...\nValueError: bad")})
+    assert training_failure(bug, Failure(max_failures=2)) == (
+        "the DDP worker group failed and failure.max_failures (2) allows no more restarts: rank 0: ValueError: bad")
+    preempted = PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"ab12": [1]}), True)
+    assert training_failure(preempted, Failure(max_preemptions=3)) == (
+        "preempted: node(s) ab12 drained for preemption, and failure.max_preemptions (3) allows no more restarts")
