@@ -110,15 +110,17 @@ def write_sweep_file(folder: str, raw: dict[str, Any]) -> str:
     return path
 
 
-def run_sweep(folder: str, sweep: dict[str, Any] | str, *, own_process: bool = False) -> SweepRun:
+def run_sweep(folder: str, sweep: dict[str, Any] | str, *, own_process: bool = False, tracking_uri: str | None = None,
+              storage: str | None = None) -> SweepRun:
     """Run `sweep` (a sweep file's path, or a mapping written as `FOLDER/<name>.yaml`) with its
-    tracking store `sqlite:///FOLDER/mlflow.db` and storage `FOLDER/ray_results`; see the module's
-    docstring for the two ways. Raises RuntimeError with the output's tail when the sweep fails
-    (exit code other than 0)."""
+    tracking store `tracking_uri` (default `sqlite:///FOLDER/mlflow.db`) and storage `storage`
+    (default `FOLDER/ray_results`); see the module's docstring for the two ways. Raises
+    RuntimeError with the output's tail when the sweep fails (exit code other than 0)."""
     from orchestrator import config
 
     path = sweep if isinstance(sweep, str) else write_sweep_file(folder, sweep)
-    tracking_uri, storage = f"sqlite:///{folder}/mlflow.db", os.path.join(folder, "ray_results")
+    tracking_uri = tracking_uri or f"sqlite:///{folder}/mlflow.db"
+    storage = storage or os.path.join(folder, "ray_results")
     spec = config.load(path, {"tracking_uri": tracking_uri, "storage_path": storage})
     rss_mb = None
     start = time.perf_counter()

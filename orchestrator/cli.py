@@ -126,7 +126,7 @@ def _from_options(cls: type, args):
 
 def cmd_archs(args) -> int:
     import archs
-    from orchestrator import reports
+    from orchestrator import tables
 
     names = archs.names(args.pattern)
     if not names:
@@ -158,7 +158,7 @@ def cmd_archs(args) -> int:
         arch = archs.get(name)
         knobs = "  ".join(f"{k.name}={k.default} ({k.describe()})" for k in arch.knobs)
         rows.append((name, arch.family, *counted[name].values(), knobs))
-    reports.print_table(rows)
+    tables.print_table(rows)
     return 0
 
 
@@ -224,16 +224,29 @@ def _check_store(args) -> None:
 
 
 def _check_report_out(args) -> None:
+    from orchestrator import preflight
+
     out = os.path.abspath(args.out)
     if os.path.isdir(out):
         raise UsageError(f"report: --out: {show(args.out)} is a folder; give a file in it, e.g. report.html")
-    if not os.path.isdir(os.path.dirname(out)):
+    if os.path.exists(out) and not os.path.isfile(out):
+        raise UsageError(f"report: --out: {show(args.out)} is not a regular file; give a file, e.g. report.html")
+    folder = os.path.dirname(out)
+    reason = preflight.check_folder(folder, show(args.out))  # under a file, or nothing may be written there
+    if reason:
+        raise UsageError(f"report: --out: {reason}")
+    if not os.path.isdir(folder):
         raise UsageError(f"report: --out: the folder of {show(args.out)} does not exist")
 
 
 def _check_export_out(args) -> None:
+    from orchestrator import preflight
+
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"export: --out: {show(args.out)} is a file; give a folder (made if missing)")
+    reason = preflight.check_folder(args.out, show(args.out))
+    if reason:
+        raise UsageError(f"export: --out: {reason}")
 
 
 def _check_port_free(args) -> None:
@@ -268,11 +281,23 @@ def cmd_sweep(args) -> int:
         raise UsageError(str(e)) from None
 
 
+def cmd_submit(args) -> int:
+    from orchestrator import config, submit
+
+    try:
+        spec = config.load(args.file, {"tracking_uri": args.tracking_uri, "storage_path": args.storage})
+        return submit.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet)
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+    except submit.SubmitError as e:
+        raise UsageError(f"submit: {e}") from None
+
+
 PREVIEW_ROWS = 50  # a dry run lists this many trials, then says how many more
 
 
 def _print_preview(file: str, spec, trials) -> None:
-    from orchestrator import preflight, reports
+    from orchestrator import preflight, tables
 
     s = spec.search
     drawn = {"tpe": "TPE's draws depend on results: drawn at random here", "grid": "grid only"}.get(
@@ -286,7 +311,7 @@ def _print_preview(file: str, spec, trials) -> None:
         knobs = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(t.knobs.items()))
         table.append((i, t.entry, t.arch, knobs or "-", f"{t.train.lr:.4g}", t.train.seed, t.train.epochs,
                       t.train.batch_size, t.train.optimizer))
-    reports.print_table(table)
+    tables.print_table(table)
     if spec.search_trial_count() > len(trials):
         print(f"... and {spec.search_trial_count() - len(trials)} more search trial(s)")
 
@@ -321,16 +346,16 @@ def _find_sweep(args):
 
 
 def cmd_compare(args) -> int:
-    from orchestrator import preflight, reports, runs
+    from orchestrator import preflight, runs, tables
 
     client, exp, parent = _find_sweep(args)
     shown = preflight.show_uri(client.tracking_uri)
     results = runs.results(client, exp.experiment_id, parent)
     if args.by == "arch":
         mode = runs.selection(client, parent, runs.trial_runs(client, exp.experiment_id, parent))[1]
-        text = reports.leaderboard_table(runs.leaderboard(results, mode, by_arch=parent is None)).render(args.format)
+        text = tables.leaderboard_table(runs.leaderboard(results, mode, by_arch=parent is None)).render(args.format)
     else:
-        text = reports.render(results, args.format)
+        text = tables.render(results, args.format)
     if args.format == "table":  # the other formats are data for other programs: nothing but the data
         ranked = (f", ranked by {results[0].metric}, trials that trained to their full budget first"
                   if results and args.by == "trial" else f", by model entry, by {results[0].metric}" if results else "")
@@ -341,14 +366,17 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from orchestrator import sweep_report
+    from orchestrator import report
 
     out = os.path.abspath(args.out)
     client, exp, parent = _find_sweep(args)
-    data = sweep_report.collect(client, exp.experiment_id, parent)
+    data = report.collect(client, exp.experiment_id, parent)
     if data.empty:
         raise UsageError(f"report: {data.message()}")
-    path = sweep_report.write(data, out)
+    try:
+        path = report.write(data, out)
+    except OSError as e:  # checked before the store was read; a disk that filled up since
+        raise UsageError(f"report: --out: cannot write {show(args.out)} ({e.strerror or e})") from None
     print(f"experiment {exp.name!r}, {data.scope}: {len(data.entries)} model entr"
           f"{'y' if len(data.entries) == 1 else 'ies'}; {data.answers[0].question}: {data.answers[0].text}")
     print(path)
@@ -504,6 +532,18 @@ def build_parser() -> Parser:
     s.add_argument("-q", "--quiet", action="count", default=0, help="print only the summary")
     s.set_defaults(func=cmd_sweep)
 
+    j = sub.add_parser("submit", help="run a sweep file as a Ray job on a running cluster: the file and this "
+                                      "machine's models uploaded, its output streamed, the sweep's exit code")
+    j.add_argument("file")
+    j.add_argument("--address", help="the cluster's job server, http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS, "
+                                     "then RAY_ADDRESS); token auth as for any Ray client: RAY_AUTH_MODE=token")
+    j.add_argument("--tracking-uri", help="as for sweep; resolved here, so it must name the same store on the head")
+    j.add_argument("--storage", help="as for sweep; resolved here, so it must name the same place on the cluster")
+    j.add_argument("--resume", action="store_true", help="continue this sweep's latest interrupted run")
+    j.add_argument("-v", "--verbose", action="count", default=0, help="as for sweep")
+    j.add_argument("-q", "--quiet", action="count", default=0, help="as for sweep")
+    j.set_defaults(func=cmd_submit)
+
     c = sub.add_parser("compare", help="table of an experiment's trials, best val accuracy first")
     c.add_argument("experiment", nargs="?", help="experiment name (default: the most recently active)")
     c.add_argument("--tracking-uri")
@@ -577,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # MLflow draws a download progress bar on stderr: not in the middle of a command's output
         # (export, evaluate, report and the sweep's end download artefacts). The user's setting wins.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # Nor MLflow's "View run NAME at: URL" lines on stdout at each run's end (a tracking server's
+        # URI as given: its password included, even with -q). The user's setting wins.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         for check in getattr(args, "checks", ()):  # what a command reads must be there before it runs
             check(args)
         return args.func(args)
@@ -585,8 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = schema.mask(str(e).splitlines()[0]) if str(e) else "orchestrate: bad input"
         print(schema.cut(line, schema.MAX_LINE_CHARS), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # a sweep's Stopped carries its signal: SIGTERM is 143
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import math
 import os
+import stat
 from typing import Any
 
 import yaml
@@ -71,6 +72,20 @@ class SweepSpec:
     storage_path: str
     models: tuple[ModelEntry, ...]
     registered_model: str  # the Model Registry name of the sweep's best model
+    tracking_wait_s: float = schema.Tracking.wait_s  # tracking.wait_s: how long the end waits for the store
+
+    # Ray Tune pickles the spec into the storage (tuner.pkl holds the MLflow callback's, the
+    # searcher's state file the searcher's) and Ray's object store (the trainable's parameter): a
+    # password in tracking_uri is masked in every pickle, and a spec unpickled in a process that
+    # was given that URI (this run's sweep file or --tracking-uri) gets it back (schema.unmask).
+    def __post_init__(self):
+        schema.remember(self.tracking_uri)
+
+    def __getstate__(self):
+        return {**self.__dict__, "tracking_uri": schema.mask(self.tracking_uri)}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, tracking_uri=schema.unmask(state["tracking_uri"]))
 
     def entry_budget(self, entry: ModelEntry) -> int:
         """The trials a model entry's search gets: `search.trials_per_model`, else its grid
@@ -363,11 +378,21 @@ def yaml_value(text: str) -> Any:
 
 
 def _read_yaml(path: str) -> Any:
+    kind = _file_kind(os.stat(path).st_mode)
+    if kind:  # opening a FIFO waits for a writer forever; /dev/zero never ends
+        raise ConfigError(path, "", f"is {kind}, not a regular file; allowed: a YAML file")
     with open(path, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(path, "", f"is larger than {MAX_FILE_BYTES // 1024} KiB; a sweep file is a few KiB")
     return yaml_value(data.decode("utf-8"))
+
+
+def _file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is."""
+    kinds = ((stat.S_ISREG, None), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "something else")
 
 
 def load(path: str, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -434,7 +459,8 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
 
     spec = SweepSpec(file=path, name=name, dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
-                     models=models, registered_model=tracking.registered_model or name)
+                     models=models, registered_model=tracking.registered_model or name,
+                     tracking_wait_s=float(tracking.wait_s))
     if spec.trial_count() > schema.MAX_TRIALS:
         raise ConfigError(path, "models", f"{spec.trial_count():,} trials (grid points x search.num_samples "
                                           f"{search.num_samples}) are more than {schema.MAX_TRIALS:,}; "
@@ -484,8 +510,8 @@ def _dataset(path: str, raw: Any) -> DataSpec:
 
 def _check_data(path: str, spec: DataSpec, train: TrainConfig, resources: Resources,
                 models: tuple[ModelEntry, ...]) -> None:
-    """The data loaded as a trial will load it (decoded once; an imagefolder into the cache the
-    trials read, CIFAR downloaded if asked), and every batch size a model entry can take leaving
+    """The data loaded as the sweep's driver will load it to ship it to the trials (decoded once;
+    an imagefolder into this machine's cache, CIFAR downloaded if asked), and every batch size a model entry can take leaving
     each worker a full batch of the training split. Before Ray starts, so bad data is one line,
     never a failed trial; last in `parse`, being the slowest check."""
     from orchestrator import data  # torch: see _check_model

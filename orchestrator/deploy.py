@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, RunTag
 from mlflow.exceptions import MlflowException
 
-from orchestrator import data, engine, export, runs
+from orchestrator import data, engine, export, runs, schema
 from orchestrator.runs import Artifact, Tag
 
 CHECK_IMAGES = 256  # validation images the export is checked on
@@ -78,7 +78,8 @@ def validation_batch(trial, meta: dict[str, Any], n: int = CHECK_IMAGES) -> torc
 def export_run(client: MlflowClient, run, fmt: str, out_dir: str, log: bool = True) -> Exported:
     trial = runs.decode(run)
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{run.info.run_name}.{fmt}")
+    # The run's name is read from the store: as a file name it may hold no path (a run renamed `../../x`).
+    path = os.path.join(out_dir, f"{schema.slug(run.info.run_name or '', run.info.run_id)}.{fmt}")
     with tempfile.TemporaryDirectory(prefix="orchestrate-export-") as tmp:
         model, meta = trained_model(client, run, tmp)
         batch = validation_batch(trial, meta)

@@ -34,12 +34,10 @@ from torch import nn
 import archs
 from orchestrator import data as data_mod
 from orchestrator import inference
-from orchestrator.schema import TrainConfig, cut
+from orchestrator.schema import CheckpointFile, TrainConfig, cut
 
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.json"  # how to rebuild the model: arch, knobs, classes, normalisation
-EVAL_FILE = "eval.json"  # per-class accuracy and confusion matrix on the val split
-HISTORY_FILE = "history.json"  # every epoch's reported metrics up to this checkpoint
+STATE_FILE, MODEL_FILE, EVAL_FILE, HISTORY_FILE = (CheckpointFile.STATE, CheckpointFile.MODEL, CheckpointFile.EVAL,
+                                                   CheckpointFile.HISTORY)
 
 
 class CheckpointError(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import ray.tune
 
@@ -90,6 +90,16 @@ def table(state: ViewState, now: float):
     return t
 
 
+def screen(state: ViewState, now: float, notice: str | None = None):
+    """What a terminal shows: the table, and under it `notice` (the tracking store unreachable)."""
+    if notice is None:
+        return table(state, now)
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(table(state, now), Text(notice, style="bold yellow"))
+
+
 def line(state: ViewState, row: TrialRow, event: str, now: float) -> str:
     """One appended line for a non-terminal: the event, the trial and its numbers so far."""
     c = state.counts()
@@ -106,11 +116,20 @@ class LiveView(ray.tune.Callback):
     """Feeds ViewState from Tune's trial events and draws it. `describe(tune_trial)` gives a
     trial's display name and epoch count (from the sweep's Trial record)."""
 
-    def __init__(self, describe, total: int, concurrency: int, stream: TextIO | None = None, tty: bool | None = None):
-        self.describe, self.stream = describe, stream or sys.stdout
+    # Without a terminal, a notice that lasts is printed again this often (seconds).
+    NOTICE_EVERY_S = 60.0
+
+    def __init__(self, describe, total: int, concurrency: int, stream: TextIO | None = None, tty: bool | None = None,
+                 notice: Callable[[], str | None] | None = None):
+        """`notice()`: a line to show while it is not None (the tracking store unreachable, for how
+        long), polled at each step of Tune's loop; on a terminal it is drawn under the table and
+        goes when it is None again, else it is printed when it starts, every NOTICE_EVERY_S, and
+        its end is said once."""
+        self.describe, self.stream, self.notice = describe, stream or sys.stdout, notice
         self.tty = self.stream.isatty() if tty is None else tty
         self.state = ViewState(total=total, concurrency=concurrency)
         self._live = None
+        self._shown: tuple[str | None, float] = (None, 0.0)  # the notice last shown, and when
 
     def __getstate__(self):  # pickled with Tune's experiment state: the drawing is not
         return {**self.__dict__, "_live": None, "stream": None}
@@ -124,19 +143,40 @@ class LiveView(ray.tune.Callback):
             self.state.rows[trial.trial_id] = TrialRow(name, epochs)
         return self.state.rows[trial.trial_id]
 
+    def _draw(self, now: float) -> None:
+        if self._live is None:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(screen(self.state, now, self._shown[0]), console=Console(file=self.stream),
+                              refresh_per_second=2, transient=False)
+            self._live.start()
+        self._live.update(screen(self.state, now, self._shown[0]))
+
     def _show(self, row: TrialRow, event: str) -> None:
         now = time.time()
         if self.tty:
-            if self._live is None:
-                from rich.console import Console
-                from rich.live import Live
-
-                self._live = Live(table(self.state, now), console=Console(file=self.stream),
-                                  refresh_per_second=2, transient=False)
-                self._live.start()
-            self._live.update(table(self.state, now))
+            self._draw(now)
         else:
             print(line(self.state, row, event, now), file=self.stream, flush=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        text = self.notice() if self.notice else None
+        shown, at = self._shown
+        if text == shown:
+            return
+        now = time.time()
+        if self.tty:
+            self._shown = (text, now)
+            if self._live is not None or text:
+                self._draw(now)
+        elif text is None:
+            self._shown = (None, now)
+            print(f"[{_seconds(now - self.state.started):>6}] the tracking store answers again", file=self.stream,
+                  flush=True)
+        elif shown is None or now - at >= self.NOTICE_EVERY_S:
+            self._shown = (text, now)
+            print(f"[{_seconds(now - self.state.started):>6}] {text}", file=self.stream, flush=True)
 
     def on_trial_add(self, iteration, trials, trial, **info):
         self._row(trial)

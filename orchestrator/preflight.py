@@ -55,8 +55,13 @@ def masked_sweep_text(path: str) -> str:
 # The MLflow tracking store
 
 DATABASES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's SQLAlchemy stores besides sqlite
+# The URI form and driver that work with the SQLAlchemy MLflow pins, per database (SQLAlchemy 2.1's
+# default postgresql driver is psycopg 3: psycopg2-binary serves only a postgresql+psycopg2:// URI).
+DRIVERS = {"postgresql": "postgresql+psycopg2://... with pip install 'orchestrate[postgres]' (psycopg2-binary)",
+           "mysql": "mysql+pymysql://... with pip install pymysql",
+           "mssql": "mssql+pyodbc://... with pip install pyodbc"}
 SQLITE_HEADER = b"SQLite format 3\x00"
-ALLOWED_STORES = "http(s)://HOST[:PORT], sqlite:///FILE, postgresql://, mysql://, mssql://"
+ALLOWED_STORES = "http(s)://HOST[:PORT], sqlite:///FILE, postgresql+psycopg2://, mysql+pymysql://, mssql://"
 
 
 def check_tracking(uri: str, *, existing: bool = False, timeout_s: float = 5.0) -> str | None:
@@ -162,8 +167,8 @@ def _check_database(uri: str, shown: str) -> str | None:
         dialect = url.get_dialect()
         (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # SQLAlchemy 2 / 1.4
     except ImportError as e:
-        return (f"{shown}: its driver is not installed ({cut(str(e))}); install it (e.g. psycopg2-binary for "
-                f"postgresql, pymysql for mysql+pymysql) or use sqlite:///FILE")
+        return (f"{shown}: its driver is not installed ({cut(str(e))}); use "
+                f"{DRIVERS[url.get_backend_name()]}, or sqlite:///FILE")
     except Exception as e:  # noqa: BLE001 - NoSuchModuleError: an unknown +driver
         return f"{shown}: {show(url.drivername)} is not a driver SQLAlchemy knows ({cut(str(e))})"
     if url.host:
@@ -206,12 +211,18 @@ def check_storage(path: str) -> str | None:
         return (f"{show_uri(path)}: {show(scheme)} is not a storage Ray can write; allowed: a local folder, "
                 f"file://, " + ", ".join(f"{s}://" for s in REMOTE_STORAGE))
     local = os.path.abspath(os.path.expanduser(rest if sep else path))
-    above = local
+    return check_folder(local, local)
+
+
+def check_folder(path: str, shown: str) -> str | None:
+    """None if this process can write in the local folder `path`, or make it: the nearest folder
+    above it that exists must be a folder it can write in."""
+    above = os.path.abspath(os.path.expanduser(path))
     while not os.path.exists(above):
         above = os.path.dirname(above)
     if not os.path.isdir(above):
-        return f"{local}: {above} is a file, not a folder"
-    return _unwritable(above, local)
+        return f"{shown}: {above} is a file, not a folder"
+    return _unwritable(above, shown)
 
 
 def _unwritable(folder: str, shown: str) -> str | None:

@@ -16,14 +16,17 @@ one (its trial actor), a TorchTrainer trial about seven (trial actor, controller
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
+import sys
 import threading
 import traceback
 import warnings
 from typing import Any
 
+import ray
 import ray.train
 import ray.tune
 import torch
@@ -37,7 +40,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import data, engine, runs, storage
 from orchestrator.config import SweepSpec
-from orchestrator.schema import Resources, Trial
+from orchestrator.schema import Resources, Tracking, Trial
 
 
 # Set by the sweep (in this, the driver's, process) when SIGINT/SIGTERM stops it: trials that Tune
@@ -46,6 +49,19 @@ INTERRUPTED = threading.Event()
 # Set when the Tune callback has seen the experiment end, every run recorded: an error Tune raises
 # after that (reading back its own results) does not fail the sweep.
 EXPERIMENT_ENDED = threading.Event()
+
+
+@dataclasses.dataclass
+class Ending:
+    """How the sweep's record ended, set by the Tune callback at the experiment's end for the
+    sweep to report: what the store did not take within `tracking.wait_s` (tracking.Unrecorded),
+    and trials whose record could not be completed from Ray Tune's storage (one line each)."""
+
+    unrecorded: Any = None
+    missing: list[str] = dataclasses.field(default_factory=list)
+
+
+ENDING = Ending()
 
 
 # Ray Train V2's per-trial machinery, lighter where it costs a DDP trial time: the controller polls
@@ -74,13 +90,25 @@ class TrainReporter:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None) -> None:
-    """Data, engine, restore from `checkpoint` if given, fit: the same on both paths."""
+def ship_data(spec: SweepSpec) -> tuple | None:
+    """Data read from files (CIFAR batches, an imagefolder) is read once, here in the driver (the
+    head on a cluster), and shipped to every trial through Ray's object store: a worker node
+    needs no copy of the dataset, no download and no decoded-image cache, so it never needs the
+    driver's paths. None for data every node builds itself (digits, synthetic). A one-item tuple,
+    so that Tune's with_parameters passes the reference on unresolved (each trial fetches it)."""
+    if spec.dataset.root is None:
+        return None
+    return (ray.put(data.load_splits(spec.dataset)),)
+
+
+def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None, source: tuple | None = None) -> None:
+    """Data (shipped by the driver, see ship_data, or loaded here), engine, restore from
+    `checkpoint` if given, fit: the same on both paths."""
     # Ray gives each actor OMP_NUM_THREADS from its CPU share; make torch agree.
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    splits = data.load_splits(trial.dataset)
+    splits = ray.get(source[0]) if source else data.load_splits(trial.dataset)
     run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), splits,
                         device=device, prepare_model=prepare_model)
     if checkpoint is not None:
@@ -114,7 +142,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     # Here, not at the top: a single-worker trial never loads Ray Train's torch side.
     from ray.train.torch import get_device, prepare_model
 
-    _train(config["trial"], TrainReporter(), ray.train.get_checkpoint(), get_device(), prepare_model)
+    _train(config["trial"], TrainReporter(), ray.train.get_checkpoint(), get_device(), prepare_model,
+           config["source"])
 
 
 def trial_resources(resources: Resources) -> dict[str, float]:
@@ -125,12 +154,13 @@ def trial_resources(resources: Resources) -> dict[str, float]:
     return {"cpu": resources.driver_cpus}
 
 
-def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
-    """One Tune trial. A TorchTrainer's run name is derived from the trial id, so a restored
-    trial finds (and resumes from) its own checkpoints."""
+def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str, source: tuple | None = None) -> None:
+    """One Tune trial (`source`: the shipped data, see ship_data). A TorchTrainer's run name is
+    derived from the trial id, so a restored trial finds (and resumes from) its own checkpoints."""
     trial = spec.tune_trial(config, ray.tune.get_context().get_trial_id())
     if trial.resources.in_process:
-        _train(trial, TuneReporter(), ray.tune.get_checkpoint(), "cuda" if trial.resources.use_gpu else "cpu")
+        _train(trial, TuneReporter(), ray.tune.get_checkpoint(), "cuda" if trial.resources.use_gpu else "cpu",
+               source=source)
         return
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -143,7 +173,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str) -> None:
     restarts = RestartCounts()
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": trial},
+        train_loop_config={"trial": trial, "source": source},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=res.per_worker(),
                                      placement_strategy=res.placement_strategy),
@@ -251,8 +281,8 @@ class MlflowCallback(ray.tune.Callback):
     """Forwards Tune's events to the sweep's run record (tracking.Recorder), which writes MLflow on
     its own thread: nothing here waits on the store. The driver process alone writes MLflow."""
 
-    def __init__(self, spec: SweepSpec, parent_run_id: str):
-        self.spec, self.parent_run_id = spec, parent_run_id
+    def __init__(self, spec: SweepSpec, parent_run_id: str, quiet: bool = False):
+        self.spec, self.parent_run_id, self.quiet = spec, parent_run_id, quiet
         self._recorder = None
 
     # The callback is pickled into Tune's experiment state (a restored sweep gets it back from
@@ -296,12 +326,46 @@ class MlflowCallback(ray.tune.Callback):
     def on_experiment_end(self, trials, **info):
         """Every child run finished before the sweep's summary: what the recorder has queued,
         then any run whose trial Tune holds as ended but whose finishing was lost (a sweep killed
-        with work queued, then resumed: Tune will not report that trial again)."""
+        with work queued, then resumed: Tune will not report that trial again; or the store was
+        away when it ended), completed from what Tune kept in the storage. A store that takes
+        nothing for `tracking.wait_s` (unreachable, full) is waited for no longer, nor is it after
+        a Ctrl-C: ENDING says what it did not take."""
         if not INTERRUPTED.is_set():  # Tune's clean-up marks stopped trials TERMINATED: they did not end
+            by_id = {t.trial_id: t for t in trials}
             self.recorder.finish_orphans({t.trial_id: t.status == "ERROR" for t in trials
-                                          if t.status in ("TERMINATED", "ERROR")}, {t.trial_id for t in trials})
-        self.recorder.flush()
+                                          if t.status in ("TERMINATED", "ERROR")}, set(by_id),
+                                         lambda trial_id: self._kept(by_id[trial_id]))
+        wait_s = getattr(self.spec, "tracking_wait_s", Tracking.wait_s)  # (a sweep pickled before the setting)
+        if outage := self.recorder.outage():
+            self._say(f"{outage.line(self.spec.tracking_uri)}: waiting up to {wait_s:.0f} s (tracking.wait_s) "
+                      f"for the store, Ctrl-C to stop waiting")
+        interrupted = INTERRUPTED.is_set()  # a Ctrl-C from now on stops the wait
+        ENDING.unrecorded = self.recorder.flush(wait_s, None if interrupted else INTERRUPTED.is_set)
+        ENDING.missing = list(self.recorder.missing)
         EXPERIMENT_ENDED.set()
+
+    def outage_line(self) -> str | None:
+        """The live view's line while the store refuses the writes, e.g. "tracking store URI
+        unreachable for 42 s ([Errno 111] Connection refused); 17 write(s) waiting"."""
+        if self._recorder is None or (outage := self._recorder.outage()) is None:
+            return None
+        return outage.line(self.spec.tracking_uri)
+
+    def _say(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=sys.stdout, flush=True)
+
+    def _kept(self, trial):
+        """What Ray Tune kept of `trial` (ended) in the sweep's storage, for the record (tracking.Kept)."""
+        from orchestrator import tracking
+
+        results, checkpoints = storage.trial_results(self.spec.storage_path, trial.storage.experiment_dir_name,
+                                                     trial.storage.trial_dir_name)
+        failed = trial.status == "ERROR"
+        return tracking.Kept(self.spec.tune_trial(trial.config, trial.trial_id), failed,
+                             _trial_error(trial) if failed else None, results,
+                             {e: path for e, (path, there) in checkpoints.items() if there},
+                             {e: path for e, (path, there) in checkpoints.items() if not there})
 
 
 def _trial_error(trial) -> str:

@@ -27,7 +27,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Iterable
 
-from orchestrator.schema import (EPOCH_METRICS, DataSpec, Failure, Resources, Search, TrainConfig,
+from orchestrator.schema import (CREDENTIALS, EPOCH_METRICS, METRIC_RANGE, DataSpec, Failure, Resources, Search, TrainConfig,
                                  Trial)
 
 if TYPE_CHECKING:  # mlflow is imported by the callers that talk to a store
@@ -160,10 +160,27 @@ def _and(*clauses: str) -> str:
     return " and ".join(c for c in clauses if c)
 
 
+PAGE_SIZE = 1000  # runs per search request: every query pages through all of them
+
+
+def search_all(client: MlflowClient, experiment_id: str, query: str, order_by: list[str] | None = None) -> list[Run]:
+    """Every run matching `query`, one request per page of PAGE_SIZE (MLflow's page_token): an
+    experiment filled over many sweeps loses none of them."""
+    found: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], query, order_by=order_by, max_results=PAGE_SIZE,
+                                  page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def sweep_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     """The experiment's sweeps (parent runs), newest first."""
-    return client.search_runs([experiment_id], f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'",
-                              order_by=["attributes.start_time DESC"], max_results=5000)
+    return search_all(client, experiment_id, f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'",
+                      order_by=["attributes.start_time DESC"])
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None,
@@ -172,7 +189,7 @@ def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str | No
     query = _and(f"tags.`{Tag.ROLE}` = '{ROLE_TRIAL}'",
                  parent_run_id and f"tags.`{Tag.PARENT}` = '{parent_run_id}'",
                  trial_id and f"tags.`{Tag.TRIAL_ID}` = '{trial_id}'")
-    return client.search_runs([experiment_id], query, max_results=5000)
+    return search_all(client, experiment_id, query)
 
 
 def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
@@ -296,6 +313,28 @@ def download_model(client: MlflowClient, run: Run, dst: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The MLflow UI
+
+UI_PORT = 5000  # where `orchestrate ui` serves a local store's UI by default
+COMPARE_MAX_RUNS = 100  # runs in one compare-runs link (a URL holds their ids): the best ones
+
+
+def compare_url(tracking_uri: str, experiment_id: str, run_ids: Iterable[str]) -> str:
+    """The MLflow UI's compare-runs page of `run_ids` (best first; at most COMPARE_MAX_RUNS): each
+    trial's params, metrics and val_acc side by side, one click from every curve. A tracking
+    server serves its own UI; any other store is shown by `orchestrate ui` on 127.0.0.1:UI_PORT.
+    Credentials are never in the link (the browser asks)."""
+    from urllib.parse import quote
+
+    if tracking_uri.startswith(("http://", "https://")):
+        base = CREDENTIALS.sub(r"\g<scheme>", tracking_uri).rstrip("/")
+    else:
+        base = f"http://127.0.0.1:{UI_PORT}"
+    ids = json.dumps(list(run_ids)[:COMPARE_MAX_RUNS], separators=(",", ":"))
+    return f"{base}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([experiment_id]))}"
+
+
+# ---------------------------------------------------------------------------------------------
 # The per-architecture leaderboard
 
 
@@ -324,21 +363,83 @@ class Standing:
     best_run_id: str  # the entry's best-ranked run with a model (the report's curve, its Pareto tag)
     leader: bool = False
     tied: bool = False  # its interval overlaps the leader's: not told apart from the best
+    scores: tuple[float, ...] = ()  # the seed runs' values (the one best run's without seeds)
+    seed_device_hours: float = 0.0  # of one seed run, on average (0 without seed runs)
+    # For a tied entry: seed runs per entry (it and the leader) that would separate the two at the
+    # observed means and spreads, and the device-hours those extra runs would cost.
+    seeds_to_separate: int | None = None
+    separate_device_hours: float | None = None
 
 
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float | None, float | None, float | None]:
-    """(mean, sample std, low, high): Student's t interval of the mean; std and the interval need
-    at least two values."""
+# Accuracies at the range's edge (every seed 1.0) are moved this far inside before the logit: a
+# continuity correction as for a proportion, about half an image of a few-hundred-image val split.
+EDGE = 1e-3
+
+
+def _to_scale(metric: str):
+    """(forward, back) transforms onto the scale the interval is computed on: the logit for a
+    metric in [0, 1] (accuracies), the log for one in [0, inf) (losses, times), none otherwise."""
+    import math
+
+    low, high = METRIC_RANGE.get(metric, (None, None))
+    if low == 0.0 and high == 1.0:
+        def forward(v):
+            v = min(max(v, EDGE), 1.0 - EDGE)
+            return math.log(v / (1.0 - v))
+        return forward, lambda x: 1.0 / (1.0 + math.exp(-x))
+    if low == 0.0 and high is None:
+        return (lambda v: math.log(max(v, 1e-12))), math.exp
+    return (lambda v: v), (lambda x: x)
+
+
+def _t(n: int, confidence: float) -> float:
+    from scipy import stats  # scipy comes with scikit-learn
+
+    return float(stats.t.ppf(0.5 + confidence / 2, n - 1))
+
+
+def interval(values: list[float], metric: str, confidence: float = 0.95
+             ) -> tuple[float, float | None, float | None, float | None]:
+    """(mean, sample std, low, high) of a metric over seed runs; std and the interval need two
+    values. The interval is Student's t on the metric's own scale (`_to_scale`: logit for an
+    accuracy, log for a loss), mapped back, so it stays inside the metric's range: with n = 3
+    seeds a plain t interval of accuracies near 1 reaches past 1. The mean and std are the
+    plain ones, as measured."""
     import statistics
 
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, None, None, None
-    from scipy import stats  # scipy comes with scikit-learn
-
     std = statistics.stdev(values)
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * std / len(values) ** 0.5
-    return mean, std, mean - half, mean + half
+    forward, back = _to_scale(metric)
+    scaled = [forward(v) for v in values]
+    centre, spread = statistics.fmean(scaled), statistics.stdev(scaled)
+    half = _t(len(values), confidence) * spread / len(values) ** 0.5
+    return mean, std, back(centre - half), back(centre + half)
+
+
+MAX_SEEDS = 1000  # past this, seeds will not tell two entries apart: "not within reach"
+
+
+def seeds_to_separate(a: list[float], b: list[float], metric: str, confidence: float = 0.95) -> int | None:
+    """How many seed runs per entry would make the intervals of `a` and `b` (seed runs of two
+    entries) stop overlapping, if their means and spreads (on the interval's scale) stayed as
+    observed; None when they cannot be told apart within MAX_SEEDS (equal means), or either has
+    fewer than two runs."""
+    import statistics
+
+    if len(a) < 2 or len(b) < 2:
+        return None
+    forward, _ = _to_scale(metric)
+    fa, fb = [forward(v) for v in a], [forward(v) for v in b]
+    gap = abs(statistics.fmean(fa) - statistics.fmean(fb))
+    spread = statistics.stdev(fa) + statistics.stdev(fb)
+    if spread == 0.0:
+        return None if gap == 0.0 else max(len(a), len(b))
+    for n in range(2, MAX_SEEDS + 1):
+        if _t(n, confidence) * spread / n ** 0.5 < gap:
+            return n
+    return None
 
 
 def _base_name(name: str) -> str:
@@ -366,10 +467,11 @@ def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list
         if best is None:
             continue
         scores = [r.score for r in seeds] if seeds else [best.score]
-        mean, std, low, high = t_interval(scores)
+        mean, std, low, high = interval(scores, best.metric)
         standings.append(Standing(entry, best.arch, _base_name(best.name), best.metric, mean, std, low, high,
                                   len(scores), best.params, best.flops, best.latency_ms, best.infer_imgs_per_s,
-                                  sum(r.device_hours for r in rs), len(rs), scored[0].run_id))
+                                  sum(r.device_hours for r in rs), len(rs), scored[0].run_id, scores=tuple(scores),
+                                  seed_device_hours=sum(r.device_hours for r in seeds) / len(seeds) if seeds else 0.0))
     sign = -1.0 if mode == "max" else 1.0
     standings.sort(key=lambda s: sign * s.mean)
     if not standings:
@@ -378,5 +480,8 @@ def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list
     marked = [dataclasses.replace(top, leader=True, tied=True)]
     for s in standings[1:]:
         overlaps = (top.low is not None and s.low is not None and s.high >= top.low and s.low <= top.high)
-        marked.append(dataclasses.replace(s, tied=overlaps))
+        need = seeds_to_separate(list(top.scores), list(s.scores), s.metric) if overlaps else None
+        cost = (max(0, need - top.n) * top.seed_device_hours + max(0, need - s.n) * s.seed_device_hours
+                if need is not None else None)
+        marked.append(dataclasses.replace(s, tied=overlaps, seeds_to_separate=need, separate_device_hours=cost))
     return marked

@@ -31,6 +31,21 @@ MAX_TRIALS = 10_000
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "best_val_acc", "lr", "imgs_per_s",
                  "train_s", "epoch_s")
 METRICS = EPOCH_METRICS
+# The range each metric lives in ((low, high), None where open): an interval reported over seed
+# runs never leaves it (runs.interval).
+METRIC_RANGE = {"train_acc": (0.0, 1.0), "val_acc": (0.0, 1.0), "val_top5": (0.0, 1.0), "best_val_acc": (0.0, 1.0),
+                "train_loss": (0.0, None), "val_loss": (0.0, None), "lr": (0.0, None), "imgs_per_s": (0.0, None),
+                "train_s": (0.0, None), "epoch_s": (0.0, None)}
+
+class CheckpointFile:
+    """The files of a checkpoint folder: the engine writes them, the run record reads the eval and
+    history files without importing torch."""
+
+    STATE = "state.pt"
+    MODEL = "model.json"  # how to rebuild the model: arch, knobs, classes, normalisation
+    EVAL = "eval.json"  # per-class accuracy and confusion matrix on the val split
+    HISTORY = "history.json"  # every epoch's reported metrics up to this checkpoint
+
 
 # A trial either searches its entry's space, or re-trains the entry's best configuration with a
 # fresh seed after the search (`search.seeds`).
@@ -57,6 +72,35 @@ def mask(uri: str) -> str:
     """`uri` (or any text holding URIs) with each password replaced by ***:
     http://me:secret@host:5000 -> http://me:***@host:5000."""
     return CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", uri)
+
+
+# The URIs with a password this process was given (a sweep's tracking URI), by their masked form:
+# what is pickled (Ray Tune's tuner.pkl, a searcher's state, Ray's object store) holds the masked
+# URI, and `unmask` gives the password back in this process only, never from a file.
+_GIVEN_URIS: dict[str, str] = {}
+
+
+def remember(uri: str) -> None:
+    """Keep `uri`'s password in this process, for `unmask` of its masked form."""
+    if mask(uri) != uri:
+        _GIVEN_URIS[mask(uri)] = uri
+
+
+def unmask(uri: str) -> str:
+    """A URI as stored (masked) -> the URI this process was given with that masked form; one
+    this process was not given loses its user:***@ instead (MLflow's client then sends
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)."""
+    if "***@" not in uri:
+        return uri
+    return _GIVEN_URIS.get(uri) or CREDENTIALS.sub(r"\g<scheme>", uri)
+
+
+def slug(text: str, fallback: str) -> str:
+    """`text` as one file or folder name: letters, digits, '_', '-' and single dots, never a path
+    separator, '..' or a leading dot (a name read from a store may be `../../x`); `fallback`
+    when nothing is left."""
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", text)).strip("-.")
+    return name[:NAME_CHARS] or fallback
 
 
 def show(value: Any) -> str:
@@ -115,10 +159,21 @@ def in_interval(low, high, *, low_open: bool, high_open: bool) -> Callable[[Any]
     return check
 
 
+# The smallest share of a CPU or a GPU a worker may ask for. Ray counts resources in units of
+# 0.0001 and refuses a request below one (after the cluster has started); a share under 1% of a
+# processor is a typo, not a plan.
+MIN_SHARE = 0.01
+
+
+def resource_share(v) -> str | None:
+    """CPUs: any number from MIN_SHARE up."""
+    return None if v >= MIN_SHARE else f"{show(v)} is less than {MIN_SHARE}; allowed: {MIN_SHARE} or more"
+
+
 def gpu_share(v) -> str | None:
-    """A fraction of one GPU (several trials share it) or whole GPUs: 0 < g <= 1, or an integer."""
-    if v <= 0 or (v > 1 and v != int(v)):
-        return f"{show(v)} must be in (0, 1] (a share of one GPU) or a whole number of GPUs"
+    """A fraction of one GPU (several trials share it) or whole GPUs: MIN_SHARE <= g <= 1, or an integer."""
+    if v < MIN_SHARE or (v > 1 and v != int(v)):
+        return f"{show(v)} must be in [{MIN_SHARE}, 1] (a share of one GPU) or a whole number of GPUs"
     return None
 
 
@@ -156,6 +211,11 @@ def mlflow_name(v) -> str | None:
     return None
 
 
+# Synthetic images are made in memory at once, 12 KB each while being drawn: twice CIFAR-10's
+# training set is plenty for a smoke run and ~1.2 GB at its peak.
+SYNTHETIC_MAX = 100_000
+
+
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,
             check: Callable[[Any], str | None] | None = None, default_factory: Any = dataclasses.MISSING):
     """A dataclass field that is also a documented, validated setting."""
@@ -182,7 +242,7 @@ class DataSpec:
     split_seed: int = setting(0, "seed of the subset and the train/val split", check=seed_range)
     download: bool = setting(False, "cifar: let torchvision fetch the batches into root")
     synthetic_size: int = setting(512, "synthetic: training images (the test split is a quarter)",
-                                  check=at_least(4))
+                                  check=in_interval(4, SYNTHETIC_MAX, low_open=False, high_open=False))
     num_classes: int = setting(10, "synthetic: number of classes", check=at_least(2))
 
     def problems(self) -> Iterator[tuple[str, str]]:
@@ -252,11 +312,11 @@ class Resources:
     num_workers: int = setting(1, "DDP workers per trial (1: the trial trains in its own process)",
                                check=at_least(1))
     use_gpu: bool = setting(False, "train on GPUs")
-    cpus_per_worker: float = setting(1.0, "CPUs per worker", check=positive)
+    cpus_per_worker: float = setting(1.0, "CPUs per worker", check=resource_share)
     gpus_per_worker: float = setting(1.0, "GPUs per worker with use_gpu: a share in (0, 1] lets trials share a GPU",
                                      check=gpu_share)
     driver_cpus: float = setting(0.1, "CPUs of a multi-worker trial's driver (it only waits on its workers)",
-                                 check=positive)
+                                 check=resource_share)
     placement_strategy: str = setting("PACK", "SPREAD / STRICT_SPREAD put a trial's workers on different nodes",
                                       choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
 
@@ -327,6 +387,9 @@ class Tracking:
     uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     registered_model: str | None = setting(None, "Model Registry name of the sweep's best model, alias `best` "
                                                  "(default: the sweep's name)", check=mlflow_name)
+    wait_s: float = setting(120.0, "seconds the sweep's end waits for writes the store has not taken (it is "
+                                   "unreachable or full); then exit 1 with the --resume command that records them",
+                            check=in_interval(0, 86400, low_open=False, high_open=False))
 
 
 SECTIONS: dict[str, type] = {"dataset": DataSpec, "train": TrainConfig, "resources": Resources,

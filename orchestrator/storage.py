@@ -27,6 +27,13 @@ def storage_fs(uri: str):
     return pyarrow.fs.LocalFileSystem(), os.path.abspath(uri)
 
 
+def join(storage_path: str, name: str) -> str:
+    """The storage path of `name` under `storage_path`, a URI's query kept last
+    (s3://bucket/results?endpoint_override=host:9000 -> s3://bucket/results/NAME?endpoint_override=...)."""
+    path, sep, query = storage_path.partition("?") if "://" in storage_path else (storage_path, "", "")
+    return f"{path.rstrip('/')}/{name}{sep}{query}"
+
+
 def write_state(storage_path: str, run_name: str, meta: dict[str, Any]) -> None:
     """Our state beside Tune's. A tracking URI is stored with its password masked: --resume takes
     the real one from the sweep file, --tracking-uri or MLFLOW_TRACKING_URI, as the first run did."""
@@ -114,3 +121,42 @@ def local_checkpoint(storage_path: str, path: str | None):
         except Exception:  # noqa: BLE001 - an unreachable checkpoint must not fail the sweep
             local = None
         yield local
+
+
+def trial_results(storage_path: str, experiment_dir: str, trial_dir: str) -> tuple[list[dict[str, Any]],
+                                                                                  dict[int, tuple[str, bool]]]:
+    """What Ray Tune kept of one trial in the storage: every result it reported with an epoch, in
+    order (the trial folder's result.json, one JSON object a line; a DDP trial's results come up
+    through TuneReportCallback, so they are there too; a last line cut short is left out), and
+    each checkpoint those results name, by epoch: (its path as Ray reports it, whether it is still
+    there). A single-worker trial's checkpoint is `checkpoint_dir_name` in its trial folder, a DDP
+    trial's the `checkpoint_path` its Ray Train run reported."""
+    fs, root = storage_fs(storage_path)
+    folder = f"{root}/{experiment_dir}/{trial_dir}"
+    try:
+        with fs.open_input_stream(f"{folder}/result.json") as f:
+            text = f.read().decode(errors="replace")
+    except (FileNotFoundError, OSError, pyarrow.ArrowException):
+        return [], {}
+    results = []
+    for line in text.splitlines():
+        try:
+            result = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(result, dict) and isinstance(result.get("epoch"), int):
+            results.append(result)
+    named = {}
+    for result in results:
+        path = result.get("checkpoint_path") or (result.get("checkpoint_dir_name") and
+                                                  f"{folder}/{result['checkpoint_dir_name']}")
+        if path:
+            named[int(result["epoch"])] = path  # a re-trained epoch: the copy written last
+    checkpoints = {}
+    for epoch, path in named.items():
+        try:
+            there = fs.get_file_info(path).type == pyarrow.fs.FileType.Directory
+        except (OSError, pyarrow.ArrowException):
+            there = False
+        checkpoints[epoch] = (path, there)
+    return results, checkpoints

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -28,9 +27,9 @@ from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
 from orchestrator.config import SweepSpec
-from orchestrator.reports import leaderboard_table, render
+from orchestrator.tables import leaderboard_table, render
 from orchestrator.runs import Status
-from orchestrator.schema import Resources, Trial, cut
+from orchestrator.schema import Resources, Trial, cut, slug
 
 
 def preview(spec: SweepSpec, limit: int | None = None) -> list[Trial]:
@@ -42,10 +41,6 @@ def preview(spec: SweepSpec, limit: int | None = None) -> list[Trial]:
     return [spec.tune_trial(searcher.suggest(f"preview_{i:05d}"), f"preview_{i:05d}") for i in range(count)]
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "sweep"
-
-
 def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
     """How many trials fit at once, counting everything a trial holds (its workers, and the
     driver of a DDP trial) against the cluster's CPUs and GPUs, and the line that says so."""
@@ -54,6 +49,40 @@ def packing(resources: Resources, cluster: dict[str, float]) -> tuple[int, str]:
     have = ", ".join(f"{cluster.get(k, 0):g} {k}s" for k in need)
     each = ", ".join(f"{v:g} {k}" for k, v in need.items())
     return fits, f"{fits} trial(s) at a time on {have} (each trial holds {each})"
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM where the sweep stops at once: outside Tune's loop, or a second signal
+    within it. The CLI exits with 128 + signum (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# `ray job stop` sends a job's entrypoint SIGTERM, then SIGKILL this many seconds later (Ray's job
+# supervisor reads the variable from the job's environment; Ray's default is 3 s). Stopping Tune and
+# marking the runs takes seconds more than that on a busy head, so a sweep asks for JOB_STOP_WAIT_S.
+JOB_STOP_WAIT_VAR, RAY_JOB_STOP_WAIT_S, JOB_STOP_WAIT_S = "RAY_JOB_STOP_WAIT_TIME_S", 3, 60
+
+
+def job_stop_note() -> str | None:
+    """When this sweep is a Ray job whose stop wait is shorter than JOB_STOP_WAIT_S: the line that
+    says so, and how to give it more."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:  # set by Ray's job supervisor for the entrypoint
+        return None
+    try:
+        wait = float(os.environ.get(JOB_STOP_WAIT_VAR, RAY_JOB_STOP_WAIT_S))
+    except ValueError:
+        wait = RAY_JOB_STOP_WAIT_S
+    if wait >= JOB_STOP_WAIT_S:
+        return None
+    return (f"note: `ray job stop` kills this sweep {wait:g} s after its SIGTERM ({JOB_STOP_WAIT_VAR}), which "
+            f"may cut short the marking of its runs and the resume command; submit with --runtime-env-json "
+            f"'{{\"env_vars\": {{\"{JOB_STOP_WAIT_VAR}\": \"{JOB_STOP_WAIT_S}\"}}}}', or with orchestrate submit")
 
 
 def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, verbosity: int = 0,
@@ -70,6 +99,8 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # cannot grow: refuse what it can never hold and never start more trials than fit. A cluster
     # joined by address may autoscale, so there only the user's cap applies.
     local = not address
+    if verbosity >= 0 and (note := job_stop_note()):
+        print(note, file=out, flush=True)
     started_here = local and not ray.is_initialized()
     if started_here:
         # Token auth stays on (Ray's default for local clusters); only its notice about that is
@@ -79,10 +110,30 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner asks its
     # state API whether a trial's controller died, and without it an ASHA-stopped trial's workers'
     # resources are never released.
+    before_ray = {s: signal.getsignal(s) for s in SIGNALS}
     if not ray.is_initialized():
         with warnings.catch_warnings():  # Ray <2.60's notice about GPU env vars, printed at every init
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
             ray.init(address=address, log_to_driver=verbosity > 0, configure_logging=True, logging_level="WARNING")
+    # Ray's driver handler, installed by ray.init, turns SIGTERM into sys.exit(15): exit code 15, or
+    # 0 where a finalizer or the wait for threads at exit swallows the SystemExit. Ours instead,
+    # outside Tune's loop (stop_on_signals has that): the signal is kept and stops the sweep with
+    # 128 + its number; during Ray's shutdown the first is only kept (a second one quits at once).
+    late = types.SimpleNamespace(signum=None, in_shutdown=0)
+
+    def stop(signum, frame):
+        late.signum = late.signum or signum
+        raise Stopped(signum)
+
+    def keep(signum, frame):
+        late.in_shutdown += 1
+        if late.in_shutdown > 1:
+            stop(signum, frame)
+        late.signum = late.signum or signum
+
+    for s in SIGNALS:
+        signal.signal(s, stop)
+    code = None
     try:
         cluster = ray.cluster_resources()
         fits, line = packing(spec.resources, cluster)
@@ -94,19 +145,31 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
                   f"for resources", file=out, flush=True)
         # A DDP trial's driver would otherwise hold a slot while its workers wait for a placement group.
         concurrent = (min(asked, fits) if asked else fits) if local else asked
-        return _run_tuner(spec, restore_name, concurrent, out, verbosity)
+        tracking.bound_requests()  # MLflow's retries of one request must not outlast tracking.wait_s
+        code = _run_tuner(spec, restore_name, concurrent, out, verbosity)
+    except Stopped as e:
+        code = 128 + e.signum
     finally:
-        if started_here:
-            ray.shutdown()
+        for s in SIGNALS:
+            signal.signal(s, keep)
+        try:
+            if started_here:
+                ray.shutdown()
+        finally:
+            for s, handler in before_ray.items():
+                signal.signal(s, handler)
+    # A signal whose Stopped a finalizer swallowed, or one during the shutdown, still sets the code.
+    return 128 + late.signum if late.signum and (code is None or code < 128) else code
 
 
 def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
-    run_name = restore_name or f"{slug(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name),
+    run_name = restore_name or f"{slug(spec.name, 'sweep')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name,
+                                                         source=ray_train.ship_data(spec)),
                                     ray_train.trial_resources(spec.resources))
     if restore_name:
         meta = storage.read_state(spec.storage_path, run_name)
-        restore_path = spec.storage_path.rstrip("/") + "/" + run_name
+        restore_path = storage.join(spec.storage_path, run_name)
         record = tracking.SweepRecord(spec.tracking_uri, spec.name, meta["parent_run_id"], spec.file, spec.storage_path)
         record.resume()
         tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True, resume_errored=True)
@@ -123,6 +186,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             "created": time.time(), "sweep_file": os.path.abspath(spec.file)})
         s = spec.search
         searcher = search.EntrySearch(spec)
+        recording = ray_train.MlflowCallback(spec, parent, quiet=verbosity < 0)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -136,8 +200,9 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 trial_dirname_creator=lambda t: f"{t.config['model']['arch']}_{t.trial_id}"),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=spec.storage_path,
-                callbacks=[ray_train.MlflowCallback(spec, parent)] + (
-                    [live.LiveView(lambda t: _describe(spec, t), spec.trial_count(), max(1, max_concurrent), out)] if verbosity == 0 else []),
+                callbacks=[recording] + (
+                    [live.LiveView(lambda t: _describe(spec, t), spec.trial_count(), max(1, max_concurrent), out,
+                                   notice=recording.outage_line)] if verbosity == 0 else []),
                 checkpoint_config=ray_train.checkpoint_config(tune.CheckpointConfig, spec),
                 # Single-worker trials are retried by Tune from their last checkpoint; a DDP
                 # trial's worker group is restarted by Ray Train's own FailureConfig instead.
@@ -154,6 +219,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray_train.EXPERIMENT_ENDED.clear()
+    ray_train.ENDING.unrecorded, ray_train.ENDING.missing = None, []
     with stop_on_signals() as stopped:
         try:
             tuner.fit()
@@ -170,6 +236,17 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             # results are MLflow's, so it still finishes.
             print(f"Ray Tune could not read back its results ({type(e).__name__}: {cut(str(e))}); "
                   f"the summary is MLflow's", file=sys.stderr, flush=True)
+    ending = ray_train.ENDING
+    if ending.unrecorded is not None or ending.missing:
+        # The record disagrees with what trained: never exit 0 with it (nor mark runs on a store
+        # that is away); say what is missing and how to record it.
+        print(not_recorded(spec, run_name, ending.unrecorded, ending.missing), file=sys.stderr, flush=True)
+        return 128 + stopped.signum if stopped.signum is not None else 1
+    if stopped.signum is None:
+        try:  # the best model registered, the comparison and the report on the parent run
+            results, version = record.finish(register_as=spec.registered_model)
+        except Stopped as e:  # a signal meanwhile: the parent run is marked, the resume command printed
+            stopped.signum = e.signum
     if stopped.signum is not None:
         record.interrupt()
         print(f"\n{signal.Signals(stopped.signum).name}: the sweep stopped; its trials and MLflow runs are "
@@ -177,15 +254,30 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                   "orchestrate", "sweep", spec.file, "--resume", "--tracking-uri", spec.tracking_uri,
                   "--storage", spec.storage_path), file=out, flush=True)
         return 128 + stopped.signum
-    results, version = record.finish(register_as=spec.registered_model)
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     trained = any(r.has_model for r in results)
-    print_summary(results, spec, trained, out)
+    print_summary(results, spec, trained, out, record.experiment_id)
     if version is not None:
         print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
               f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
     return 0 if trained else 1
+
+
+def not_recorded(spec: SweepSpec, run_name: str, unrecorded, missing: list[str]) -> str:
+    """The one line of a sweep whose record is not complete: what is not recorded, where the
+    checkpoints are, and the command that records them."""
+    resume = preflight.command_line("orchestrate", "sweep", spec.file, "--resume", "--tracking-uri", spec.tracking_uri,
+                                    "--storage", spec.storage_path)
+    where = spec.storage_path.rstrip("/") + "/" + run_name
+    if unrecorded is None:
+        return (f"not recorded in {preflight.show_uri(spec.tracking_uri)}: {'; '.join(missing)}; the rest of the "
+                f"sweep is in {where}; after restoring what is missing, run: {resume}")
+    outage = unrecorded.outage
+    state = (f"unreachable for {time.time() - outage.since:.0f} s ({outage.why})" if outage
+             else f"took nothing for tracking.wait_s ({spec.tracking_wait_s:g} s)")
+    return (f"tracking store {preflight.show_uri(spec.tracking_uri)} {state}: {unrecorded.counts()} not recorded; "
+            f"the checkpoints and results are in {where}; once the store is back, record them with: {resume}")
 
 
 def _describe(spec: SweepSpec, tune_trial) -> tuple[str, int]:
@@ -203,7 +295,7 @@ def stop_on_signals():
 
     def handler(signum, frame):
         if state.signum is not None or signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            raise KeyboardInterrupt  # the second signal, or Tune's loop not running yet
+            raise Stopped(signum)  # the second signal, or Tune's loop not running yet
         state.signum = signum
         ray_train.INTERRUPTED.set()
         print(f"{signal.Signals(signum).name}: stopping the trials and saving the sweep's state "
@@ -211,7 +303,7 @@ def stop_on_signals():
         os.kill(os.getpid(), signal.SIGUSR1)
 
     ray_train.INTERRUPTED.clear()
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
         yield state
@@ -221,13 +313,13 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
+def print_summary(results: list, spec: SweepSpec, trained: bool, out, experiment_id: str | None = None) -> None:
     print("", file=out)
     print(render(results, "table"), end="", file=out)
     standings = runs.leaderboard(results, spec.search.mode)
     if standings:
         print(f"\nPer model entry ({spec.search.metric}, {spec.search.mode}; mean of the best configuration's "
-              f"seed runs with a 95% interval where search.seeds > 1):", file=out)
+              f"seed runs with a 95% interval where search.seeds > 1, inside the metric's range):", file=out)
         print(leaderboard_table(standings).render("table"), end="", file=out)
     failed = [r for r in results if r.status == Status.FAILED]
     if failed:
@@ -238,6 +330,10 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out) -> None:
         print("\nNo trial completed (exit code 1).", file=out)
     print("\nOpen the MLflow UI:  " + preflight.command_line("orchestrate", "ui", "--tracking-uri", spec.tracking_uri),
           file=out)
+    if results and experiment_id:
+        more = f" (the best {runs.COMPARE_MAX_RUNS})" if len(results) > runs.COMPARE_MAX_RUNS else ""
+        print(f"Compare the trials there{more}:  "
+              + runs.compare_url(spec.tracking_uri, experiment_id, [r.run_id for r in results]), file=out)
     if trained:
         print("The report (leaderboard, Pareto frontiers, answers; also report.html on the parent run):  "
               + preflight.command_line("orchestrate", "report", spec.name, "--tracking-uri", spec.tracking_uri),

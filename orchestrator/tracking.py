@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import queue
@@ -29,9 +30,9 @@ from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from orchestrator import preflight, reports, runs, storage
+from orchestrator import preflight, runs, storage, tables
 from orchestrator.runs import Artifact, Status, Tag
-from orchestrator.schema import EPOCH_METRICS, DataSpec, Trial
+from orchestrator.schema import EPOCH_METRICS, CheckpointFile, DataSpec, Trial, cut
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -147,6 +148,9 @@ def quiet_mlflow() -> None:
     if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # A database error's traceback, logged before MLflow raises it as TEMPORARILY_UNAVAILABLE:
+        # the writer retries that, and a store that stays away is the sweep's one line at its end.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +314,11 @@ class TrialRecord:
             record.model_id = record._fresh_model()
             client.log_batch(record.run_id, tags=[RunTag(Tag.STATUS, Status.RUNNING),
                                                   RunTag(Tag.LOGGED_MODEL_ID, record.model_id)])
+            if "arch" not in record.logged:  # created, then the store went away before `create` logged the rest
+                params = {**encode(record.trial)[0], **library_versions()}
+                client.log_batch(record.run_id, params=[Param(k, v) for k, v in params.items()])
+                client.log_dict(record.run_id, runs.trial_to_dict(record.trial), Artifact.TRIAL)
+                record.logged.update(params)
         return record
 
     def _fresh_model(self) -> str:
@@ -397,20 +406,22 @@ class TrialRecord:
                 storage.local_checkpoint(self.sweep.storage_path, best.path if best else None) as local:
             if history:
                 path = os.path.join(tmp, Artifact.CURVES)
-                reports.plot_curves(history, path, self.trial.name)
+                tables.plot_curves(history, path, self.trial.name)
                 client.log_artifact(self.run_id, path)
             if local and os.path.isdir(local):
-                eval_file = os.path.join(local, "eval.json")
+                eval_file = os.path.join(local, CheckpointFile.EVAL)
                 if os.path.exists(eval_file):
                     with open(eval_file) as f:
                         info = json.load(f)
                     path = os.path.join(tmp, Artifact.CONFUSION)
-                    reports.plot_confusion(info, path, f"{self.trial.name} (epoch {best.epoch}, val)")
+                    tables.plot_confusion(info, path, f"{self.trial.name} (epoch {best.epoch}, val)")
                     client.log_artifact(self.run_id, path)
                     client.log_dict(self.run_id, info, Artifact.PER_CLASS)
                 client.log_artifacts(self.run_id, local, Artifact.BEST_CHECKPOINT)
+            self.sweep.alive()
             if local and os.path.isdir(local) and status != Status.FAILED:
                 log_model(client, self.run_id, self.model_id, local, best.epoch)
+                self.sweep.alive()
             elif self.model_id:
                 client.finalize_logged_model(self.model_id, LoggedModelStatus.FAILED)
         at_best = next((m for m in history if best and int(m["epoch"]) == best.epoch), None)
@@ -429,6 +440,37 @@ class TrialRecord:
 # The sweep's run
 
 
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """What Ray Tune kept in the storage of one ended trial: its results in the order it reported
+    them (those with an epoch; a retried trial's re-reported epochs included), and the checkpoints
+    they name, by epoch: `checkpoints` still there, `gone` no longer (Tune's retention deletes all
+    but the best `failure.num_to_keep`, so the best one is only gone if someone deleted it)."""
+
+    trial: Trial
+    failed: bool
+    error: str | None
+    results: list[dict[str, Any]]
+    checkpoints: dict[int, str]
+    gone: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def missing(self) -> str | None:
+        """Why this trial's record cannot be made to agree with what it trained, or None."""
+        if self.failed:
+            return None  # a failed trial has no model; its epochs, whatever is kept of them, are logged
+        if not self.results:
+            return "no results of it are left in the storage"
+        search, best = self.trial.search, None
+        for metrics in self.results:  # the best checkpointed epoch, as TrialRecord.checkpoint picks it
+            epoch, value = int(metrics["epoch"]), metrics.get(search.metric)
+            if (epoch in self.checkpoints or epoch in self.gone) and value is not None \
+                    and search.better(float(value), best[1] if best else None):
+                best = (epoch, float(value))
+        if best is not None and best[0] not in self.checkpoints:
+            return f"its best checkpoint (epoch {best[0]}) is gone from the storage: {self.gone[best[0]]}"
+        return None
+
+
 LOST_TRIAL = ("lost: the sweep's driver died before Ray Tune saved this trial, and the resumed sweep did not "
               "draw its point again")
 
@@ -441,6 +483,7 @@ class SweepRecord:
         self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
         self._left_unfinished: list | None = None  # runs an earlier driver left unfinished (open_trial)
         self.sweep_file, self.storage_path = sweep_file, storage_path
+        self.alive: Callable[[], None] = lambda: None  # told after each long step (the writer's clock)
         with store_creation_lock(uri):  # the client opens (and may create) the store; a second sweep waits
             self.client = MlflowClient(tracking_uri=uri)
             self.experiment_id = get_or_create_experiment(self.client, experiment, uri)
@@ -502,7 +545,7 @@ class SweepRecord:
     def checkpoint_history(self, path: str) -> list[dict[str, Any]]:
         """The per-epoch metrics a checkpoint carries (the engine's history.json), or []."""
         with storage.local_checkpoint(self.storage_path, path) as local:
-            file = os.path.join(local, "history.json") if local else None
+            file = os.path.join(local, CheckpointFile.HISTORY) if local else None
             if not file or not os.path.exists(file):
                 return []
             with open(file) as f:
@@ -513,18 +556,56 @@ class SweepRecord:
         return [r for r in runs.trial_runs(self.client, self.experiment_id, self.parent_run_id)
                 if r.data.tags.get(Tag.STATUS) not in runs.FINISHED_STATUSES]
 
-    def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None) -> None:
-        """After a restore: child runs whose trial Tune already holds as ended ({trial_id:
-        failed}) but whose run was never finished (the sweep died with their finishing queued)
-        are finished now, from what MLflow and the storage still hold. Given every id Tune knows,
-        a lost trial's run that no new trial continued (its point was not drawn again) ends
-        failed, saying so: nothing will ever continue it."""
-        for run in self.unfinished():
+    def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None,
+                       kept: Callable[[str], Kept | None] | None = None) -> list[str]:
+        """At the sweep's end: trials Tune holds as ended ({trial_id: failed}) whose run was never
+        finished (the sweep died with their finishing queued, or the store was away when they
+        ended), or never created (the store was away when they started), are recorded now. Given
+        `kept` (what Tune kept of a trial in the storage: Kept), from that: the missing run, every
+        epoch it does not hold, the best checkpoint as its model, then its end (see `fill_in`);
+        without, from what MLflow and the storage hold. Given every id Tune knows, a lost trial's
+        run that no new trial continued (its point was not drawn again) ends failed, saying so:
+        nothing will ever continue it. Returns what could not be recorded, one line per trial."""
+        children = runs.trial_runs(self.client, self.experiment_id, self.parent_run_id)
+        by_trial = {r.data.tags.get(Tag.TRIAL_ID, ""): r for r in children}
+        missing = []
+        for trial_id, failed in ended.items():
+            run = by_trial.get(trial_id)
+            if run is not None and run.data.tags.get(Tag.STATUS) in runs.FINISHED_STATUSES:
+                continue
+            what = kept(trial_id) if kept else None
+            if what is not None and (what.results or run is None):  # none kept: what MLflow holds stands
+                if problem := self.fill_in(what, run):
+                    missing.append(problem)
+            elif run is not None:
+                TrialRecord.reopen(self, run).finish(failed=failed)
+            self.alive()
+        for run in children:
             trial_id = run.data.tags.get(Tag.TRIAL_ID, "")
-            if trial_id in ended:
-                TrialRecord.reopen(self, run).finish(failed=ended[trial_id])
-            elif tune_trial_ids is not None and trial_id not in tune_trial_ids:
+            if (trial_id not in ended and tune_trial_ids is not None and trial_id not in tune_trial_ids
+                    and run.data.tags.get(Tag.STATUS) not in runs.FINISHED_STATUSES):
                 TrialRecord.reopen(self, run).finish(failed=True, error=LOST_TRIAL)
+        return missing
+
+    def fill_in(self, kept: Kept, run=None) -> str | None:
+        """One ended trial's record completed from what Ray Tune kept (`kept`), its run `run` or
+        none yet: every reported epoch the run does not hold (TrialRecord skips those it has, so
+        none twice), each epoch's checkpoint still in the storage, then the best checkpoint as its
+        model and its end. None when done; else what is missing (its best checkpoint gone from the
+        storage, no results kept), and the run is left as it is."""
+        trial = kept.trial
+        if problem := kept.missing():
+            return f"{trial.name} (trial {trial.trial_id}): {problem}"
+        record = TrialRecord.reopen(self, run, trial) if run is not None else self.open_trial(trial)
+        if record.trained:
+            return None
+        for metrics in kept.results:
+            epoch = int(metrics["epoch"])
+            record.epoch(metrics)
+            if epoch in kept.checkpoints:
+                record.checkpoint(epoch, kept.checkpoints[epoch])
+        record.finish(failed=kept.failed, error=kept.error)
+        return None
 
     def interrupt(self) -> None:
         """SIGINT/SIGTERM: every child run still running and the parent end KILLED, `interrupted`."""
@@ -540,16 +621,16 @@ class SweepRecord:
         version = self.register_best(results, register_as) if register_as else None
         mode = runs.selection(self.client, self.parent_run_id)[1]
         with tempfile.TemporaryDirectory() as tmp:
-            for path in reports.write_comparison(results, runs.leaderboard(results, mode), tmp):
+            for path in tables.write_comparison(results, runs.leaderboard(results, mode), tmp):
                 self.client.log_artifact(self.parent_run_id, path)
         counts: dict[str, int] = {}
         for r in results:
             counts[r.status] = counts.get(r.status, 0) + 1
         self.client.log_batch(self.parent_run_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in counts.items()])
-        from orchestrator import sweep_report  # matplotlib: only a finishing sweep draws the report
+        from orchestrator import report  # matplotlib, jinja2: only a finishing sweep draws the report
 
         try:  # report.html on the parent run, the frontier runs tagged
-            sweep_report.publish(self.client, self.experiment_id, self.parent_run_id)
+            report.publish(self.client, self.experiment_id, self.parent_run_id)
         except Exception as e:  # noqa: BLE001 - the trained sweep stands; `orchestrate report` redraws it
             warnings.warn(f"the sweep's report was not written ({type(e).__name__}: {e}); "
                           f"`orchestrate report {self.experiment}` writes it", stacklevel=2)
@@ -583,16 +664,22 @@ class SweepRecord:
 
 
 def transient(error: BaseException) -> bool:
-    """Whether `error` (or one it was raised from) is a store briefly out of reach: a connection
-    refused or cut mid-response (a tracking server restarting), a timeout, a database busy with
-    another writer (MLflow's TEMPORARILY_UNAVAILABLE). MLflow retries a refused connection itself;
-    a response cut after its headers, or a sqlite lock held past its timeout, reach us."""
+    """Whether `error` (or one it was raised from) is a store out of reach for now: a connection
+    refused or cut mid-response (a tracking server restarting or gone), a timeout, a server that
+    answers 5xx past MLflow's own retries (its database down), a database busy with another writer
+    or whose disk is full (MLflow's TEMPORARILY_UNAVAILABLE: any SQLAlchemy OperationalError), an
+    artefact written to a full disk. Each can pass; none is a wrong write."""
+    import errno
+
     import requests
 
     seen = error
     while seen is not None:
         if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                             requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+                             requests.exceptions.Timeout, requests.exceptions.RetryError, ConnectionError,
+                             TimeoutError)):
+            return True
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         if isinstance(seen, MlflowException) and seen.error_code == "TEMPORARILY_UNAVAILABLE":
             return True
@@ -600,18 +687,72 @@ def transient(error: BaseException) -> bool:
     return False
 
 
+# Per-request retries of MLflow's HTTP client in the sweep driver. MLflow's own defaults
+# (MLFLOW_HTTP_REQUEST_MAX_RETRIES 7, _BACKOFF_FACTOR 2, urllib3's back-off capped at 120 s) hold
+# one request for about 4 minutes against a server that is gone, and the writer's retries came on
+# top: a queue of a few jobs took a quarter of an hour. In the driver each request gives up after
+# 3 quick retries (about 7 s); the writer retries the job for as long as the store stays away, and
+# the sweep's end waits for it `tracking.wait_s` by the clock. A value the user set wins.
+REQUEST_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+
+
+def bound_requests() -> None:
+    """REQUEST_RETRIES for this process (the sweep driver: the only one that writes MLflow)."""
+    for key, value in REQUEST_RETRIES.items():
+        os.environ.setdefault(key, value)
+
+
+def reason(error: BaseException) -> str:
+    """What a store's error comes down to, short: '[Errno 111] Connection refused', 'too many 503
+    error responses', 'database or disk is full', ..."""
+    import re
+
+    texts, seen = [], error
+    while seen is not None and len(texts) < 10:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(texts)
+    for pattern in (r"\[Errno -?\d+\] [^'\"()\]]+", r"too many \d+ error responses", r"database or disk is full",
+                    r"database is locked", r"[Rr]ead timed out", r"No space left on device"):
+        if found := re.search(pattern, text):
+            return found.group(0).strip()
+    return cut(f"{type(error).__name__}: {texts[-1].splitlines()[0] if texts[-1] else ''}", 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outage:
+    """The store has refused every write since `since` (time.time()), for `why`; `waiting`
+    writes are queued behind the one being tried."""
+
+    since: float
+    waiting: int
+    why: str
+
+    def line(self, uri: str, now: float | None = None) -> str:
+        seconds = (now or time.time()) - self.since
+        return (f"tracking store {preflight.show_uri(uri)} unreachable for {seconds:.0f} s ({self.why}); "
+                f"{self.waiting} write(s) waiting")
+
+
 class BackgroundWriter:
     """One thread that runs MLflow work in submission order, so the caller (Tune's event loop)
-    never waits on a store. `flush()` returns when everything submitted has run. A job that fails
-    on a transient store error is run again after RETRY_WAITS_S (every job can be: an epoch or a
-    tag is written once however often it is sent, a run is found again before one is created);
-    any other error is kept (and re-raised by `flush`) without stopping the jobs after it."""
+    never waits on a store. A job that fails on a transient store error is run again, after
+    RETRY_WAITS_S and then every RETRY_WAITS_S[-1], for as long as the store stays away (every job
+    can be: an epoch or a tag is written once however often it is sent, a run is found again
+    before one is created), so an outage loses nothing and keeps the order; `outage()` says
+    since when. Any other error is kept (and re-raised by `flush`) without stopping the jobs after
+    it. `flush(timeout_s)` waits until the store has taken nothing for that long (no job ended,
+    no `alive()` from a long one); then the writer gives up (no job runs again)."""
 
-    RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0)
+    RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 
     def __init__(self):
         self._jobs: queue.Queue = queue.Queue()
         self._errors: list[BaseException] = []
+        self._given_up = threading.Event()
+        self._failing: tuple[float, BaseException] | None = None  # (first failed try, last error)
+        self._progress = time.monotonic()  # when the store last took something
         self._thread = threading.Thread(target=self._run, name="orchestrate-mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -622,27 +763,94 @@ class BackgroundWriter:
         while True:
             job = self._jobs.get()
             try:
-                self._run_job(job)
+                if not self._given_up.is_set():
+                    self._run_job(job)
             except BaseException as e:  # noqa: BLE001 - reported by flush()
                 self._errors.append(e)
             finally:
                 self._jobs.task_done()
 
     def _run_job(self, job: Callable[[], None]) -> None:
-        for wait_s in self.RETRY_WAITS_S:
+        for attempt in itertools.count():
+            tried = time.time()
             try:
-                return job()
+                job()
+                self._failing = None
+                self.alive()
+                return
             except Exception as e:  # noqa: BLE001 - only a transient one is tried again
-                if not transient(e):
+                if not transient(e) or self._given_up.is_set():
                     raise
-                time.sleep(wait_s)
-        job()
+                self._failing = (self._failing[0] if self._failing else tried, e)
+                if self._given_up.wait(self.RETRY_WAITS_S[min(attempt, len(self.RETRY_WAITS_S) - 1)]):
+                    raise
 
-    def flush(self) -> None:
-        self._jobs.join()
+    def alive(self) -> None:
+        """The store took a write: a long job (a trial's finishing, its model's upload) says so."""
+        self._progress = time.monotonic()
+
+    def outage(self) -> Outage | None:
+        """Since when the store has refused the writes, or None while it takes them."""
+        failing = self._failing
+        if failing is None:
+            return None
+        return Outage(failing[0], self.pending, reason(failing[1]))
+
+    def flush(self, timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> bool:
+        """Wait until everything submitted has run (True), re-raising the first error kept. Once
+        the store has taken nothing for `timeout_s` (counted from this call at the earliest: a
+        store that answers goes on being waited for), or when `stop()` turns true (a Ctrl-C),
+        stop waiting, give up and return False: a job in flight is left to end on its own, none
+        after it runs."""
+        started = time.monotonic()
+        with self._jobs.all_tasks_done:
+            while self._jobs.unfinished_tasks:
+                left = None if timeout_s is None else max(started, self._progress) + timeout_s - time.monotonic()
+                if (left is not None and left <= 0) or (stop is not None and stop()):
+                    self._given_up.set()
+                    return False
+                self._jobs.all_tasks_done.wait(0.2 if left is None else min(0.2, left))
         if self._errors:
             errors, self._errors = self._errors, []
             raise errors[0]
+        return True
+
+    def give_up(self) -> None:
+        self._given_up.set()
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not yet run (the one running included)."""
+        return self._jobs.unfinished_tasks
+
+
+@dataclasses.dataclass
+class _Progress:
+    """One trial: what Tune reported of it, and what the store has taken."""
+
+    epochs_reported: int = 0
+    ended: str | None = None  # "completed" (trained to its end) or "failed", as Tune reported it
+    run: bool = False
+    epochs_logged: int = 0
+    ended_logged: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Unrecorded:
+    """What the store did not take by the sweep's end: trials with no run, epochs trained and
+    not logged, trials ended whose model (and end) is not logged, and the writes left queued."""
+
+    runs: int
+    epochs: int
+    models: int
+    writes: int
+    outage: Outage | None
+
+    def counts(self) -> str:
+        parts = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in
+                 ((self.runs, "run"), (self.epochs, "epoch"), (self.models, "model")) if n]
+        listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+        return listed or f"{self.writes} write{'' if self.writes == 1 else 's'}"
 
 
 class Recorder:
@@ -652,12 +860,15 @@ class Recorder:
     def __init__(self, sweep: Callable[[], SweepRecord]):
         self._sweep_factory, self._sweep = sweep, None
         self._records: dict[str, TrialRecord] = {}
+        self._progress: dict[str, _Progress] = {}
+        self.missing: list[str] = []  # what the end's fill-in could not record (finish_orphans)
         self._writer = BackgroundWriter()
 
     @property
     def sweep(self) -> SweepRecord:  # made on the writer thread: even the first connection is off the loop
         if self._sweep is None:
             self._sweep = self._sweep_factory()
+            self._sweep.alive = self._writer.alive
         return self._sweep
 
     def _on(self, trial_id: str, action: Callable[[TrialRecord], None]) -> None:
@@ -665,16 +876,22 @@ class Recorder:
             record = self._records.get(trial_id)
             if record is not None and not record.trained:
                 action(record)
+                self._progress.setdefault(trial_id, _Progress()).epochs_logged = record.last_epoch
         self._writer.submit(job)
 
     def started(self, trial: Trial, tune_trial_ids: Collection[str] | None = None) -> None:
+        progress = self._progress.setdefault(trial.trial_id, _Progress())
+
         def job():
             if trial.trial_id not in self._records:
-                self._records[trial.trial_id] = self.sweep.open_trial(trial, tune_trial_ids)
+                record = self._records[trial.trial_id] = self.sweep.open_trial(trial, tune_trial_ids)
+                progress.run, progress.epochs_logged, progress.ended_logged = True, record.last_epoch, record.trained
         self._writer.submit(job)
 
     def result(self, trial_id: str, metrics: dict[str, Any]) -> None:
         metrics = dict(metrics)
+        progress = self._progress.setdefault(trial_id, _Progress())
+        progress.epochs_reported = max(progress.epochs_reported, int(metrics["epoch"]))
         self._on(trial_id, lambda r: r.epoch(metrics, metrics.get("checkpoint_path")))
         if metrics.get("checkpoint_path"):  # a TorchTrainer trial: Ray Train already stored it
             self.checkpoint(trial_id, int(metrics["epoch"]), metrics["checkpoint_path"])
@@ -683,18 +900,42 @@ class Recorder:
         self._on(trial_id, lambda r: r.checkpoint(epoch, path))
 
     def ended(self, trial_id: str, failed: bool = False, error: str | None = None) -> None:
-        self._on(trial_id, lambda r: r.finish(failed, error))
+        progress = self._progress.setdefault(trial_id, _Progress())
+        progress.ended = Status.FAILED if failed else Status.COMPLETED
+
+        def finish(record: TrialRecord) -> None:
+            record.finish(failed, error)
+            progress.ended_logged = True
+        self._on(trial_id, finish)
         self._writer.submit(lambda: self._records.pop(trial_id, None))
 
     def left_running(self, trial_id: str) -> None:
         """A trial Tune ended because the sweep is being interrupted: not finished here."""
         self._writer.submit(lambda: self._records.pop(trial_id, None))
 
-    def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None) -> None:
-        self._writer.submit(lambda: self.sweep.finish_orphans(ended, tune_trial_ids))
+    def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None,
+                       kept: Callable[[str], Kept | None] | None = None) -> None:
+        self._writer.submit(lambda: self.missing.extend(self.sweep.finish_orphans(ended, tune_trial_ids, kept)))
 
-    def flush(self) -> None:
-        self._writer.flush()
+    def outage(self) -> Outage | None:
+        return self._writer.outage()
+
+    def unrecorded(self) -> Unrecorded:
+        progress = list(self._progress.values())
+        return Unrecorded(runs=sum(not p.run for p in progress),
+                          epochs=sum(max(0, p.epochs_reported - p.epochs_logged) for p in progress),
+                          models=sum(p.ended == Status.COMPLETED and not p.ended_logged for p in progress),
+                          writes=self._writer.pending, outage=self._writer.outage())
+
+    def flush(self, timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> Unrecorded | None:
+        """Everything queued written (None), or, past `timeout_s` or once `stop()` (or on a second
+        Ctrl-C), what the store did not take: the writer gives up, the sweep says so and exits."""
+        try:
+            if self._writer.flush(timeout_s, stop):
+                return None
+        except KeyboardInterrupt:
+            self._writer.give_up()
+        return self.unrecorded()
 
 
 def record_evaluation(uri: str, run_id: str, split: str, result: dict[str, Any]) -> None:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import time
 
 import pytest
 
-from support import DDP_SWEEP, FAIR_SWEEP, Sweep, free_port, processes_mentioning, run_sweep
+import stores
+from support import DDP_SWEEP, FAIR_SWEEP, Sweep, processes_mentioning, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -40,36 +38,24 @@ def fair_sweep(tmp_path_factory) -> Sweep:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on 127.0.0.1, in its own process group (it starts children)."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts"),
-         "--workers", "1"],
-        cwd=folder, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
+    """A real `mlflow server` on 127.0.0.1 (sqlite, local artefacts): its URL."""
+    with stores.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
 
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
-        time.sleep(1)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+
+@pytest.fixture(scope="session")
+def pg():
+    """A real PostgreSQL on 127.0.0.1 (a stores.Postgres): a test takes its own database with
+    pg.create_database(NAME)."""
+    with stores.postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 API server (a stores.S3Server); s3.env is what a process needs to reach it."""
+    with stores.s3_server(str(tmp_path_factory.mktemp("moto"))) as server:
+        yield server
 
 
 @pytest.fixture

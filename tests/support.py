@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -44,6 +45,51 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline:
             found.append(f"{pid}: {cmdline[:200]}")
     return found
+
+
+def own_processes(marker: str) -> set[int]:
+    """Pids of the processes whose command line or environment holds `marker` (the cluster's
+    RAY_TMPDIR), plus all their descendants: Ray's dashboard modules rename themselves with
+    setproctitle, which overwrites the environment /proc shows, so they are found as children."""
+    procs: dict[int, tuple[int, bool]] = {}
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+        except (OSError, IndexError, ValueError):
+            continue
+        procs[int(entry)] = (ppid, needle in cmd or needle in env)
+    ours = {pid for pid, (_, hit) in procs.items() if hit}
+    while True:
+        children = {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours
+        if not children:
+            break
+        ours |= children
+    ours.discard(os.getpid())
+    return ours
+
+
+def kill_own_processes(marker: str) -> list[int]:
+    killed = []
+    for _ in range(5):  # a dying parent may still spawn: rescan until nothing is left
+        pids = own_processes(marker)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+    return killed
 
 
 def free_port() -> int:
@@ -214,10 +260,16 @@ def trials(uri, experiment):
 
 def logged_epochs(db) -> int:
     """val_acc rows in the store, read-only (see the resume test for why not an MlflowClient)."""
+    return store_count(db, "SELECT count(*) FROM metrics WHERE key = 'val_acc'")
+
+
+def store_count(db, query: str) -> int:
+    """A `SELECT count(*) ...` of the sqlite store at `db`, read-only; 0 while it (or the table)
+    does not exist yet."""
     if not db.exists():
         return 0
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
-            return con.execute("SELECT count(*) FROM metrics WHERE key = 'val_acc'").fetchone()[0]
+            return con.execute(query).fetchone()[0]
     except sqlite3.OperationalError:
         return 0

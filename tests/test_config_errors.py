@@ -193,7 +193,7 @@ CASES = [
     Case("missing_file_is_rejected",
          None, None, ("no such file",), subprocess=True),
     Case("directory_instead_of_a_file_is_rejected",
-         None, None, ("cannot be read: Is a directory",), file_setup="directory"),
+         None, None, ("is a folder, not a regular file; allowed: a YAML file",), file_setup="directory"),
     Case("binary_file_is_rejected",
          None, None, ("is not UTF-8 text",), file_setup="binary"),
     # --- the tracking server, probed before Ray starts
@@ -471,7 +471,7 @@ def test_gpus_per_worker_is_a_share_of_one_gpu_or_whole_gpus(value, ok):
     if ok:
         assert config.parse(raw, "x.yaml").resources.gpus_per_worker == value
     else:
-        with pytest.raises(config.ConfigError, match="resources.gpus_per_worker: .* must be in \\(0, 1\\]"):
+        with pytest.raises(config.ConfigError, match="resources.gpus_per_worker: .* must be in \\[0.01, 1\\]"):
             config.parse(raw, "x.yaml")
 
 

@@ -47,7 +47,7 @@ def assert_refused(folder, monkeypatch, capsys, key: str, *says: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# imagefolder: decoded before Ray, into the cache the trials read
+# imagefolder: decoded before Ray, into this machine's cache (the sweep's driver ships it to the trials)
 
 
 def test_a_corrupt_jpeg_in_an_image_folder_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
@@ -66,7 +66,7 @@ def test_an_image_declaring_too_many_pixels_is_one_line_naming_it(tmp_path, monk
     assert_refused(tmp_path, monkeypatch, capsys, "dataset.root", "train/dog/bomb.png", "declares an image of")
 
 
-def test_a_good_image_folder_is_decoded_by_the_check_into_the_cache_the_trials_read(tmp_path, monkeypatch, capsys):
+def test_a_good_image_folder_is_decoded_by_the_check_into_the_cache_the_driver_reads(tmp_path, monkeypatch, capsys):
     write_tree(tmp_path / "tree")
     sweep_file(tmp_path, f"{{name: imagefolder, root: {tmp_path / 'tree'}, val_fraction: 0.2}}")
     assert config.load(str(tmp_path / "bad.yaml")).dataset.root == str(tmp_path / "tree")

@@ -95,6 +95,21 @@ def test_export_out_naming_a_file_is_one_line_and_exit_2_before_the_store_is_rea
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and (tmp_path / "taken").read_text() == "mine"
 
 
+def test_export_names_its_file_after_the_run_but_never_writes_outside_out(finished_run, tmp_path):
+    # The run's name comes from the store, where anyone with write access may rename it.
+    uri, run_id, _ = finished_run
+    client = tracking.MlflowClient(tracking_uri=uri)
+    name = client.get_run(run_id).info.run_name
+    client.update_run(run_id, name="../../x")
+    out = tmp_path / "a" / "b"
+    try:
+        assert cli.main(["export", run_id, "--format", "pt2", "--out", str(out), "--tracking-uri", uri,
+                         "--no-log"]) == 0
+    finally:
+        client.update_run(run_id, name=name)
+    assert [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()] == ["a/b/x.pt2"]
+
+
 def test_the_trials_run_carries_its_inference_cost_and_provenance(finished_run):
     uri, run_id, _ = finished_run
     run = tracking.MlflowClient(tracking_uri=uri).get_run(run_id)

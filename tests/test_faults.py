@@ -12,6 +12,7 @@ share of the suite's time."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -29,7 +30,8 @@ import urllib.parse
 import pytest
 import torch
 
-from support import REPO, logged_epochs, metric_steps, processes_mentioning, run_cli, sweep_through, trials, wait_for
+from support import (REPO, logged_epochs, metric_steps, processes_mentioning, run_cli, store_count, sweep_through, trials,
+                     wait_for)
 from orchestrator import cli, config, engine, ray_train, runs, storage, tracking
 from orchestrator.data import load_splits
 from orchestrator.runs import ROLE_SWEEP, Status, Tag
@@ -50,8 +52,9 @@ models:
 @pytest.fixture(scope="module")
 def trial_folder(tmp_path_factory):
     """Three real epochs of vgg11 (width 0.125) on synthetic data, checkpointed as Tune lays a
-    trial out (trial/checkpoint_000000 ...): (folder, [metrics per epoch])."""
-    folder = tmp_path_factory.mktemp("storage") / "vgg11_t1"
+    trial out (<storage>/<experiment>/trial/checkpoint_000000 ..., and result.json: one result a
+    line, naming its checkpoint): (folder, [metrics per epoch])."""
+    folder = tmp_path_factory.mktemp("storage") / "faults-1" / "vgg11_t1"
     torch.set_num_threads(1)
     run = fresh_engine()
     history = []
@@ -62,6 +65,8 @@ def trial_folder(tmp_path_factory):
             shutil.copytree(checkpoint_dir, folder / f"checkpoint_{metrics['epoch'] - 1:06d}")
 
     run.fit(Keep())
+    (folder / "result.json").write_text("".join(json.dumps({**m, "checkpoint_dir_name": f"checkpoint_{i:06d}"}) + "\n"
+                                                for i, m in enumerate(history)))
     return folder, history
 
 
@@ -398,23 +403,37 @@ def the_runs(uri: str, experiment: str):
     return client, by_name, parents
 
 
-def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_says_why_it_cannot_go_on(
-        tmp_path, ray_tmpdir):
-    mount = tmp_path / "storage"
+@contextlib.contextmanager
+def small_tmpfs(mount, size: str):
+    """A tmpfs of `size` (e.g. "32m") mounted on the new folder `mount`, unmounted afterwards; the
+    test is skipped where mounting is not allowed."""
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], capture_output=True,
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
                              text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()[:120]})")
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(mount) -> None:
+    """The disk under `mount` full, by a file `filler` in it."""
+    with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"\0" * (1 << 16))
+
+
+def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_says_why_it_cannot_go_on(
+        tmp_path, ray_tmpdir):
+    with small_tmpfs(tmp_path / "storage", "32m") as mount:
         (tmp_path / "sweep.yaml").write_text(one_trial_sweep("e2e-disk-full", str(mount)))
 
         def fill_the_disk(proc):
             wait_for(lambda: glob.glob(str(mount / "*" / "resnet18_*" / "checkpoint_000000")), 600, proc,
                      "the first checkpoint")
-            with open(mount / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * (1 << 20))
+            fill(mount)
 
         code, out = sweep_through(tmp_path, ray_tmpdir, fill_the_disk, timeout_s=300)
         # The trial fails on the full disk; the sweep still ends as a sweep: no traceback, the
@@ -443,8 +462,6 @@ def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_say
             assert {n: r.info.run_id for n, r in after.items()} == {n: r.info.run_id for n, r in by_name.items()}
             assert after[run.info.run_name].data.tags[Tag.STATUS] == Status.COMPLETED
             assert metric_steps(client, run.info.run_id) == [1, 2, 3, 4]
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
 def test_a_double_ctrl_c_quits_at_once_marks_the_runs_and_resume_finishes_past_checkpoints_cut_short(
@@ -499,3 +516,33 @@ def test_a_double_ctrl_c_quits_at_once_marks_the_runs_and_resume_finishes_past_c
     # The trial did read past the cut checkpoints (its warnings are in Ray's worker logs).
     logs = "".join(open(p, errors="replace").read() for p in glob.glob(f"{ray_tmpdir}/**/worker-*.err", recursive=True))
     assert "training from the first epoch" in logs
+
+
+def test_sigterm_while_the_sweep_registers_its_best_model_exits_143_marks_the_parent_and_resume_finishes_it(
+        tmp_path, ray_tmpdir):
+    # After Tune's loop, Ray's own SIGTERM handler (sys.exit(15)) used to be back: exit 15, or 0
+    # with "Exception ignored ... SystemExit: 15", and the parent run left RUNNING.
+    (tmp_path / "sweep.yaml").write_text(one_trial_sweep("e2e-sigterm-finish", epochs=2, steps=4))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def sigterm_while_registering(proc):
+        wait_for(lambda: store_count(tmp_path / "mlflow.db", "SELECT count(*) FROM model_versions"), 600, proc,
+                 "the best model's registration")
+        proc.send_signal(signal.SIGTERM)
+
+    code, out = sweep_through(tmp_path, ray_tmpdir, sigterm_while_registering, timeout_s=300)
+    assert code == 143, out[-3000:]
+    assert "Exception ignored" not in out and "Traceback" not in out, out[-3000:]
+    assert processes_mentioning(ray_tmpdir) == []
+    client, by_name, parents = the_runs(uri, "e2e-sigterm-finish")
+    (run,) = by_name.values()
+    assert run.data.tags[Tag.STATUS] == Status.COMPLETED  # trained and recorded before the signal
+    assert parents[0].info.status == "KILLED"
+    (command,) = [ln.strip() for ln in out.splitlines() if ln.strip().startswith("orchestrate sweep ")]
+    resumed = run_cli(shlex.split(command)[1:], cwd=tmp_path, env={"RAY_TMPDIR": ray_tmpdir})
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, after, parents = the_runs(uri, "e2e-sigterm-finish")
+    assert {n: r.info.run_id for n, r in after.items()} == {n: r.info.run_id for n, r in by_name.items()}
+    assert parents[0].info.status == "FINISHED"
+    assert client.get_model_version_by_alias("e2e-sigterm-finish", "best").run_id == run.info.run_id
+    assert metric_steps(client, run.info.run_id) == [1, 2]

@@ -81,6 +81,21 @@ def _state(folder: str, text: str) -> Callable[[Path], None]:
     return setup
 
 
+class _ReadOnlyMount:
+    """An empty read-only tmpfs at tmp/ro (root, the test set-up, writes anywhere else)."""
+
+    def __init__(self, tmp: Path):
+        self.folder = tmp / "ro"
+        self.folder.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(self.folder)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.strip()[:120]})")
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.folder)], capture_output=True)
+
+
 def _checkpoint(tmp: Path) -> None:
     (tmp / "ckpt").mkdir()
     (tmp / "ckpt" / "state.pt").write_bytes(b"not a torch checkpoint")
@@ -177,7 +192,8 @@ PROBES = [
           says=("tracking.uri: file:///etc/passwd: /etc/passwd is a file, not a file store's folder",)),
     Probe("tracking_on_postgresql_without_its_driver",
           **sweep(sweep_yaml(), "--tracking-uri", "postgresql://me:s3cret@127.0.0.1/mlflow"),
-          says=("tracking.uri: postgresql://me:***@127.0.0.1/mlflow: its driver is not installed",),
+          says=("tracking.uri: postgresql://me:***@127.0.0.1/mlflow: its driver is not installed",
+                "use postgresql+psycopg2://... with pip install 'orchestrate[postgres]'"),
           never=("s3cret",)),
     Probe("tracking_in_a_file_that_is_not_sqlite",
           **sweep(sweep_yaml(), "--tracking-uri", "sqlite:///{tmp}/junk.db", files={"junk.db": b"\x00" * 64 + b"junk"}),
@@ -201,6 +217,25 @@ PROBES = [
           says=("--resume: {tmp}/ray_results/bad-input-1/orchestrate_sweep.json names no MLflow parent run",)),
     Probe("resume_with_nothing_to_resume", **sweep(sweep_yaml(), "--resume"),
           says=("bad.yaml: --resume: no earlier run of 'bad-input' under {tmp}/ray_results",)),
+    # --- resources Ray refuses only once it has started, and data too large to make
+    Probe("cpus_per_worker_of_1e-7", **sweep(sweep_yaml(resources="{cpus_per_worker: 1.0e-7}"), run=True),
+          says=("bad.yaml: resources.cpus_per_worker: 1e-07 is less than 0.01; allowed: 0.01 or more",)),
+    Probe("driver_cpus_of_1e-7", **sweep(sweep_yaml(resources="{num_workers: 2, cpus_per_worker: 0.5, "
+                                                              "driver_cpus: 1.0e-7}"), run=True),
+          says=("bad.yaml: resources.driver_cpus: 1e-07 is less than 0.01; allowed: 0.01 or more",)),
+    Probe("gpus_per_worker_of_1e-7", **sweep(sweep_yaml(resources="{use_gpu: true, gpus_per_worker: 1.0e-7}")),
+          says=("resources.gpus_per_worker: 1e-07 must be in [0.01, 1] (a share of one GPU) or a whole number",)),
+    Probe("synthetic_data_of_10_to_the_12_images",
+          **sweep(sweep_yaml(dataset="{name: synthetic, synthetic_size: 1000000000000}")),
+          says=("bad.yaml: dataset.synthetic_size: 1000000000000 is not in [4, 100000]",)),
+    # --- the sweep file itself: only a regular file is read (a FIFO would block forever, /dev/zero never end)
+    Probe("sweep_file_that_is_a_fifo", ["sweep", "fifo.yaml"], setup=lambda tmp: os.mkfifo(tmp / "fifo.yaml"),
+          says=("fifo.yaml: is a FIFO (named pipe), not a regular file; allowed: a YAML file",)),
+    Probe("sweep_file_that_is_a_fifo_run_for_real", ["sweep", "fifo.yaml"], run=True,
+          setup=lambda tmp: os.mkfifo(tmp / "fifo.yaml"), says=("fifo.yaml: is a FIFO (named pipe), not a regular file",)),
+    Probe("sweep_file_that_is_dev_zero", ["sweep", "/dev/zero"],
+          says=("/dev/zero: is a character device, not a regular file; allowed: a YAML file",)),
+    Probe("sweep_file_that_is_a_folder", ["sweep", "{tmp}"], says=("{tmp}: is a folder, not a regular file",)),
     # --- places: what this machine holds (no --address: a local cluster)
     Probe("more_cpus_per_worker_than_the_machine", **sweep(sweep_yaml(resources="{cpus_per_worker: 4096}"), run=True),
           says=("resources.cpus_per_worker: 1 workers x 4096 CPU = 4096 CPUs, but this machine has",)),
@@ -254,6 +289,19 @@ PROBES = [
           says=("compare: --tracking-uri: ftp://host/x: 'ftp' is not a tracking store",)),
     Probe("compare_store_named_by_the_environment", ["compare"], env={"MLFLOW_TRACKING_URI": NO_SUCH_DB},
           says=("compare: MLFLOW_TRACKING_URI: no MLflow store at",)),
+    # --- report and export: an --out nothing can be written in, refused before the store is read
+    Probe("report_out_where_nothing_may_be_written", ["report", "--out", "/sys/orchestrate-test/r.html"],
+          says=("report: --out: '/sys/orchestrate-test/r.html': cannot write in /sys",)),
+    Probe("report_out_under_a_file", ["report", "--out", "{tmp}/taken/r.html"], files={"taken": "a file"},
+          says=("report: --out: '{tmp}/taken/r.html': {tmp}/taken is a file, not a folder",)),
+    Probe("report_out_in_a_read_only_folder", ["report", "--out", "{tmp}/ro/r.html"], setup=_ReadOnlyMount,
+          says=("report: --out: '{tmp}/ro/r.html': cannot write in {tmp}/ro (Read-only file system)",)),
+    Probe("export_out_in_a_read_only_folder", ["export", "0123", "--out", "{tmp}/ro/sub"], setup=_ReadOnlyMount,
+          says=("export: --out: '{tmp}/ro/sub': cannot write in {tmp}/ro (Read-only file system)",)),
+    Probe("export_out_where_nothing_may_be_written", ["export", "0123", "--out", "/sys/orchestrate-test"],
+          files=EMPTY_STORE, says=("export: --out: '/sys/orchestrate-test': cannot write in /sys",)),
+    Probe("export_out_under_a_file", ["export", "0123", "--out", "{tmp}/taken/sub"], files={"taken": "a file"},
+          says=("export: --out: '{tmp}/taken/sub': {tmp}/taken is a file, not a folder",)),
     Probe("ui_on_port_99999", ["ui", "--port", "99999"],
           says=("orchestrate ui: argument --port: '99999' is not a port in 1..65535",)),
     Probe("ui_on_a_port_in_use", ["ui", "--port", str(UI_BUSY_PORT)], files=EMPTY_STORE, setup=_listening,

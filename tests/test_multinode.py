@@ -20,7 +20,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from support import DDP_SWEEP, REPO, logged_epochs, run_cli
+from support import DDP_SWEEP, REPO, kill_own_processes, logged_epochs, own_processes, run_cli
 from orchestrator.runs import ROLE_TRIAL, Tag
 
 pytestmark = pytest.mark.ray
@@ -74,51 +73,6 @@ def port_in_use(port: int) -> bool:
     with socket.socket() as s:  # and nothing answers there (a listener with SO_REUSEPORT)
         s.settimeout(2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def own_processes(marker: str) -> set[int]:
-    """Pids of the processes whose command line or environment holds `marker` (the cluster's
-    RAY_TMPDIR), plus all their descendants: Ray's dashboard modules rename themselves with
-    setproctitle, which overwrites the environment /proc shows, so they are found as children."""
-    procs: dict[int, tuple[int, bool]] = {}
-    needle = marker.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-        except (OSError, IndexError, ValueError):
-            continue
-        procs[int(entry)] = (ppid, needle in cmd or needle in env)
-    ours = {pid for pid, (_, hit) in procs.items() if hit}
-    while True:
-        children = {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours
-        if not children:
-            break
-        ours |= children
-    ours.discard(os.getpid())
-    return ours
-
-
-def kill_own_processes(marker: str) -> list[int]:
-    killed = []
-    for _ in range(5):  # a dying parent may still spawn: rescan until nothing is left
-        pids = own_processes(marker)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except ProcessLookupError:
-                pass
-        time.sleep(1)
-    return killed
 
 
 @dataclass

@@ -100,3 +100,60 @@ def test_warnings_and_tracebacks_of_the_cli_process_mask_uri_passwords():
     assert "(MlflowException: API request to http://me:***@host/api failed)" in result.stderr
     assert "RuntimeError: API request to http://me:***@host:5000/api/2.0/mlflow/runs/get failed" in result.stderr
     assert result.stderr.count("me:***@host/api failed") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A tracking server's password in the URI: used, never printed, never stored in the storage
+
+
+def test_a_pickled_sweep_spec_holds_the_tracking_password_masked_and_only_this_process_gets_it_back():
+    from orchestrator import config, schema
+
+    spec = config.parse({"name": "s", "models": [{"arch": "resnet18"}]}, "s.yaml",
+                        {"tracking_uri": "http://me:s3cret@h:5000", "storage_path": "/tmp/x"})
+    stored = pickle.dumps(spec)  # what Tune writes: tuner.pkl, the searcher's state
+    assert b"s3cret" not in stored and b"http://me:***@h:5000" in stored
+    assert pickle.loads(stored).tracking_uri == "http://me:s3cret@h:5000"  # this process was given it
+    given = dict(schema._GIVEN_URIS)
+    schema._GIVEN_URIS.clear()
+    try:  # a process that was not: MLFLOW_TRACKING_USERNAME/PASSWORD, not a masked password
+        assert pickle.loads(stored).tracking_uri == "http://h:5000"
+    finally:
+        schema._GIVEN_URIS.update(given)
+
+
+SECRET_SWEEP = """\
+name: e2e-secret
+dataset: {name: digits}
+train: {epochs: 2, batch_size: 32, lr: 0.05, warmup_epochs: 0.5, steps_per_epoch: 4, benchmark_inference: false}
+resources: {num_workers: 1, cpus_per_worker: 1}
+search: {scheduler: fifo}
+models:
+  - {arch: resnet18, knobs: {width: 0.125}}
+"""
+
+
+@pytest.mark.ray
+def test_a_sweep_through_a_tracking_uri_with_a_password_neither_prints_nor_stores_it(mlflow_server, tmp_path,
+                                                                                     ray_tmpdir):
+    # A plain `mlflow server` ignores the credentials: what is proven is where the password goes.
+    from mlflow import MlflowClient
+
+    from orchestrator.runs import ROLE_TRIAL, Status, Tag
+    from support import run_cli
+
+    uri = mlflow_server.replace("http://", "http://me:s3cret@")
+    (tmp_path / "sweep.yaml").write_text(SECRET_SWEEP)
+    result = run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri, "-q"], cwd=tmp_path,
+                     env={"RAY_TMPDIR": ray_tmpdir}, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "View run" not in result.stdout  # MLflow's own lines: the URI as given
+    files = [p for p in (tmp_path / "ray_results").rglob("*") if p.is_file()]
+    assert any(p.name == "tuner.pkl" for p in files) and any(p.name.startswith("searcher-state") for p in files)
+    assert [str(p) for p in files if b"s3cret" in p.read_bytes()] == []
+    # ... and the sweep did record through it: the trial's run finished with its model
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("e2e-secret")
+    (trial,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL]
+    assert trial.info.status == "FINISHED" and trial.data.tags[Tag.STATUS] == Status.COMPLETED

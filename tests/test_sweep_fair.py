@@ -7,6 +7,7 @@ resumed after a killed driver is in test_resilience.py."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pytest
@@ -60,9 +61,15 @@ def test_compare_by_arch_equals_a_hand_computation_from_the_child_runs(fair_swee
         mine = [r for r in fair_sweep.trials() if r.data.tags[Tag.ARCH] == arch]
         scores = [r.data.metrics["model_val_acc"] for r in by_phase(fair_sweep, "seeds") if r.data.tags[Tag.ARCH] == arch]
         mean, sd = statistics.fmean(scores), statistics.stdev(scores)
-        half = stats.t.ppf(0.975, len(scores) - 1) * sd / len(scores) ** 0.5
+        # Student's t on the logits, mapped back (clipped 1e-3 inside [0, 1] first)
+        logits = [math.log(p / (1 - p)) for p in (min(max(v, 1e-3), 1 - 1e-3) for v in scores)]
+        centre = statistics.fmean(logits)
+        half = stats.t.ppf(0.975, len(scores) - 1) * statistics.stdev(logits) / len(scores) ** 0.5
+        expit = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
         assert row["n"] == 2 and row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(sd)
-        assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+        assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(expit(centre - half)),
+                                                       pytest.approx(expit(centre + half)))
+        assert 0 <= row["ci95_low"] <= row["ci95_high"] <= 1
         assert row["trials"] == len(mine) == 4
         hours = sum(float(r.data.tags[Tag.TRAIN_SECONDS]) for r in mine) / 3600
         assert row["device_hours"] == pytest.approx(hours, rel=1e-3)
@@ -72,3 +79,5 @@ def test_compare_by_arch_equals_a_hand_computation_from_the_child_runs(fair_swee
     other = min(rows.values(), key=lambda r: r["mean"])
     overlap = other["ci95_high"] >= leader["ci95_low"] and other["ci95_low"] <= leader["ci95_high"]
     assert other["rank"] == ("tied" if overlap else "")
+    if not overlap:  # only a tied entry says what separating it would cost
+        assert other["seeds_to_separate"] is None and other["separate_device_hours"] is None

@@ -1,4 +1,4 @@
-"""The sweep report (orchestrator/sweep_report.py): the Pareto frontier and the plain answers as
+"""The sweep report (orchestrator/report.py): the Pareto frontier and the plain answers as
 pure functions, the page's escaping, the page a sweep without a completed trial gets, and one real
 sweep reported by `orchestrate report` and opened in headless Chromium with the network blocked."""
 
@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from orchestrator import cli, runs, sweep_report
+from orchestrator import cli, report, runs
 from orchestrator.runs import Standing, Tag
-from orchestrator.sweep_report import Answer, pareto_front
+from orchestrator.report import Answer, pareto_front
 from support import chromium, run_cli
 
 
@@ -58,7 +58,7 @@ def test_answers_name_the_best_the_fastest_within_99_percent_and_the_smallest_wi
              standing("mobilenet_v2", 0.885, latency_ms=3.0, params=2.2e6),  # >= 0.882 only: may be the smallest
              standing("alexnet", 0.800, latency_ms=0.3, params=0.5e6)]  # fastest and smallest, too inaccurate
     labels = [s.arch for s in board]
-    best, fastest, smallest, tied = sweep_report.answers(board, labels, "val_acc", "max")
+    best, fastest, smallest, tied = report.answers(board, labels, "val_acc", "max")
     assert best == Answer("most accurate (val_acc)", 0, "resnet18 (0.900 ± 0.004, 95% interval 0.890-0.910, n=3)")
     assert fastest.question == "fastest (batch-1 latency) at >= 99% of the best val_acc (>= 0.891)"
     assert (fastest.entry, fastest.text) == (1, "vgg11 (1.50 ms; val_acc 0.895)")
@@ -71,7 +71,7 @@ def test_answers_for_a_loss_say_lowest_and_within_a_share_above_the_best():
     board = [standing("resnet18", 0.300, metric="val_loss", latency_ms=4.0, leader=True, tied=True),
              standing("vgg11", 0.302, metric="val_loss", latency_ms=1.0),  # <= 0.303: within 1%
              standing("alexnet", 0.400, metric="val_loss", latency_ms=0.2, params=1)]
-    best, fastest, smallest, tied = sweep_report.answers(board, [s.arch for s in board], "val_loss", "min")
+    best, fastest, smallest, tied = report.answers(board, [s.arch for s in board], "val_loss", "min")
     assert best.question == "lowest val_loss" and best.text == "resnet18 (0.300, one run)"
     assert fastest.question == "fastest (batch-1 latency) within 1% of the best val_loss (<= 0.303)"
     assert fastest.text == "vgg11 (1.00 ms; val_loss 0.302)"
@@ -83,7 +83,7 @@ def test_answers_for_a_loss_say_lowest_and_within_a_share_above_the_best():
 def test_when_no_entry_near_the_best_has_a_measured_latency_the_answer_says_so():
     board = [standing("resnet18", 0.90, latency_ms=None, leader=True, tied=True, low=0.88, high=0.92, std=0.01, n=2),
              standing("vgg11", 0.70, latency_ms=0.5, low=0.69, high=0.71, std=0.01, n=2, tied=False)]
-    _, fastest, smallest, tied = sweep_report.answers(board, ["resnet18", "vgg11"], "val_acc", "max")
+    _, fastest, smallest, tied = report.answers(board, ["resnet18", "vgg11"], "val_acc", "max")
     assert fastest.entry is None
     assert fastest.text == "no entry that reaches it has a measured latency (1 reach it)"
     assert smallest.text.endswith("the most accurate entry itself")
@@ -92,7 +92,7 @@ def test_when_no_entry_near_the_best_has_a_measured_latency_the_answer_says_so()
 
 def test_an_entrys_label_is_its_arch_unless_the_arch_is_in_several_entries():
     board = [standing("resnet18", 0.9, entry=0), standing("resnet18", 0.8, entry=2), standing("vgg11", 0.7, entry=1)]
-    assert sweep_report.labels_of(board) == ["resnet18 [0]", "resnet18 [2]", "vgg11"]
+    assert report.labels_of(board) == ["resnet18 [0]", "resnet18 [2]", "vgg11"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,32 +102,32 @@ def test_an_entrys_label_is_its_arch_unless_the_arch_is_in_several_entries():
 HOSTILE = "<script>alert('x')</script>"
 
 
-def hostile_report() -> sweep_report.ReportData:
+def hostile_report() -> report.ReportData:
     board = [standing(HOSTILE, 0.9, config='cfg"><img src=x onerror=alert(1)>', std=0.01, low=0.88, high=0.92,
                       n=2, leader=True, tied=True),
              standing("vgg11", 0.8, latency_ms=0.5, params=2e5)]
-    labels = sweep_report.labels_of(board)
-    entries = tuple(sweep_report.EntryView(
+    labels = report.labels_of(board)
+    entries = tuple(report.EntryView(
         s, label, family=f"{HOSTILE} family",
-        curve=((1, 0.5), (2, s.mean)), trials=(sweep_report.TrialPoint(0.05, 0.5, s.mean - 0.1),
-                                              sweep_report.TrialPoint(0.1, 1.0, s.mean)),
+        curve=((1, 0.5), (2, s.mean)), trials=(report.TrialPoint(0.05, 0.5, s.mean - 0.1),
+                                              report.TrialPoint(0.1, 1.0, s.mean)),
         search_trials=2, seed_trials=0, failed_trials=0) for s, label in zip(board, labels))
-    provenance = sweep_report.Provenance(
+    provenance = report.Provenance(
         sweeps=(f"sweep-1 {HOSTILE}",), sweep_file_name=f"{HOSTILE}.yaml",
         sweep_file_text=f"name: x\n</pre>{HOSTILE}\ntracking: {{uri: http://me:***@host}}\n",
         train=(("lr", HOSTILE),), search=(("metric", "val_acc"),), dataset=HOSTILE, dataset_digests=("abc",),
         git_commits=(), versions=(("torch", "2.14.1"),), devices=(HOSTILE,), infer_devices=(), started=None, ended=None)
-    return sweep_report.ReportData(
+    return report.ReportData(
         experiment=HOSTILE, scope="sweep run x", metric="val_acc", mode="max", entries=entries,
-        frontiers=sweep_report.frontiers(board, "max"),
-        answers=tuple(sweep_report.answers(board, labels, "val_acc", "max")), provenance=provenance,
+        frontiers=report.frontiers(board, "max"),
+        answers=tuple(report.answers(board, labels, "val_acc", "max")), provenance=provenance,
         statuses=(("completed", 4),), generated="now")
 
 
 def test_names_configs_and_the_sweep_file_from_the_store_cannot_inject_markup_into_the_page():
-    page = sweep_report.render(hostile_report())
+    page = report.render(hostile_report())
     assert "<script" not in page.lower() and "<img src=x" not in page  # no markup but the page's own
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page  # markupsafe's escapes
     assert "&lt;/pre&gt;" in page
     assert "script-src" not in page and "default-src 'none'" in page  # the CSP forbids scripts and fetches
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing to fetch
@@ -136,7 +136,7 @@ def test_names_configs_and_the_sweep_file_from_the_store_cannot_inject_markup_in
 def test_a_report_without_a_completed_trial_is_a_small_page_that_says_so():
     data = dataclasses.replace(hostile_report(), entries=(), frontiers=(), answers=(),
                                statuses=(("failed", 2),))
-    page = sweep_report.render(data)
+    page = report.render(data)
     assert "no trial completed with a model (trials: 2 failed); nothing to report" in page
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>") and "<img" not in page
 
@@ -156,7 +156,7 @@ def test_a_sweep_whose_only_trial_failed_logs_a_report_saying_so_and_the_command
     assert [r.status for r in results] == ["failed"] and version is None
 
     (tmp_path / "logged").mkdir()
-    logged = sweep.client.download_artifacts(sweep.parent_run_id, sweep_report.REPORT_FILE, str(tmp_path / "logged"))
+    logged = sweep.client.download_artifacts(sweep.parent_run_id, report.REPORT_FILE, str(tmp_path / "logged"))
     page = open(logged, encoding="utf-8").read()
     assert "no trial completed with a model (trials: 1 failed)" in page and "<table" not in page
     assert not any(r.data.tags.get(Tag.PARETO) for r in sweep.client.search_runs([sweep.experiment_id]))
@@ -182,7 +182,7 @@ def frontier_from_store(client, experiment_id, parent):
     results = runs.results(client, experiment_id, parent)
     mode = runs.selection(client, parent)[1]
     board = runs.leaderboard(results, mode)
-    labels = sweep_report.labels_of(board)
+    labels = report.labels_of(board)
     fronts = {cost: [labels[i] for i in pareto_front([(getattr(s, cost), s.mean) for s in board], mode)]
               for cost in ("latency_ms", "params", "flops")}
     on = {board[i].entry for cost in fronts for i, s in enumerate(board) if labels[i] in fronts[cost]}
@@ -204,7 +204,7 @@ def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_a
     assert len(board) == 2 and all(s.n == 2 for s in board)  # one row per entry, each over its 2 seed runs
 
     # The sweep logged its report and tagged the frontier's runs.
-    assert sweep_report.REPORT_FILE in {a.path for a in client.list_artifacts(parent)}
+    assert report.REPORT_FILE in {a.path for a in client.list_artifacts(parent)}
     tagged = {r.info.run_id for r in fair_sweep.trials() if r.data.tags.get(Tag.PARETO) == "true"}
     assert tagged == frontier_runs
     found = client.search_runs([experiment.experiment_id], f"tags.{Tag.PARETO} = 'true'")
@@ -242,7 +242,7 @@ def test_report_of_a_real_sweep_renders_offline_with_its_leaderboard_frontiers_a
             assert img.evaluate("e => e.complete && e.naturalWidth") > 0 and box["width"] > 100 and box["height"] > 100
         rows = page.locator("#leaderboard-table tbody tr")
         assert rows.count() == len(board)
-        assert rows.locator("td:nth-child(2)").all_inner_texts() == sweep_report.labels_of(board)
+        assert rows.locator("td:nth-child(2)").all_inner_texts() == report.labels_of(board)
         for cost, names in fronts.items():
             assert page.locator(f'.frontier[data-cost="{cost}"] .member').all_inner_texts() == names, cost
         assert "most accurate (val_acc):" in page.locator("#answers").inner_text()

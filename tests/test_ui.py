@@ -1,7 +1,8 @@
 """`orchestrate ui` end to end: the MLflow UI served on 127.0.0.1 for the real e2e sweep's store,
 opened in headless Chromium (Debian's /usr/bin/chromium driven by Playwright; Playwright's own
 browsers are never downloaded), shows the experiment, both child runs of the sweep, a val_acc
-chart and the registered best model with its alias. Screenshots of each view are saved (see `_shot_dir`) as evidence."""
+chart, the registered best model with its alias, and the compare-runs page the sweep's summary
+links to. Screenshots of each view are saved (see `_shot_dir`) as evidence."""
 
 from __future__ import annotations
 
@@ -222,6 +223,21 @@ def test_ui_shows_experiment_child_runs_val_acc_chart_and_the_registered_best_mo
                 expect(row.first).to_contain_text(re.compile(r"@\s*best"), **wait)  # the alias chip
                 mark("registered model with alias")
                 page.screenshot(path=shots / "4-registered-model.png")
+
+                # 5. The link the sweep's summary gives opens the comparison itself: MLflow's
+                # compare-runs page of the sweep's trials (not the collapsed parent and an empty
+                # chart view), their run names and val_acc side by side.
+                link = re.search(r"Compare the trials there:\s+(\S+)", ddp_sweep.result.stdout)
+                assert link, ddp_sweep.result.stdout[-2000:]
+                assert link.group(1).startswith("http://127.0.0.1:5000/#/compare-runs?")  # `orchestrate ui`'s default
+                page.goto(url + link.group(1)[len("http://127.0.0.1:5000"):])
+                expect(page.get_by_text(f"Comparing {len(trials)} Runs from 1 Experiment").first).to_be_visible(**wait)
+                for t in trials:
+                    expect(page.get_by_text(t.info.run_name, exact=True).first).to_be_visible(**wait)
+                expect(page.get_by_text("val_acc").first).to_be_visible(**wait)
+                _close_assistant(page)
+                mark("compare-runs page from the summary's link")
+                page.screenshot(path=shots / "5-compare-runs.png")
                 assert not errors, f"uncaught errors in the page: {errors}"
             except BaseException:
                 try:

@@ -3,7 +3,8 @@
 
 - `cifar10`/`cifar100`: the python-pickle batches (torchvision downloads them on request);
 - `imagefolder`: a `train/<class>/*.jpg|png` tree, as a directory or a .zip read in memory, its
-  decoded tensors cached per machine (`CACHE_ENV`) so a sweep's trials decode it once;
+  decoded tensors cached per machine (`CACHE_ENV`), so a sweep's driver, `evaluate` and `export`
+  decode it once (a sweep's trials get the driver's copy through Ray's object store);
 - `digits`: scikit-learn's bundled 8x8 digits, upscaled (works offline);
 - `synthetic`: seeded coloured noise a model can learn, for tests and smoke runs.
 
@@ -425,7 +426,7 @@ def _check_declared_pixels(raw: bytes) -> None:
 
 
 # Decoded imagefolder tensors are cached outside the repository, keyed by the source's path,
-# size and mtime, so the many trials of a sweep decode a 50,000-image zip once per machine.
+# size and mtime, so the commands run on one machine decode a 50,000-image zip once.
 
 
 def _cache_dir() -> str | None:

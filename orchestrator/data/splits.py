@@ -59,7 +59,7 @@ def load_splits(spec: DataSpec) -> Splits:
 def check_source(spec: DataSpec) -> int:
     """Load `spec`'s data as a trial will and return how many images its training split holds:
     CIFAR is downloaded if asked, and its batches are read and checked; an imagefolder is decoded
-    once, into the cache its trials then read. A sweep calls it before Ray starts, so bad data is a
+    once, into this machine's cache (the sweep's driver reads it from there and ships it). A sweep calls it before Ray starts, so bad data is a
     one-line error, never a failed trial. Raises DataError as load_splits would."""
     _check_settings(spec)
     train_data, _, _ = load_source(spec)

@@ -1,7 +1,8 @@
-"""What a sweep shows a person: the comparison table (terminal, CSV, markdown) and the plots
-(learning curves, confusion matrix, accuracy vs size and speed). Pure formatting and drawing: the
-rows are `runs.Result` records (read from MLflow by runs.py), the histories the trials' epochs.
-matplotlib draws with Agg (no display anywhere we run)."""
+"""Tables and per-run plots (the HTML report is orchestrator/report/): the comparison table and
+the leaderboard (terminal, CSV, JSON, markdown) and the plots (learning curves, confusion matrix,
+accuracy vs size and speed). Pure formatting and drawing: the rows are `runs.Result` records (read
+from MLflow by runs.py), the histories the trials' epochs. matplotlib draws with Agg (no display
+anywhere we run)."""
 
 from __future__ import annotations
 
@@ -180,7 +181,8 @@ def render(results: Sequence, fmt: str) -> str:
 # runs (mean, sample std, 95% t interval of the mean, n). `rank`: the leader, and the entries whose
 # interval overlaps the leader's (statistically tied with it).
 LEADERBOARD_COLUMNS = ("rank", "entry", "arch", "config", "metric", "mean", "std", "ci95_low", "ci95_high", "n",
-                       "params", "flops", "latency_ms", "infer_imgs_per_s", "device_hours", "trials")
+                       "params", "flops", "latency_ms", "infer_imgs_per_s", "device_hours", "trials",
+                       "seeds_to_separate", "separate_device_hours")
 
 
 def leaderboard_table(standings: Sequence) -> Table:
@@ -189,7 +191,7 @@ def leaderboard_table(standings: Sequence) -> Table:
 
     return Table(LEADERBOARD_COLUMNS, [[rank(s), s.entry, s.arch, s.config, s.metric, s.mean, s.std, s.low, s.high,
                                         s.n, s.params, s.flops, s.latency_ms, s.infer_imgs_per_s, s.device_hours,
-                                        s.trials] for s in standings])
+                                        s.trials, s.seeds_to_separate, s.separate_device_hours] for s in standings])
 
 
 def write_comparison(results: Sequence, standings: Sequence, folder: str) -> list[str]:
