@@ -395,8 +395,10 @@ def first_epoch_after(client, run_id: str, t: float) -> tuple[int, float]:
 
 # SPREAD_SWEEP (one DDP rank per node) made long enough for two interruptions.
 NODE_LOSS_SWEEP = SPREAD_SWEEP.replace("name: multinode-ddp", "name: multinode-node-loss").replace(
-    "epochs: 3", "epochs: 10") + "failure: {max_failures: 1, max_preemptions: 1}\n"
-DRAIN_DEADLINE_S = 10
+    "epochs: 3", "epochs: 16") + "failure: {max_failures: 1, max_preemptions: 1}\n"
+# Training after the drain (14 epochs, ~1.3 s each on a quiet 2-core machine) must outlast the
+# watcher's poll (5 s) and this deadline, or the trial ends before the preemption takes effect.
+DRAIN_DEADLINE_S = 5
 
 
 @pytest.mark.slow
@@ -404,7 +406,7 @@ def test_a_ddp_trial_outlives_a_lost_node_and_a_preempted_one_each_charged_to_it
         fake_cluster, tmp_path):
     # max_failures 1 and max_preemptions 1: had the preemption been charged to max_failures (or the
     # lost node to max_preemptions), the second restart would have failed the trial.
-    assert "STRICT_SPREAD" in NODE_LOSS_SWEEP and "epochs: 10" in NODE_LOSS_SWEEP
+    assert "STRICT_SPREAD" in NODE_LOSS_SWEEP and "epochs: 16" in NODE_LOSS_SWEEP
     # Two nodes for the trial's ranks and a spare for each interruption: the fake autoscaler would
     # not replace a lost node (see fake_cluster.yaml); a cloud's would, in the instance's start time.
     fake_cluster.worker_nodes(4)
@@ -447,10 +449,10 @@ def test_a_ddp_trial_outlives_a_lost_node_and_a_preempted_one_each_charged_to_it
               if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL]
     assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
     for key in ("val_acc", "train_loss", "val_loss", "lr", "restarts", "preemptions"):
-        assert metric_steps(client, run.info.run_id, key) == list(range(1, 11)), key  # every epoch, once
+        assert metric_steps(client, run.info.run_id, key) == list(range(1, 17)), key  # every epoch, once
     restarts = {m.step: int(m.value) for m in client.get_metric_history(run.info.run_id, "restarts")}
     preemptions = {m.step: int(m.value) for m in client.get_metric_history(run.info.run_id, "preemptions")}
-    assert restarts[1] == 0 and restarts[10] == 1 and preemptions[1] == 0 and preemptions[10] == 1, (
+    assert restarts[1] == 0 and restarts[16] == 1 and preemptions[1] == 0 and preemptions[16] == 1, (
         restarts, preemptions)
 
     # Three worker groups: the lost and the drained node each held a rank of one of them. Both
