@@ -17,7 +17,9 @@ one (its trial actor), a TorchTrainer trial about seven (trial actor, controller
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -28,8 +30,15 @@ import ray
 import ray.train
 import ray.tune
 import torch
+from ray.exceptions import RayActorError
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.controller.state import RestartingState
+from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
+from ray.train.v2._internal.execution.worker_group.poll import _is_preempted_actor
+from ray.train.v2.api.exceptions import PreemptionError, TrainingFailedError, WorkerGroupError
+from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator import data, engine, storage
+from orchestrator import data, engine, runs, storage
 from orchestrator.config import SweepSpec
 from orchestrator.schema import Resources, Tracking, Trial
 
@@ -55,12 +64,14 @@ class Ending:
 ENDING = Ending()
 
 
-# Ray Train V2's per-trial machinery, lighter where it costs a DDP trial time and buys nothing on
-# nodes that are not spot instances: the controller polls its workers every 0.2 s instead of 2 s
-# (a finished trial is noticed sooner), and no preemption-watcher actor (one more cold Python
-# process per worker group). A value set in the nodes' environment (e.g. `ray start` on spot
-# nodes with RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1) wins. Measured: benchmarks/RESULTS.md.
-TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# Ray Train V2's per-trial machinery, lighter where it costs a DDP trial time: the controller polls
+# its workers every 0.2 s instead of 2 s (a finished trial is noticed sooner). Its preemption
+# watcher (one more cold Python process per worker group) runs only where preemptions are
+# restarted (failure.max_preemptions > 0): it sees a node drained for preemption and restarts the
+# worker group from the last checkpoint by the drain's deadline, charged to the preemption budget.
+# A value set in the nodes' environment wins. Measured: benchmarks/RESULTS.md.
+TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 class TuneReporter:
@@ -154,11 +165,12 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str, source: tu
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer  # only multi-worker trials need Ray Train's torch side
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     for key, value in TRAIN_ENV_DEFAULTS.items():  # read by the Train controller this trial starts
         os.environ.setdefault(key, value)
+    os.environ.setdefault(PREEMPTION_WATCHER, "1" if trial.failure.max_preemptions > 0 else "0")
     res = trial.resources
+    restarts = RestartCounts()
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config={"trial": trial, "source": source},
@@ -169,11 +181,93 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str, source: tu
             name=f"{run_name}-{trial.trial_id}",
             storage_path=spec.storage_path,
             checkpoint_config=checkpoint_config(CheckpointConfig, trial),
-            failure_config=FailureConfig(max_failures=trial.failure.max_failures),
-            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=trial.failure.max_failures,
+                                         max_preemption_failures=trial.failure.max_preemptions),
+            callbacks=[restarts, ReportWithRestarts(restarts)],
         ),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:  # out of restarts: one line for the summary, not Ray's dump
+        raise TrialFailedError(training_failure(e, trial.failure)) from None
+
+
+class TrialFailedError(RuntimeError):
+    """A DDP trial's worker group failed past its restarts; the message is the reason, one line."""
+
+
+def training_failure(error: TrainingFailedError, failure) -> str:
+    """Why Ray Train gave up on a DDP trial, in one line: which budget ran out, and what each
+    failed rank saw. A rank whose peer's node died usually fails first, on its broken connection,
+    before Ray has noticed the dead node."""
+    if isinstance(error, PreemptionError):
+        return (f"preempted: node(s) {', '.join(error.preemption_info.preempted_node_ids)} drained for preemption, "
+                f"and failure.max_preemptions ({failure.max_preemptions}) allows no more restarts")
+    if not isinstance(error, WorkerGroupError):
+        return f"Ray Train's controller failed: {_last_line(str(error))}"
+    ranks = []
+    for rank, e in sorted(error.worker_failures.items()):
+        e = getattr(e, "health_check_failure", e)  # a worker that died: WorkerHealthCheckFailedError
+        text = str(e)
+        if isinstance(e, RayActorError):
+            ranks.append(f"rank {rank}'s node was preempted" if e.preempted
+                         else f"rank {rank}'s worker process or its node died")
+        elif "Connection reset by peer" in text or "Connection closed by peer" in text:
+            ranks.append(f"rank {rank} lost its connection to another rank (that rank's worker or node died)")
+        else:
+            ranks.append(f"rank {rank}: {_last_line(text)}")
+    budget = (f"failure.max_preemptions ({failure.max_preemptions})"
+              if any(_is_preempted_actor(e) for e in error.worker_failures.values())
+              else f"failure.max_failures ({failure.max_failures})")
+    return f"the DDP worker group failed and {budget} allows no more restarts: " + "; ".join(ranks)
+
+
+class _IncompleteTrialsLog(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Trials did not complete")
+
+
+def quiet_trial_failures() -> None:
+    """Ray Tune's error log of each failed trial (its whole traceback) and of the trials that did
+    not complete, off the terminal: the sweep's summary gives each failed trial's reason in one
+    line, as does its run's `error` tag; the traceback stays in the trial's error.txt in the
+    storage (and `-v` shows Ray's logs)."""
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # read when Tune's loop starts
+    log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _IncompleteTrialsLog) for f in log.filters):
+        log.addFilter(_IncompleteTrialsLog())
+
+
+def _last_line(text: str, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[-1] if lines else "no message"
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+class RestartCounts(ControllerCallback):
+    """Counts a DDP trial's worker-group restarts in its Train controller, by the budget Ray
+    Train's failure policy charges each to (its own test: a PreemptionError, or a worker lost with
+    its node drained for preemption, is a preemption; anything else a failure)."""
+
+    def __init__(self):
+        self.counts = dict.fromkeys(runs.RESTART_COUNTS, 0)
+
+    def after_controller_state_update(self, previous_state, current_state):
+        if isinstance(current_state, RestartingState):
+            preempted = _is_preemption_failure(current_state.training_failed_error)
+            self.counts["preemptions" if preempted else "restarts"] += 1
+
+
+class ReportWithRestarts(TuneReportCallback):
+    """Ray Tune's report callback; each epoch's metrics carry the restarts so far. (Pickled to the
+    controller in one callback list with its RestartCounts, so both hold the same one.)"""
+
+    def __init__(self, restarts: RestartCounts):
+        super().__init__()
+        self.restarts = restarts
+
+    def after_report(self, run_context, metrics, checkpoint):
+        super().after_report(run_context, [{**metrics[0], **self.restarts.counts}, *metrics[1:]], checkpoint)
 
 
 def checkpoint_config(cls, trial_or_spec):
@@ -282,7 +376,7 @@ def _trial_error(trial) -> str:
             lines = [ln for ln in open(path).read().splitlines() if ln.strip()]
             for ln in reversed(lines):
                 if "Diverged" in ln or "Error" in ln or "Exception" in ln:
-                    return ln.strip()
+                    return re.sub(r"^orchestrator\.(?:\w+\.)*", "", ln.strip())  # our module path: noise
             return lines[-1] if lines else "failed"
     except Exception:  # noqa: BLE001
         return traceback.format_exc(limit=1)

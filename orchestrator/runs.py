@@ -15,7 +15,8 @@ module only knows the shapes.
                  code_sha256 (a user's model: its file's sha256, also a tag)
          tags    trial_id, arch, family, status, best_epoch, best_value, best_checkpoint,
                  logged_model_id, model_format, orchestrate.trial (the resolved Trial, JSON)
-         metrics every EPOCH_METRICS key per epoch (step = epoch); model_<metric> at best_epoch
+         metrics every EPOCH_METRICS key per epoch (step = epoch); model_<metric> at best_epoch;
+                 a DDP trial's RESTART_COUNTS per epoch
          files   trial.json, curves.png, confusion_matrix.png, per_class_accuracy.json,
                  best_checkpoint/, model (a LoggedModel), model_meta.json, code/FILE.py (a user's model)
 """
@@ -100,6 +101,9 @@ INFERENCE_PARAMS = ("infer_precision", "infer_device", "infer_latency_batch", "i
                     "infer_num_threads")
 INFERENCE_METRICS = ("infer_latency_b1_ms", "infer_latency_b1_iqr_ms", "infer_imgs_per_s", "infer_peak_mem_mb")
 ONCE_PARAMS = MODEL_FACTS + SPLIT_SIZES + PROVENANCE + INFERENCE_PARAMS
+# A DDP trial's worker-group restarts so far (metrics, step = epoch), one per budget: after a failure
+# (a worker or its node lost: failure.max_failures) and after a preemption (failure.max_preemptions).
+RESTART_COUNTS = ("restarts", "preemptions")
 # The libraries every child run records (params, at its start).
 LIBRARY_VERSIONS = ("torch_version", "torchvision_version", "ray_version", "mlflow_version")
 

@@ -376,6 +376,9 @@ class Failure:
     """`failure:` — retries and checkpoint retention."""
 
     max_failures: int = setting(0, "restarts per trial from its last checkpoint", check=non_negative)
+    max_preemptions: int = setting(10, "restarts per DDP trial from its last checkpoint after a node drained for "
+                                       "preemption (a spot reclaim), counted apart from max_failures; > 0 turns "
+                                       "on Ray Train's preemption watcher", check=non_negative)
     num_to_keep: int = setting(2, "checkpoints kept per trial (the best by search.metric are kept)",
                                check=at_least(1))
 

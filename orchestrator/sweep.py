@@ -91,6 +91,7 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     every worker's log lines instead."""
     if verbosity <= 0:
         tracking.quiet_mlflow()
+        ray_train.quiet_trial_failures()
     # Every place the sweep uses (store, storage, earlier run, cluster) is checked before Ray
     # starts and before any MLflow run exists.
     restore_name, address = preflight.check_sweep(spec, address=address, resume=resume)

@@ -366,7 +366,7 @@ class TrialRecord:
         dataset = self.trial.dataset
         facts = {k: str(int(v) if k in runs.MODEL_FACTS + runs.SPLIT_SIZES else v)
                  for k in runs.ONCE_PARAMS if k not in self.logged and (v := metrics.get(k)) is not None}
-        keys = EPOCH_METRICS + (runs.INFERENCE_METRICS if "infer_precision" in facts else ())
+        keys = EPOCH_METRICS + runs.RESTART_COUNTS + (runs.INFERENCE_METRICS if "infer_precision" in facts else ())
         digest = facts.get("dataset_digest") or self.dataset_digest
         if "dataset_digest" in facts:
             # The first report (engine.describe): the data's content digest, and the dataset as

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from support import DDP_SWEEP, REPO, kill_own_processes, run_cli
+from support import DDP_SWEEP, REPO, kill_own_processes, logged_epochs, own_processes, run_cli
 from orchestrator.runs import ROLE_TRIAL, Tag
 
 pytestmark = pytest.mark.ray
@@ -102,6 +103,23 @@ class FakeCluster:
         env["HOME"] = self.tmpdir
         return subprocess.run([RAY_CLI, "status", "--address", ADDRESS], env=env, capture_output=True, text=True,
                               timeout=120)
+
+    def worker_nodes(self, count: int, timeout_s: float = 600) -> set[str]:
+        """At least `count` live worker nodes, launched by the autoscaler on request
+        (`ray.autoscaler.sdk.request_resources`, one node's CPUs per bundle); their ids."""
+        script = ("import sys, ray\nfrom ray.autoscaler.sdk import request_resources\n"
+                  "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR')\n"
+                  f"request_resources(bundles=[{{'CPU': 2}}] * {count})\n")
+        out = subprocess.run([sys.executable, "-c", script, ADDRESS], env=self.env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        deadline = time.time() + timeout_s
+        while True:
+            alive = {n["node_id"] for n in self.state()["nodes"] if n["alive"] and not n["head"]}
+            if len(alive) >= count:
+                return alive
+            assert time.time() < deadline, f"{len(alive)} of {count} worker nodes after {timeout_s} s"
+            time.sleep(2)
 
     def sweep(self, folder: Path, text: str, uri: str) -> subprocess.CompletedProcess:
         (folder / "sweep.yaml").write_text(text)
@@ -270,3 +288,241 @@ def test_ddp_across_two_nodes_through_a_real_mlflow_server_gives_the_single_node
         assert all(math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-5) for (_, x), (_, y) in zip(a, b)), (metric, a, b)
     assert ({a.path for a in client.list_artifacts(run.info.run_id)}
             == {a.path for a in twin_client.list_artifacts(twin.info.run_id)})
+
+
+# ---------------------------------------------------------------------------------------------
+# A node lost, and a node preempted, while a DDP trial trains across two of them
+
+
+def node_processes(marker: str, node_id: str) -> set[int]:
+    """Pids of one fake node: the processes the provider started with the node's id in their
+    environment (its raylet and agents; the raylet's workers inherit it), and their descendants."""
+    needle = f"RAY_OVERRIDE_NODE_ID_FOR_TESTING={node_id}".encode()
+    ours, found = own_processes(marker), set()
+    for pid in ours:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.add(pid)
+        except OSError:
+            continue
+    parents = {}
+    for pid in ours:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                parents[pid] = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    while True:
+        children = {pid for pid, ppid in parents.items() if ppid in found} - found
+        if not children:
+            return found
+        found |= children
+
+
+def kill_node(cluster: FakeCluster, node_id: str, training: bool = True) -> float:
+    """SIGKILL every process of the node at once, as a machine that vanishes (`training`: one
+    of them a DDP worker; else the node may have gone already, as Ray ends a drained node once it
+    is idle); the time of the kill."""
+    pids = node_processes(cluster.tmpdir, node_id)
+    commands = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                commands.append(f.read().split(b"\0")[0].decode(errors="replace"))
+        except OSError:
+            pass
+    if training:
+        assert any("raylet" in c for c in commands) and any("RayTrainWorker" in c for c in commands), commands
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return time.time()
+
+
+def a_worker_only_node(cluster: FakeCluster, before: dict) -> str:
+    """The node of one of the trial's live DDP workers that holds neither the trial's own process
+    nor its Train controller (losing those is the driver's loss, not a worker node's)."""
+    now = cluster.state()
+    alive = [a for a in new_actors(before, now, "") if a["state"] == "ALIVE"]
+    workers = {a["node_id"] for a in alive if a["class_name"].endswith("RayTrainWorker")}
+    drivers = {a["node_id"] for a in alive if a["class_name"].endswith(("ImplicitFunc", "TrainController"))}
+    candidates = sorted(workers - drivers)
+    return candidates[0] if len(workers) == 2 and candidates else ""
+
+
+def start_sweep_on(cluster: FakeCluster, folder: Path, text: str, uri: str) -> subprocess.Popen:
+    (folder / "sweep.yaml").write_text(text)
+    out = open(folder / "out.txt", "w")
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", "sweep.yaml", "--address", ADDRESS,
+                             "--tracking-uri", uri], cwd=folder, env=cluster.env, stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def wait(predicate, timeout_s: float, proc: subprocess.Popen, what: str, folder: Path):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n"
+                                 f"{(folder / 'out.txt').read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(proc: subprocess.Popen, folder: Path, timeout_s: float = 600) -> tuple[int, str]:
+    try:
+        proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, (folder / "out.txt").read_text()
+
+
+def first_epoch_after(client, run_id: str, t: float) -> tuple[int, float]:
+    """The first epoch logged after time `t`, and when it started training (its log time less
+    its own epoch_s): the worker group training again."""
+    logged = {m.step: m.timestamp / 1000 for m in client.get_metric_history(run_id, "val_acc")}
+    took = {m.step: m.value for m in client.get_metric_history(run_id, "epoch_s")}
+    step = min(s for s, at in logged.items() if at > t)
+    return step, logged[step] - took[step]
+
+
+# SPREAD_SWEEP (one DDP rank per node) made long enough for two interruptions.
+NODE_LOSS_SWEEP = SPREAD_SWEEP.replace("name: multinode-ddp", "name: multinode-node-loss").replace(
+    "epochs: 3", "epochs: 16") + "failure: {max_failures: 1, max_preemptions: 1}\n"
+# Training after the drain (14 epochs, ~1.3 s each on a quiet 2-core machine) must outlast the
+# watcher's poll (5 s) and this deadline, or the trial ends before the preemption takes effect.
+DRAIN_DEADLINE_S = 5
+
+
+@pytest.mark.slow
+def test_a_ddp_trial_outlives_a_lost_node_and_a_preempted_one_each_charged_to_its_own_budget(
+        fake_cluster, tmp_path):
+    # max_failures 1 and max_preemptions 1: had the preemption been charged to max_failures (or the
+    # lost node to max_preemptions), the second restart would have failed the trial.
+    assert "STRICT_SPREAD" in NODE_LOSS_SWEEP and "epochs: 16" in NODE_LOSS_SWEEP
+    # Two nodes for the trial's ranks and a spare for each interruption: the fake autoscaler would
+    # not replace a lost node (see fake_cluster.yaml); a cloud's would, in the instance's start time.
+    fake_cluster.worker_nodes(4)
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    before = fake_cluster.state()
+    proc = start_sweep_on(fake_cluster, tmp_path, NODE_LOSS_SWEEP, uri)
+    try:
+        # 1. Node loss: a worker node SIGKILLed (raylet, agents, its DDP rank) after epoch 1 is logged.
+        lost = wait(lambda: a_worker_only_node(fake_cluster, before), 600, proc, "two DDP workers", tmp_path)
+        wait(lambda: logged_epochs(db) >= 1, 600, proc, "epoch 1 logged", tmp_path)
+        killed_at = kill_node(fake_cluster, lost)
+        # Ray Train restarts the worker group from the epoch-1 checkpoint, on two live nodes.
+        wait(lambda: logged_epochs(db) >= 2, 600, proc, "an epoch after the restart", tmp_path)
+
+        # 2. Preemption, early enough that training outlasts the drain's deadline: a worker-only
+        # node of the new group drained as a spot reclaim is, then taken away after the deadline
+        # (if Ray has not ended it already, as it does a drained node once it is idle).
+        drained = wait(lambda: (n := a_worker_only_node(fake_cluster, before)) != lost and n, 120, proc,
+                       "the restarted workers", tmp_path)
+        out = subprocess.run([RAY_CLI, "drain-node", "--address", ADDRESS, "--node-id", drained,
+                              "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
+                              f"--deadline-remaining-seconds={DRAIN_DEADLINE_S}"],
+                             env=fake_cluster.env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        drained_at = time.time()
+        time.sleep(max(0.0, drained_at + DRAIN_DEADLINE_S + 3 - time.time()))
+        reclaimed_at = kill_node(fake_cluster, drained, training=False)
+    except BaseException:
+        proc.kill()  # the job's actors go with its driver
+        proc.wait()
+        raise
+    code, output = finish(proc, tmp_path)
+    assert code == 0, output[-4000:]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("multinode-node-loss").experiment_id])
+              if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL]
+    assert run.data.tags["status"] == "completed" and run.info.status == "FINISHED"
+    for key in ("val_acc", "train_loss", "val_loss", "lr", "restarts", "preemptions"):
+        assert metric_steps(client, run.info.run_id, key) == list(range(1, 17)), key  # every epoch, once
+    restarts = {m.step: int(m.value) for m in client.get_metric_history(run.info.run_id, "restarts")}
+    preemptions = {m.step: int(m.value) for m in client.get_metric_history(run.info.run_id, "preemptions")}
+    assert restarts[1] == 0 and restarts[16] == 1 and preemptions[1] == 0 and preemptions[16] == 1, (
+        restarts, preemptions)
+
+    # Three worker groups: the lost and the drained node each held a rank of one of them. Both
+    # nodes are dead in Ray's view.
+    after = fake_cluster.state()
+    ranks = new_actors(before, after, "RayTrainWorker")
+    assert len(ranks) == 6 and len({a["placement_group_id"] for a in ranks}) == 3, ranks
+    assert {lost, drained} <= {a["node_id"] for a in ranks}
+    dead = {n["node_id"] for n in after["nodes"] if not n["alive"]}
+    assert {lost, drained} <= dead, after["nodes"]
+
+    lost_step, lost_back = first_epoch_after(client, run.info.run_id, killed_at)
+    drain_step, drain_back = first_epoch_after(client, run.info.run_id, reclaimed_at)
+    print(f"\nnode lost (SIGKILL) -> training again: {lost_back - killed_at:.1f} s (epoch {lost_step}); "
+          f"preemption drain ({DRAIN_DEADLINE_S} s deadline) -> training again: {drain_back - drained_at:.1f} s "
+          f"(epoch {drain_step})")
+    assert lost_back > killed_at and drain_back > drained_at
+
+
+@pytest.mark.slow
+def test_with_no_restarts_allowed_a_lost_node_fails_its_trial_and_the_summary_says_why(fake_cluster, tmp_path):
+    text = SPREAD_SWEEP.replace("name: multinode-ddp", "name: multinode-no-restarts").replace(
+        "epochs: 3", "epochs: 4") + "failure: {max_failures: 0}\n"
+    db = tmp_path / "mlflow.db"
+    before = fake_cluster.state()
+    proc = start_sweep_on(fake_cluster, tmp_path, text, f"sqlite:///{db}")
+    try:
+        lost = wait(lambda: a_worker_only_node(fake_cluster, before), 600, proc, "two DDP workers", tmp_path)
+        wait(lambda: logged_epochs(db) >= 1, 600, proc, "epoch 1 logged", tmp_path)
+        kill_node(fake_cluster, lost)
+    except BaseException:
+        proc.kill()  # the job's actors go with its driver
+        proc.wait()
+        raise
+    code, output = finish(proc, tmp_path)
+    assert code == 1, output[-4000:]  # no trial trained to the end
+    assert "Traceback" not in output, output[-4000:]
+    (line,) = [ln for ln in output.splitlines() if ln.startswith("  resnet18-width0.125-lr0.05 (")]
+    print("\n" + line)
+    assert "1 of 1 trial(s) failed:" in output and re.search(r"node|died|worker", line, re.I), output[-3000:]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("multinode-no-restarts").experiment_id])
+              if r.data.tags.get(Tag.ROLE) == ROLE_TRIAL]
+    assert run.data.tags["status"] == "failed" and run.info.status == "FAILED"
+    assert run.data.tags["error"] in line
+    assert metric_steps(client, run.info.run_id, "val_acc")[0] == 1
+
+
+def test_a_ddp_trial_out_of_restarts_fails_with_one_line_naming_the_budget_and_what_each_rank_saw():
+    # Ray Train's own exceptions, as trainer.fit() raises them (no cluster needed).
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    from orchestrator.ray_train import training_failure
+    from orchestrator.schema import Failure
+
+    lost = WorkerGroupError("...", {
+        1: RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:55476: Connection reset by peer."),
+        0: WorkerHealthCheckFailedError("Worker health check failed.", ActorDiedError())})
+    assert training_failure(lost, Failure()) == (
+        "the DDP worker group failed and failure.max_failures (0) allows no more restarts: rank 0's worker process "
+        "or its node died; rank 1 lost its connection to another rank (that rank's worker or node died)")
+    bug = WorkerGroupError("...", {0: ValueError("Traceback (most recent call last):\n  ...\nValueError: bad")})
+    assert training_failure(bug, Failure(max_failures=2)) == (
+        "the DDP worker group failed and failure.max_failures (2) allows no more restarts: rank 0: ValueError: bad")
+    preempted = PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"ab12": [1]}), True)
+    assert training_failure(preempted, Failure(max_preemptions=3)) == (
+        "preempted: node(s) ab12 drained for preemption, and failure.max_preemptions (3) allows no more restarts")
