@@ -526,3 +526,52 @@ def test_a_ddp_trial_out_of_restarts_fails_with_one_line_naming_the_budget_and_w
     preempted = PreemptionError(PreemptionInfo(deadline_ms=None, preempted_node_to_ranks={"ab12": [1]}), True)
     assert training_failure(preempted, Failure(max_preemptions=3)) == (
         "preempted: node(s) ab12 drained for preemption, and failure.max_preemptions (3) allows no more restarts")
+
+
+# Issue 22: a user's own model file, named in the sweep file as PATH.py:NAME, reaches the worker
+# nodes through Ray's runtime_env (py_modules) and is imported there (a trial's working folder is
+# Tune's trial folder: nothing on its sys.path holds the file).
+OWN_NET = textwrap.dedent('''\
+    from typing import Literal
+
+    from torch import nn
+
+
+    def small_cnn(num_classes: int, width: int = 4, act: Literal["relu", "gelu"] = "relu"):
+        return nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU() if act == "relu" else nn.GELU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+    ''')
+
+OWN_SWEEP = textwrap.dedent("""\
+    name: multinode-own-model
+    dataset: {name: digits, val_fraction: 0.1}
+    train: {epochs: 1, batch_size: 32, warmup_epochs: 0.5, seed: 0}
+    resources: {num_workers: 1, cpus_per_worker: 1, driver_cpus: 0.1}
+    search: {scheduler: fifo, num_samples: 1}
+    models:
+      - arch: nets/own.py:small_cnn
+        knobs: {act: {grid: [relu, gelu]}}
+    """)
+
+
+def test_a_users_model_file_is_shipped_to_the_worker_nodes_and_trains_there(fake_cluster, tmp_path):
+    import hashlib
+
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "own.py").write_text(OWN_NET)
+    before = fake_cluster.state()
+    result = fake_cluster.sweep(tmp_path, OWN_SWEEP, f"sqlite:///{tmp_path}/mlflow.db")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    after = fake_cluster.state()
+    head_ids = {n["node_id"] for n in after["nodes"] if n["head"]}
+    drivers = new_actors(before, after, "ImplicitFunc")  # each trial's own process, which trains it
+    assert len(drivers) == 2 and not {a["node_id"] for a in drivers} & head_ids, drivers
+
+    client, runs = trial_runs(f"sqlite:///{tmp_path}/mlflow.db", "multinode-own-model")
+    digest = hashlib.sha256((tmp_path / "nets" / "own.py").read_bytes()).hexdigest()
+    assert sorted(r.data.params["knobs.act"] for r in runs) == ["gelu", "relu"]
+    for run in runs:
+        assert run.data.tags["status"] == "completed" and metric_steps(client, run.info.run_id, "val_acc") == [1]
+        assert run.data.params["arch"] == "nets/own.py:small_cnn"
+        assert digest in run.data.params.values()  # the file's sha256 in the run record
