@@ -233,7 +233,7 @@ def test_ray_job_stop_marks_the_runs_killed_logs_the_resume_command_and_submit_r
 @pytest.mark.ray
 @pytest.mark.slow
 def test_submit_returns_the_sweeps_exit_code_and_ctrl_c_stops_the_job(job_cluster, tmp_path):
-    sweep_file(tmp_path, "job-submit", epochs=4)
+    sweep_file(tmp_path, "job-submit", epochs=40)  # still training when Ctrl-C comes, on a quiet machine too
     # Bad input found here: one line, exit 2, no job.
     before = job_cluster.ray("list").stdout.count("submission_id=")
     bad = job_cluster.orchestrate("submit", "sweep.yaml", "--tracking-uri", "http://me:pw@127.0.0.1:1",
