@@ -147,6 +147,17 @@ def _follow(jobs, job_id: str, out) -> bool:
     on: the sweep's stopping, its resume command), a second one stops waiting. Whether it was
     stopped from here."""
     stopped, stream = False, _Stream(out)
+    # SIGINT explicitly: a process started in the background (a shell's `&`, a CI job) inherits it
+    # ignored, and then neither Python nor asyncio.run ever raises KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _follow_until_done(jobs, job_id, out, stream)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _follow_until_done(jobs, job_id: str, out, stream) -> bool:
+    stopped = False
     while True:
         try:
             asyncio.run(stream.tail(jobs, job_id))
