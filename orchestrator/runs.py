@@ -343,7 +343,12 @@ def results(client: MlflowClient, experiment_id: str, parent_run_id: str | None 
     """Every trial run (of one sweep when `parent_run_id` is given), ranked by the sweep's own
     metric and mode, each read at the run's logged model."""
     runs = trial_runs(client, experiment_id, parent_run_id)
-    metric, mode = selection(client, parent_run_id, runs)
+    return read_results(runs, *selection(client, parent_run_id, runs))
+
+
+def read_results(runs: Sequence[Run], metric: str, mode: str) -> list[Result]:
+    """The runs as Results ranked by `metric` and `mode`, marked on or off the Pareto set of their
+    sweep's objectives (mark_pareto)."""
     wanted, select = objectives(runs)
     return mark_pareto(rank((result(r, metric, tuple(wanted or ())) for r in runs), mode), wanted, select)
 

@@ -213,3 +213,32 @@ def test_tpe_with_objectives_is_one_multi_objective_optuna_study_per_entry_fed_e
     seed_cfg = searcher.suggest("s0")
     # The seed run re-trains the knee: scaled distances 1 (0.95, 2.0), 0.471 (0.90, 1.0), 1 (0.80, 0.5).
     assert seed_cfg["phase"] == "seeds" and seed_cfg["model"]["lr"] == cfgs[1]["model"]["lr"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def test_the_report_draws_the_pareto_set_and_names_its_trials_and_the_selected_one_escaped():
+    from orchestrator import report
+    from orchestrator.report.model import ObjectivePoint
+    from test_sweep_report import HOSTILE, hostile_report
+
+    names = ["A", "B", "C", HOSTILE]
+    values = [(0.95, 2.0), (0.90, 1.0), (0.85, 1.5), (0.80, 0.5)]
+    on = pareto.front(values, DIRS)
+    chosen = pareto.select(values, DIRS, "knee")
+    trials = tuple(ObjectivePoint(n, f"r{i}", v, i in on, i == chosen) for i, (n, v) in enumerate(zip(names, values)))
+    data = dataclasses.replace(hostile_report(), objectives=(("val_acc", "max"), ("infer_latency_b1_ms", "min")),
+                               select="knee", trials=trials)
+    page = report.render(data)
+    section = page.split('<section id="objectives">', 1)[1].split("</section>", 1)[0]
+    assert '<figure id="pareto-front"><img src="data:image/svg+xml;base64,' in section
+    members = section.split('id="pareto-members">', 1)[1].split("</span>.", 1)[0]
+    assert "(3 of 4 trials with a model)" in members
+    assert [m.split("</span>")[0] for m in members.split('<span class="member">')[1:]] == \
+           ["A", "B", "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"]
+    assert "search.select knee: B</span>" in section
+    assert "<script" not in page.lower()
+    # Without objectives there is no such section.
+    assert 'id="objectives"' not in report.render(hostile_report())
