@@ -188,6 +188,14 @@ def render(results: Sequence, fmt: str) -> str:
     return trial_table(results).render(fmt)
 
 
+def pareto_line(results: Sequence) -> str:
+    """What the `pareto` column means for these results (a sweep with search.objectives)."""
+    names = ", ".join(name for name, _ in results[0].objectives)
+    picked = next((r.name for r in results if r.selected), "none")
+    return (f"pareto: on the Pareto set over {names} ({sum(bool(r.pareto) for r in results)} of "
+            f"{sum(r.has_model for r in results)} trials with a model); search.select picked {picked}")
+
+
 # One row per model entry: its best configuration and the metric over that configuration's seed
 # runs (mean, sample std, 95% t interval of the mean, n). `rank`: the leader, and the entries whose
 # interval overlaps the leader's (statistically tied with it).
