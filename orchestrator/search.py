@@ -10,7 +10,10 @@ A fair comparison of architectures needs each entry searched and judged on its o
   is the old single bracket over the whole sweep);
 - each repeat of a point trains with its own seed (`train.seed` + repeat), and with
   `search.seeds: k` each entry's best configuration is trained again with k fresh seeds, to the
-  full budget, never stopped early: the leaderboard's spread comes from those.
+  full budget, never stopped early: the leaderboard's spread comes from those;
+- with `search.objectives` (two or three metrics), TPE's study per entry is multi-objective, the
+  seed runs re-train the entry's trial that `search.select` picks from its Pareto set, and nothing
+  is stopped early (the scheduler is fifo: see schema.Search.implied).
 
 A trial's config is `{"model": point, "entry": i, "repeat": r, "phase": "search" | "seeds"}`;
 `SweepSpec.trial` makes it a `Trial`.
