@@ -242,3 +242,28 @@ def test_the_report_draws_the_pareto_set_and_names_its_trials_and_the_selected_o
     assert "<script" not in page.lower()
     # Without objectives there is no such section.
     assert 'id="objectives"' not in report.render(hostile_report())
+
+
+def test_the_objectives_benchmark_scores_searches_from_a_table(tmp_path, capsys):
+    """benchmarks/objectives_search.py on a hand-made table (no training): every search of every
+    algorithm runs its budget, and its hypervolume share is at most the table's own."""
+    from benchmarks import objectives_search
+
+    lines = [{"latency": True, "arch": "vgg11", "width": w, "infer_latency_b1_ms": 9.0, "measurements": [9.0, lat]}
+             for w, lat in ((0.125, 1.0), (0.25, 2.0))]
+    lines += [{"table": True, "arch": "vgg11", "width": w, "lr": lr, "val_acc": acc, "infer_latency_b1_ms": 9.0,
+               "param_count": 1, "seconds": 0.0}
+              for w, accs in ((0.125, (0.5, 0.7)), (0.25, (0.6, 0.9))) for lr, acc in zip((0.002, 0.008), accs)]
+    table = tmp_path / "table.jsonl"
+    table.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert objectives_search.main(["--table", str(table), "--archs", "vgg11", "--widths", "0.125,0.25", "--budget",
+                                   "3", "--seeds", "2", "--extra-seeds", "1", "--results", str(tmp_path)]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    searches = [r for r in out if r.get("search")]
+    assert [(r["algorithm"], r["seed"]) for r in searches] == [(a, s) for s in range(3) for a in ("tpe", "random")]
+    assert all(r["trials"] == 3 and 0 < r["hv_share"] <= 1 + 1e-12 for r in searches)
+    summary = out[-1]
+    # Latencies are each model's least measurement: (0.7, 1.0) and (0.9, 2.0) make the front. Reference
+    # (0, 2.2): 0.9 x (2.2 - 2.0) + 0.7 x (2.0 - 1.0) = 0.88.
+    assert summary["summary"] and summary["table_hv"] == pytest.approx(0.88)
+    assert summary["tpe"]["all_seeds"]["n"] == 3 and summary["random"]["first_seeds"]["n"] == 2
