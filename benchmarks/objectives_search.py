@@ -77,9 +77,12 @@ def latencies(s: Settings, num_classes: int, log) -> dict[tuple[str, float], flo
     (orchestrator/inference.py), the least of LATENCY_REPEATS measurements: it depends on neither
     the weights nor the learning rate, so it is measured once per model, not once per trial; on a
     loaded machine the least is the one closest to the model's own cost (others' work only adds)."""
+    import torch
+
     import archs
     from orchestrator import inference
 
+    torch.set_num_threads(1)  # as the trials measure it: one worker, one CPU
     out = {}
     for arch, width in itertools.product(s.archs, s.widths):
         model = archs.create(arch, num_classes=num_classes, image_size=32, width=width)
@@ -188,13 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:  # the rows of an earlier run, each latency the least of its model's measurements
         with open(args.table) as f:
             lines = [json.loads(line) for line in f]
-        measured = {(r["arch"], r["width"]): min(r["measurements"]) for r in lines if r.get("latency")}
-        lines = [{**r, "infer_latency_b1_ms": measured[r["arch"], r["width"]]} for r in lines
-                 if r.get("latency") or r.get("table")]
         table = [r for r in lines if r.get("table")]
         s = dataclasses.replace(s, archs=tuple(dict.fromkeys(r["arch"] for r in table)),  # the table's space
                                 widths=tuple(sorted({r["width"] for r in table})),
                                 lrs=tuple(sorted({r["lr"] for r in table})))
+        measurements = {(r["arch"], r["width"]): r["measurements"] for r in lines if r.get("latency")}
+        lines = [r for r in lines if r.get("table") or r.get("latency")]
     os.makedirs(args.results, exist_ok=True)
     stamp = datetime.date.today().isoformat() + ("-smoke" if args.smoke else f"-{'-'.join(s.archs)}-budget{s.budget}")
     out_path = os.path.join(args.results, f"objectives_search-{stamp}.jsonl")
@@ -206,9 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         out.write(line + "\n")
         out.flush()
 
-    for line in lines:
-        log(line)
-    if not args.table:
+    if args.table:
+        measured = {k: min(v) for k, v in measurements.items()}
+        table = [{**r, "infer_latency_b1_ms": measured[r["arch"], r["width"]]} for r in table]
+        for line in lines:
+            log({**line, "infer_latency_b1_ms": measured[line["arch"], line["width"]]})
+    else:
         table = train_table(s, log)
     table_s = time.perf_counter() - started
     worst = max(r["infer_latency_b1_ms"] for r in table)
