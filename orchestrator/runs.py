@@ -33,8 +33,6 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from orchestrator import pareto
-
 from orchestrator.schema import (CREDENTIALS, EPOCH_METRICS, METRIC_RANGE, DataSpec, Failure, Resources, Search, TrainConfig,
                                  Trial)
 
@@ -312,15 +310,14 @@ def selection(client: MlflowClient, parent_run_id: str | None, runs: Iterable[Ru
     return Search.metric, Search.mode  # the schema's defaults
 
 
-def objectives(runs: Iterable[Run]) -> tuple[dict[str, str] | None, str]:
-    """(search.objectives, search.select) of the sweep the runs belong to, from the first trial's
-    record (in order: the parent's params are a mapping without one); (None, the default) when it
-    has none."""
+def objectives(runs: Iterable[Run]) -> Search | None:
+    """The search settings of the sweep the runs belong to when it has search.objectives (from the
+    first trial's record); None when it has none."""
     for run in runs:
         if Tag.TRIAL in run.data.tags:
             search = decode(run).search
-            return search.objectives, search.select
-    return None, Search.select
+            return search if search.objectives else None
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -401,17 +398,15 @@ def result(run: Run, metric: str, objectives: Sequence[str] = ()) -> Result:
         objectives=tuple((name, objective_value(run, name)) for name in objectives))
 
 
-def mark_pareto(results: Sequence[Result], objectives: dict[str, str] | None, select: str) -> list[Result]:
-    """The results (in their order), each marked on or off the Pareto set of `objectives` among the
-    trials with a model and every objective's value, and the one `select` picks (pareto.select)
-    marked selected; as they are without objectives."""
-    if not objectives:
+def mark_pareto(results: Sequence[Result], search: Search | None) -> list[Result]:
+    """The results (in their order), each marked on or off the Pareto set of `search`'s objectives
+    among the trials with a model and every objective's value, and the one its `select` rule picks
+    marked selected (Search.pareto); as they are without objectives."""
+    if search is None or not search.objectives:
         return list(results)
-    directions = tuple(objectives.values())
     pool = [i for i, r in enumerate(results) if r.has_model]
-    points = [tuple(v for _, v in results[i].objectives) for i in pool]
-    on = {pool[k] for k in pareto.front(points, directions)}
-    picked = pareto.select(points, directions, select)
+    front, picked = search.pareto([tuple(v for _, v in results[i].objectives) for i in pool])
+    on = {pool[k] for k in front}
     chosen = pool[picked] if picked is not None else None
     return [dataclasses.replace(r, pareto=i in on, selected=i == chosen) for i, r in enumerate(results)]
 
@@ -436,8 +431,9 @@ def results(client: MlflowClient, experiment_id: str, parent_run_id: str | None 
 def read_results(runs: Sequence[Run], metric: str, mode: str) -> list[Result]:
     """The runs as Results ranked by `metric` and `mode`, marked on or off the Pareto set of their
     sweep's objectives (mark_pareto)."""
-    wanted, select = objectives(runs)
-    return mark_pareto(rank((result(r, metric, tuple(wanted or ())) for r in runs), mode), wanted, select)
+    search = objectives(runs)
+    names = search.objective_names() if search else ()
+    return mark_pareto(rank((result(r, metric, names) for r in runs), mode), search)
 
 
 def download_model(client: MlflowClient, run: Run, dst: str) -> str:

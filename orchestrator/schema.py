@@ -22,6 +22,7 @@ import types
 import typing
 from typing import Any, Callable, Iterator, Mapping
 
+from orchestrator import pareto
 from orchestrator.pareto import DIRECTIONS, SELECT_RULES
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
@@ -437,6 +438,11 @@ class Search:
     def objective_names(self) -> tuple[str, ...]:
         """The objectives' metrics in order; the metric alone without objectives."""
         return tuple(self.objectives) if self.objectives else (self.metric,)
+
+    def pareto(self, points: list[tuple[float | None, ...]]) -> tuple[list[int], int | None]:
+        """The sweep's rule over `points` (each a value per objective, None where unknown): the
+        indices on their Pareto set, and the index `select` picks from it (None: no point known)."""
+        return pareto.front(points, self.directions()), pareto.select(points, self.directions(), self.select)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import yaml
 
 from orchestrator import cli, config, pareto, runs, search, tables
 from orchestrator.runs import Result, Status
+from orchestrator.schema import Search
 
 # (val_acc: max, infer_latency_b1_ms: min)
 DIRS = ("max", "min")
@@ -166,11 +167,12 @@ def result(name, acc, latency, status=Status.COMPLETED, params=1000):
 def test_compare_marks_the_pareto_set_in_every_format_and_the_selected_trial():
     rs = [result(n, *p) for n, p in zip("ABCDEF", POINTS[:6])] + [result("H", 0.99, 0.1, Status.FAILED)]
     objectives = {"val_acc": "max", "infer_latency_b1_ms": "min", "infer_peak_mem_mb": "min"}
-    marked = runs.mark_pareto(runs.rank(rs, "max"), objectives, "first")
+    first, knee = (Search(scheduler="fifo", objectives=objectives, select=rule) for rule in ("first", "knee"))
+    marked = runs.mark_pareto(runs.rank(rs, "max"), first)
     on = {r.name for r in marked if r.pareto}
     assert on == {"A", "B", "E", "F"}  # peak memory is equal everywhere; the failed H has no model
     assert [r.name for r in marked if r.selected] == ["A"]
-    assert [r.name for r in runs.mark_pareto(rs, objectives, "knee") if r.selected] == ["B"]
+    assert [r.name for r in runs.mark_pareto(rs, knee) if r.selected] == ["B"]
 
     rows = json.loads(tables.render(marked, "json"))
     assert {r["name"]: r["pareto"] for r in rows} == {r.name: r.pareto for r in marked}

@@ -100,7 +100,7 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
             search_trials=sum(r.phase != PHASE_SEEDS for r in rs), seed_trials=sum(r.phase == PHASE_SEEDS for r in rs),
             failed_trials=sum(not r.has_model for r in rs)))
     statuses = collections.Counter(r.status for r in results)
-    wanted, select = runs.objectives(trial_runs)
+    search = runs.objectives(trial_runs)
     points = tuple(ObjectivePoint(r.name, r.run_id, tuple(v for _, v in r.objectives), bool(r.pareto), r.selected)
                    for r in results if r.pareto is not None and r.has_model)
     return ReportData(
@@ -108,7 +108,8 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
         frontiers=frontiers(standings, mode), answers=tuple(answers(standings, labels, metric, mode)),
         provenance=read_provenance(client, parents, trial_runs), statuses=tuple(sorted(statuses.items())),
         generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT),
-        objectives=tuple((wanted or {}).items()), select=select, trials=points)
+        objectives=tuple(search.objectives.items()) if search else (), select=search.select if search else "first",
+        trials=points)
 
 
 def _pairs(section) -> tuple[tuple[str, str], ...]:
