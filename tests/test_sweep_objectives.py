@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import tempfile
 import textwrap
 
 import pytest
 
 from orchestrator.runs import Tag
-from support import Sweep, run_cli
+from support import Sweep, processes_mentioning, run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -42,6 +44,11 @@ def sweep(tmp_path_factory):
     try:
         result = run_cli(["sweep", "sweep.yaml", "--tracking-uri", uri], cwd=folder, env={"RAY_TMPDIR": ray_tmp})
     finally:
+        for line in processes_mentioning(ray_tmp):  # whatever the sweep's Ray left behind
+            try:
+                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return Sweep(folder, result, uri, "e2e-objectives")
