@@ -113,8 +113,9 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
 
 
 def _pairs(section) -> tuple[tuple[str, str], ...]:
-    """A section of the sweep's settings as the page lists it: (key, value) pairs, sorted."""
-    return tuple(sorted((k, str(v)) for k, v in dataclasses.asdict(section).items())) if section else ()
+    """A section of the sweep's settings as the page lists it: (key, value) pairs, sorted, a mapping
+    flattened as in the params (objectives.val_acc)."""
+    return tuple(sorted((k, str(v)) for k, v in runs.flatten(dataclasses.asdict(section)).items())) if section else ()
 
 
 def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Provenance:
