@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import archs
-from orchestrator import config, export, inference
+from orchestrator import config, export, inference, spaces
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -88,7 +88,7 @@ def main() -> None:
 
     entries = [m for m in config.load(args.sweep).models if args.arch is None or fnmatch.fnmatch(m.arch, args.arch)]
     for entry in entries:
-        if any(config.is_space(v) for v in entry.knobs.values()):
+        if any(spaces.is_space(v) for v in entry.knobs.values()):
             p.error(f"{args.sweep}: models[{entry.index}].knobs: a search space; this benchmark needs fixed knobs")
     load_before = os.getloadavg()
     rows = []

@@ -6,9 +6,8 @@ knobs against the arch registry. Every error is a `ConfigError` whose str() is o
 `FILE: KEY: what is wrong; what is allowed`, e.g.
 `experiments/x.yaml: models[2].knobs.groups: 5 is not one of 1, 2, 3, 4, 8`.
 
-Search spaces map 1:1 onto ray.tune primitives. A value is a literal or a one-key mapping:
-    {grid: [..]} {choice: [..]} {uniform: [lo, hi]} {loguniform: [lo, hi]} {randint: [lo, hi]}
-(randint's upper bound is exclusive, as in tune.randint).
+A model entry's values are literals or search spaces ({grid: [..]}, {choice: [..]}, ...): their
+rules and the walk over them are spaces.py's.
 
 The YAML is read by a SafeLoader that also refuses what a sweep file never needs and a hostile
 one uses: aliases expanding to more than MAX_YAML_VALUES values (a "billion laughs" file of a few
@@ -27,10 +26,9 @@ from typing import Any
 
 import yaml
 
-from orchestrator import schema
+from orchestrator import schema, spaces
 from orchestrator.schema import DataSpec, Failure, Resources, Search, TrainConfig, Trial, show, show_key
 
-SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 TOP_KEYS = ("name", "dataset", "train", "resources", "search", "failure", "tracking", "storage", "models")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -103,7 +101,7 @@ class SweepSpec:
     def entry_budget(self, entry: ModelEntry) -> int:
         """The trials a model entry's search gets: `search.trials_per_model`, else its grid
         points x num_samples (random dimensions do not multiply)."""
-        return self.search.trials_per_model or _grid_size(entry.point_space()) * self.search.num_samples
+        return self.search.trials_per_model or spaces.grid_size(entry.point_space()) * self.search.num_samples
 
     def search_trial_count(self) -> int:
         return sum(self.entry_budget(m) for m in self.models)
@@ -113,7 +111,7 @@ class SweepSpec:
         return self.search_trial_count() + self.search.seeds * len(self.models)
 
     def entry_max_epochs(self, entry: ModelEntry) -> int:
-        return max(_leaf_bounds(entry.overrides.get("epochs", self.train.epochs)))
+        return max(spaces.bounds(entry.overrides.get("epochs", self.train.epochs)))
 
     def max_epochs(self) -> int:
         return max(self.entry_max_epochs(m) for m in self.models)
@@ -164,71 +162,14 @@ def section(file: str, name: str, raw: Any, cls: type, extra: dict[str, Any] | N
 # Search spaces
 
 
-def is_space(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in SPACE_KINDS
-
-
 def _check_space(file: str, key: str, value: Any) -> None:
-    """Shape of a space leaf: the right argument list for its kind."""
-    if isinstance(value, dict) and not is_space(value):
-        raise ConfigError(file, key, f"{show(value)} is not a value or one of {{{': ..}, {'.join(SPACE_KINDS)}: ..}}")
-    if not is_space(value):
-        return
-    kind, args = next(iter(value.items()))
-    if kind in ("grid", "choice"):
-        if not isinstance(args, list) or not args:
-            raise ConfigError(file, f"{key}.{kind}", f"{show(args)} is not a non-empty list")
-    else:
-        if not isinstance(args, list) or len(args) != 2:
-            raise ConfigError(file, f"{key}.{kind}", f"{show(args)} is not [low, high] numbers")
-        for bound in args:
-            wrong = schema.type_problem(bound, int if kind == "randint" else float)
-            if wrong:
-                raise ConfigError(file, f"{key}.{kind}", f"{show(args)}: {wrong}")
-        if not args[0] < args[1]:
-            raise ConfigError(file, f"{key}.{kind}", f"low {args[0]} is not below high {args[1]}")
-        if kind == "loguniform" and args[0] <= 0:
-            raise ConfigError(file, f"{key}.{kind}", f"low {args[0]} must be > 0 for a log scale")
+    if found := spaces.problem(key, value):
+        raise ConfigError(file, *found)
 
 
 def _check_continuous(file: str, key: str, value: Any, takes_any_float: bool, allowed: str) -> None:
-    """uniform/loguniform sample any float: refuse them where only ints or listed values are valid."""
-    if is_space(value) and not takes_any_float:
-        kind, args = next(iter(value.items()))
-        if kind in ("uniform", "loguniform"):
-            raise ConfigError(file, f"{key}.{kind}", f"samples any float in [{args[0]}, {args[1]}], but this "
-                                                     f"must be {allowed}; use grid, choice or randint")
-
-
-def _leaf_values(value: Any) -> list[Any] | None:
-    """The discrete values a leaf can take, or None for a continuous range."""
-    if not is_space(value):
-        return [value]
-    kind, args = next(iter(value.items()))
-    if kind in ("grid", "choice"):
-        return list(args)
-    if kind == "randint" and args[1] - args[0] <= 64:
-        return list(range(args[0], args[1]))
-    return None
-
-
-def _leaf_bounds(value: Any) -> list[Any]:
-    """Values to check a leaf with: every discrete value, or both ends of a range."""
-    values = _leaf_values(value)
-    if values is not None:
-        return values
-    kind, args = next(iter(value.items()))
-    return [args[0], args[1] - 1] if kind == "randint" else list(args)
-
-
-def _grid_size(space: dict[str, Any]) -> int:
-    size = 1
-    for value in space.values():
-        if isinstance(value, dict) and not is_space(value):
-            size *= _grid_size(value)
-        elif is_space(value) and next(iter(value)) == "grid":
-            size *= len(value["grid"])
-    return size
+    if found := spaces.continuous_problem(key, value, takes_any_float, allowed):
+        raise ConfigError(file, *found)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +206,7 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
         _check_space(file, f"{key}.{k}", v)
         typ = train_types[k][0]
         _check_continuous(file, f"{key}.{k}", v, typ is float, "an int" if typ is int else f"a {typ.__name__}")
-        for value in _leaf_bounds(v):
+        for value in spaces.bounds(v):
             err = schema.check_field(TrainConfig, k, value)
             if err:
                 raise ConfigError(file, f"{key}.{k}", err)
@@ -273,7 +214,7 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
     # Cross-field rules (warm-up shorter than training ...) over every combination this entry can
     # produce, since its overrides may change either side of a rule.
     names = list(overrides)
-    for combo in itertools.islice(itertools.product(*(_leaf_bounds(overrides[n]) for n in names)), 4096):
+    for combo in itertools.islice(itertools.product(*(spaces.bounds(overrides[n]) for n in names)), 4096):
         resolved = dataclasses.replace(train, **schema.coerce(TrainConfig, dict(zip(names, combo))))
         for field, message in resolved.problems():
             bad = field if field in overrides else next((n for n in names if n != field), field)
@@ -284,7 +225,7 @@ def _check_model(file: str, index: int, raw: Any, train: TrainConfig) -> ModelEn
         raise ConfigError(file, f"{key}.knobs", f"{show(knobs)} is not a mapping of knob: value-or-space")
     _check_knobs(file, key, arch_name, knobs)
     entry = ModelEntry(arch_name, dict(knobs), overrides)
-    if _grid_size(entry.point_space()) == 0:
+    if spaces.grid_size(entry.point_space()) == 0:
         raise ConfigError(file, key, "the search space is empty")
     return entry
 
@@ -301,7 +242,7 @@ def _check_knobs(file: str, key: str, arch_name: str, knobs: dict[str, Any]) -> 
         knob = declared[name]
         _check_continuous(file, f"{key}.knobs.{name}", v, knob.type is float and knob.choices is None,
                           knob.describe())
-        for value in _leaf_bounds(v):
+        for value in spaces.bounds(v):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(file, f"{key}.knobs.{name}", f"{show(value)} is not a finite number")
             try:
@@ -310,7 +251,7 @@ def _check_knobs(file: str, key: str, arch_name: str, knobs: dict[str, Any]) -> 
                 raise ConfigError(file, f"{key}.knobs.{name}", f"{show(e.value)} {e.allowed}") from None
     # Cross-knob rules (and knobs without a default) over every discrete combination (ranges are
     # checked at their ends above).
-    discrete = {n: _leaf_values(v) for n, v in knobs.items()}
+    discrete = {n: spaces.values(v) for n, v in knobs.items()}
     names = [n for n, vals in discrete.items() if vals is not None]
     for combo in itertools.islice(itertools.product(*(discrete[n] for n in names)), 4096):
         try:
@@ -504,14 +445,14 @@ def _check_search(file: str, search: Search, models: tuple[ModelEntry, ...]) -> 
         raise ConfigError(file, "search.num_samples", f"{search.num_samples} with trials_per_model "
                           f"{search.trials_per_model}: give one of them (trials per grid point, or per entry)")
     for i, m in enumerate(models):
-        grid = _grid_size(m.point_space())
+        grid = spaces.grid_size(m.point_space())
         if search.trials_per_model and search.trials_per_model < grid:
             raise ConfigError(file, "search.trials_per_model", f"{search.trials_per_model} cannot cover the "
                               f"{grid} grid points of models[{i}] ({m.arch}); give at least {grid}")
         if search.algorithm == "grid":
-            sampled = _sampled_leaves(m.point_space())
+            sampled = spaces.sampled(m.point_space())
             if sampled:
-                raise ConfigError(file, f"models[{i}].{sampled[0]}", "is sampled, but search.algorithm is grid; "
+                raise ConfigError(file, f"models[{i}].{spaces.show_path(next(iter(sampled)))}", "is sampled, but search.algorithm is grid; "
                                   "use {grid: [...]} or a value, or algorithm random or tpe")
 
 
@@ -522,21 +463,10 @@ def _check_objectives(file: str, search: Search, train: TrainConfig, models: tup
         return
     for key, value in [("train.benchmark_inference", train.benchmark_inference)] + [
             (f"models[{i}].benchmark_inference", v) for i, m in enumerate(models)
-            for v in _leaf_bounds(m.overrides.get("benchmark_inference", True))]:
+            for v in spaces.bounds(m.overrides.get("benchmark_inference", True))]:
         if value is False:
             raise ConfigError(file, key, f"false, but search.objectives has {measured[0]}, which the inference "
                                          f"benchmark measures; set it true or drop that objective")
-
-
-def _sampled_leaves(space: dict[str, Any], prefix: str = "") -> list[str]:
-    """Keys of the leaves that are sampled (choice, uniform, loguniform, randint), not grid."""
-    out = []
-    for key, value in space.items():
-        if is_space(value) and next(iter(value)) != "grid":
-            out.append(f"{prefix}{key}")
-        elif isinstance(value, dict) and not is_space(value):
-            out += _sampled_leaves(value, f"{prefix}{key}.")
-    return out
 
 
 def default_tracking_uri() -> str:
@@ -574,7 +504,7 @@ def _check_builds(path: str, models: tuple[ModelEntry, ...], num_classes: int, i
         arch = archs.get(entry.arch)
         if arch.code is None:
             continue
-        bounds = {n: _leaf_bounds(v) for n, v in entry.knobs.items()}
+        bounds = {n: spaces.bounds(v) for n, v in entry.knobs.items()}
         for combo in itertools.islice(itertools.product(*bounds.values()), MAX_BUILDS):
             knobs = archs.validate(entry.arch, dict(zip(bounds, combo)))
             wrong = archs.user.check_model(arch, knobs, num_classes, image_size)
@@ -599,7 +529,7 @@ def _check_data(path: str, spec: DataSpec, train: TrainConfig, resources: Resour
         raise ConfigError(path, f"dataset.{e.key}", str(e).removeprefix(f"{spec.name}: ")) from None
     for index, entry in enumerate(models):
         overridden = "batch_size" in entry.overrides
-        for batch_size in _leaf_bounds(entry.overrides["batch_size"] if overridden else train.batch_size):
+        for batch_size in spaces.bounds(entry.overrides["batch_size"] if overridden else train.batch_size):
             try:
                 data.check_fits(images, batch_size, resources.num_workers)
             except data.DataError as e:

@@ -30,56 +30,31 @@ import numpy as np
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+from ray.tune.utils import flatten_dict
 
-from orchestrator import config, pareto
+from orchestrator import pareto, spaces
 from orchestrator.config import SweepSpec
 from orchestrator.schema import PHASE_SEARCH, PHASE_SEEDS
 
 
 def to_tune(value: Any):
-    """One sweep-file leaf -> the ray.tune domain it names (dicts recurse); grid leaves are
-    resolved before this (grid_points)."""
-    if config.is_space(value):
+    """One sweep-file leaf -> the ray.tune domain it names (a literal as it is); grid leaves are
+    resolved before this (spaces.grid_points)."""
+    if spaces.is_space(value):
         kind, args = next(iter(value.items()))
         return {"choice": lambda a: tune.choice(list(a)), "uniform": lambda a: tune.uniform(*a),
                 "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}[kind](args)
-    if isinstance(value, dict):
-        return {k: to_tune(v) for k, v in value.items()}
     return value
 
 
-def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
-    """`space` once per combination of its `grid` leaves (nested mappings included), other
-    leaves as they are."""
-    points: list[dict[str, Any]] = [{}]
-    for key, value in space.items():
-        if isinstance(value, dict) and not config.is_space(value):
-            options = grid_points(value)
-        elif config.is_space(value) and next(iter(value)) == "grid":
-            options = value["grid"]
-        else:
-            options = [value]
-        points = [{**p, key: o} for p in points for o in options]
-    return points
+# Ray's OptunaSearch returns its parameters nested on "/" in their names (ray.tune.utils'
+# unflatten_dict): a sampled leaf is named by its path joined so.
+RAY_DELIMITER = "/"
 
 
-def _leaves(point: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"knobs/width": space, "lr": space}: the point's sampled (non-grid) leaves, by path."""
-    out = {}
-    for key, value in point.items():
-        path = f"{prefix}{key}"
-        if config.is_space(value):
-            out[path] = value
-        elif isinstance(value, dict):
-            out.update(_leaves(value, path + "/"))
-    return out
-
-
-def _put(point: dict[str, Any], path: str, value: Any) -> None:
-    *parents, last = path.split("/")
-    for p in parents:
-        point = point[p]
-    point[last] = value
+def _leaves(point: dict[str, Any]) -> dict[str, Any]:
+    """{"knobs/width": space, "lr": space}: the point's sampled (non-grid) leaves, by name."""
+    return {RAY_DELIMITER.join(path): value for path, value in spaces.sampled(point).items()}
 
 
 @dataclasses.dataclass
@@ -96,7 +71,7 @@ class EntryPlan:
 
 
 def plan(spec: SweepSpec) -> list[EntryPlan]:
-    return [EntryPlan(i, grid_points(m.point_space()), spec.entry_budget(m)) for i, m in enumerate(spec.models)]
+    return [EntryPlan(i, spaces.grid_points(m.point_space()), spec.entry_budget(m)) for i, m in enumerate(spec.models)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,16 +125,7 @@ class _TpeSampler:
                                      sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
 
     def sample(self, trial_id: str, leaves: dict[str, Any]) -> dict[str, Any]:
-        params = self.searcher.suggest(trial_id)
-        flat: dict[str, Any] = {}
-
-        def walk(d, prefix=""):
-            for k, v in d.items():
-                if isinstance(v, dict):
-                    walk(v, f"{prefix}{k}/")
-                else:
-                    flat[f"{prefix}{k}"] = v
-        walk(params or {})
+        flat = flatten_dict(self.searcher.suggest(trial_id) or {}, delimiter=RAY_DELIMITER)
         return {path: flat[path] for path in leaves}
 
     def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
@@ -216,9 +182,9 @@ class EntrySearch(Searcher):
             k = self.suggested[p.index]
             if k < p.budget:
                 grid_point, repeat = p.point(k)
-                point = copy.deepcopy(grid_point)
-                for path, value in self.samplers[p.index].sample(trial_id, _leaves(grid_point)).items():
-                    _put(point, path, value)
+                drawn = self.samplers[p.index].sample(trial_id, _leaves(grid_point))
+                point = spaces.map_leaves(copy.deepcopy(grid_point),
+                                          lambda path, leaf: drawn.get(RAY_DELIMITER.join(path), leaf))
                 self.suggested[p.index] = k + 1
                 return self._start(trial_id, p.index, point, repeat, PHASE_SEARCH)
         if not self.spec.search.seeds:
