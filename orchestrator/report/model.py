@@ -8,6 +8,7 @@ import dataclasses
 from typing import Sequence
 
 from orchestrator.runs import Standing
+from orchestrator.spend import Spend
 from orchestrator.schema import better, show
 
 # "Fastest at >= 99% of the best accuracy", "smallest at >= 98%": how close to the best mean an
@@ -182,6 +183,7 @@ class ReportData:
     provenance: Provenance
     statuses: tuple[tuple[str, int], ...]  # (status, trials)
     generated: str
+    spend: Spend | None = None  # what each entry spent of the sweep's device-hour budget (one sweep's report)
 
     @property
     def empty(self) -> bool:

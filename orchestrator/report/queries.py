@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
-from orchestrator import runs
+from orchestrator import runs, spend
 from orchestrator.report.model import EntryView, Provenance, ReportData, TrialPoint, answers, frontiers, labels_of
 from orchestrator.report.page import write
 from orchestrator.runs import Result, Tag
@@ -103,7 +103,8 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
         experiment=experiment, scope=scope, metric=metric, mode=mode, entries=tuple(entries),
         frontiers=frontiers(standings, mode), answers=tuple(answers(standings, labels, metric, mode)),
         provenance=read_provenance(client, parents, trial_runs), statuses=tuple(sorted(statuses.items())),
-        generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT))
+        generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT),
+        spend=spend.read(client, parent_run_id) if parent_run_id else None)
 
 
 def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Provenance:
