@@ -172,7 +172,10 @@ def extended(spec: SweepSpec) -> str:
     Ray and before anything is written, when there is none or the file is not an extension)."""
     from orchestrator.config import ConfigError
 
-    name = preflight.resumable(spec)
+    try:
+        name = preflight.resumable(spec)
+    except ConfigError as e:  # the same finding as for --resume, said of --extend
+        raise ConfigError(spec.file, "--extend", e.message.replace("--resume", "--extend")) from None
     extension.check(spec, name, storage.read_state(spec.storage_path, name))
     with storage.searcher_state(spec.storage_path, name) as folder:
         if not os.listdir(folder):
