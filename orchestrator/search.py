@@ -182,6 +182,11 @@ class _Outcome:
     seconds: float | None = None
     ran: float = 0.0  # its trainable's time_total_s at its last result (what a restored sweep counts on from)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A searcher saved before the budget existed: its ended trials' wall is unknown (counted 0).
+        self.__dict__.update({"started": time.time(), "seconds": 0.0 if state.get("done") else None, "ran": 0.0,
+                              **state})
+
 
 @dataclasses.dataclass(frozen=True)
 class EntrySpend:

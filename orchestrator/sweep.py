@@ -200,19 +200,18 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             print(f"resuming {restore_path} (MLflow parent run {meta['parent_run_id']})", file=out, flush=True)
     else:
         searcher = search.EntrySearch(spec)
+        settings = {"search": dataclasses.asdict(spec.search), "resources": dataclasses.asdict(spec.resources),
+                    "train": dataclasses.asdict(spec.train), "dataset": dataclasses.asdict(spec.dataset),
+                    "failure": dataclasses.asdict(spec.failure), "trials": spec.trial_count()}
         if extend_from:  # the same parent run; the searcher where the finished sweep left it, asking for more
             parent = storage.read_state(spec.storage_path, extend_from)["parent_run_id"]
             record = tracking.SweepRecord(spec.tracking_uri, spec.name, parent, spec.file, spec.storage_path)
             with storage.searcher_state(spec.storage_path, extend_from) as folder:
                 searcher.restore_from_dir(folder)  # Tune's own API for a saved searcher
             searcher.extend(spec)
-            record.resume()
-            record.client.set_tag(parent, runs.Tag.EXTENDED, f"{extend_from} -> {run_name}")
+            record.extend(settings, f"{extend_from} -> {run_name}")
         else:
-            record = tracking.SweepRecord.start(spec.tracking_uri, spec.name, spec.file, spec.storage_path, {
-                "search": dataclasses.asdict(spec.search), "resources": dataclasses.asdict(spec.resources),
-                "train": dataclasses.asdict(spec.train), "dataset": dataclasses.asdict(spec.dataset),
-                "failure": dataclasses.asdict(spec.failure), "trials": spec.trial_count()})
+            record = tracking.SweepRecord.start(spec.tracking_uri, spec.name, spec.file, spec.storage_path, settings)
             parent = record.parent_run_id
         storage.write_state(spec.storage_path, run_name, {
             "experiment": spec.name, "parent_run_id": parent, "tracking_uri": spec.tracking_uri,
@@ -286,8 +285,9 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             if spent is not None:
                 spend.log(record.client, record.parent_run_id, spent)
             results, version = record.finish(register_as=spec.registered_model)
+            ended = {"ended": time.time(), "budget_reached": bool(spent and spent.reached)}  # what --extend reads
             storage.write_state(spec.storage_path, run_name, {**(storage.read_state(spec.storage_path, run_name) or {}),
-                                                              "ended": time.time(), "budget_reached": spent and spent.reached})
+                                                              **ended})
         except Stopped as e:  # a signal meanwhile: the parent run is marked, the resume command printed
             stopped.signum = e.signum
     if stopped.signum is not None:

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from orchestrator import config, search, spend, sweep
-from orchestrator.runs import Artifact, Tag
+from orchestrator.runs import Tag, decode_sweep
 from support import run_cli, trials
 
 SWEEP = """\
@@ -158,7 +158,10 @@ def test_extend_adds_trials_and_seeds_without_retraining(tmp_path, ray_tmpdir):
     assert phases == ["search", "seeds"]
     seeds = [r for r in after.values() if json.loads(r.data.tags[Tag.TRIAL])["phase"] == "seeds"]
     assert len({r.info.run_name.rsplit("-seed", 1)[0] for r in seeds}) == 1  # the same configuration
-    assert client.get_run(parent).data.tags[Tag.EXTENDED].startswith(folders[0])
+    parent_run = client.get_run(parent)
+    assert parent_run.data.tags[Tag.EXTENDED].startswith(folders[0])
+    recorded = decode_sweep(parent_run).search  # the parent's record is the extended file's
+    assert (recorded.trials_per_model, recorded.seeds) == (3, 2)
     # TPE went on from its study: the extension's saved study holds the old trials and the new one.
     (extension,) = set(os.listdir(tmp_path / "rr")) - set(folders)
     state = max(glob.glob(str(tmp_path / "rr" / extension / "searcher-state-*.pkl")))
