@@ -162,6 +162,11 @@ def test_extend_adds_trials_and_seeds_without_retraining(tmp_path, ray_tmpdir):
     assert parent_run.data.tags[Tag.EXTENDED].startswith(folders[0])
     recorded = decode_sweep(parent_run).search  # the parent's record is the extended file's
     assert (recorded.trials_per_model, recorded.seeds) == (3, 2)
+    # The summary, the spend and the report cover the whole sweep, old trials and new.
+    assert [(e["started"], e["planned"]) for e in spend.read(client, parent).entries] == [(5, 5)]
+    page = open(client.download_artifacts(parent, "report.html", str(tmp_path)), encoding="utf-8").read()
+    assert "<td>3 + 2 seeds</td>" in page
+    assert len([line for line in out.stdout.splitlines() if line.startswith("resnet18-")]) == 5
     # TPE went on from its study: the extension's saved study holds the old trials and the new one.
     (extension,) = set(os.listdir(tmp_path / "rr")) - set(folders)
     state = max(glob.glob(str(tmp_path / "rr" / extension / "searcher-state-*.pkl")))
