@@ -28,7 +28,7 @@ from ray.tune.search import ConcurrencyLimiter
 from orchestrator import extend as extension
 from orchestrator import live, preflight, ray_train, runs, search, spend, storage, tracking
 from orchestrator.config import SweepSpec
-from orchestrator.tables import leaderboard_table, render
+from orchestrator.tables import leaderboard_table, pareto_line, render
 from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial, cut, slug
 
@@ -360,6 +360,8 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out, experiment
                   spent: spend.Spend | None = None) -> None:
     print("", file=out)
     print(render(results, "table"), end="", file=out)
+    if results and results[0].objectives:
+        print(pareto_line(results), file=out)
     standings = runs.leaderboard(results, spec.search.mode)
     if standings:
         print(f"\nPer model entry ({spec.search.metric}, {spec.search.mode}; mean of the best configuration's "
