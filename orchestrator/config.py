@@ -146,13 +146,17 @@ def section(file: str, name: str, raw: Any, cls: type, extra: dict[str, Any] | N
     if not isinstance(raw, dict):
         raise ConfigError(file, name, f"{show(raw)} is not a mapping")
     fields = schema.field_types(cls)
+    records = {}  # a field that is itself a section (search.budget): checked key by key the same way
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(file, f"{name}.{show_key(key)}", f"unknown key; allowed: {', '.join(fields)}")
+        if dataclasses.is_dataclass(fields[key][0]) and isinstance(value, dict):
+            records[key] = section(file, f"{name}.{key}", value, fields[key][0])
+            continue
         err = schema.check_field(cls, key, value)
         if err:
             raise ConfigError(file, f"{name}.{key}", err)
-    obj = cls(**schema.coerce(cls, {**raw, **(extra or {})}))
+    obj = cls(**schema.coerce(cls, {**raw, **records, **(extra or {})}))
     for key, message in obj.problems() if hasattr(obj, "problems") else ():
         raise ConfigError(file, f"{name}.{key}", message)
     return obj

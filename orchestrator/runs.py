@@ -65,6 +65,7 @@ class Tag:
     ONNX_MODEL_ID = "onnx_model_id"  # `orchestrate export --format onnx`: the run's ONNX LoggedModel
     CODE_SHA256 = "code_sha256"  # a user's model (arch: PATH.py:NAME): the sha256 of its file (also a param)
     CODE_FILE = "code_file"  # ... and that file's absolute path on the machine that ran the sweep
+    EXTENDED = "extended"  # parent run: `orchestrate sweep --extend` went on from Tune experiment A in B ("A -> B")
     PARETO = "orchestrate.pareto"  # "true" on each entry's best run that is on a Pareto frontier (the report)
 
 
@@ -95,6 +96,7 @@ class Artifact:
     ONNX = "onnx"  # the LoggedModel `orchestrate export` logs, in MLflow's onnx flavour
     EXPORT = "export"  # other exported files (a pt2 archive)
     CODE = "code"  # a user's model: the file that defines it, as the trial imported it
+    SPEND = "spend.json"  # parent run: each entry's device-hours and trials not started (orchestrator/spend.py)
 
 
 # Facts the engine reports with its first epoch (engine.describe), logged once: the model it built

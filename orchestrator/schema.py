@@ -362,12 +362,32 @@ class Resources:
     def per_worker(self) -> dict[str, float]:
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
+    def devices(self) -> float:
+        """The devices a trial holds, for its device-hours under `search.budget` (wall x devices):
+        its workers' GPUs with use_gpu (num_workers x gpus_per_worker), else their CPUs
+        (num_workers x cpus_per_worker). A DDP trial's driver only waits on its workers: not counted."""
+        return self.num_workers * (self.gpus_per_worker if self.use_gpu else self.cpus_per_worker)
+
     def per_trial(self) -> dict[str, float]:
         """Everything one trial holds while it runs: its workers, plus the driver of a DDP trial."""
         total = {k: v * self.num_workers for k, v in self.per_worker().items()}
         if not self.in_process:
             total["CPU"] += self.driver_cpus
         return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """`search.budget:` — what the whole sweep may spend. No new trial starts once the sweep's
+    device-hours (its ended trials' and its running trials' so far; a trial's = its wall time x
+    `Resources.devices()`) reach `device_hours`; running trials finish."""
+
+    device_hours: float | None = setting(None, "device-hours the sweep may spend (wall x the GPUs, or without "
+                                               "use_gpu the CPUs, each trial holds)", check=positive)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.device_hours is None:
+            yield "device_hours", "missing; give a number > 0 (e.g. {device_hours: 20})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,6 +422,12 @@ class Search:
     select: str = setting("first", "with objectives, the Pareto trial registered as @best (and seeded): first "
                                    "(best on the first objective) or knee (nearest the ideal point)",
                           choices=SELECT_RULES)
+    budget: Budget | None = setting(None, "{device_hours: X}: no new trial starts once the sweep has spent X "
+                                          "device-hours (Budget)")
+
+    def __post_init__(self):  # a record read back (runs.decode, a state file) holds the budget as a mapping
+        if isinstance(self.budget, dict):
+            object.__setattr__(self, "budget", Budget(**self.budget))
 
     def better(self, a: float, b: float | None) -> bool:
         """Whether metric value `a` beats `b` (None: nothing yet)."""
@@ -511,6 +537,8 @@ def type_problem(value: Any, typ: type) -> str | None:
         return None
     if typ not in (int, float) and isinstance(value, typ):
         return None
+    if dataclasses.is_dataclass(typ):  # a section inside a section (search.budget)
+        return f"{show(value)} is not a mapping; allowed keys: {', '.join(f.name for f in dataclasses.fields(typ))}"
     return f"{show(value)} is not a {typ.__name__}"
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import time
 from typing import Any
 
 import numpy as np
@@ -147,12 +148,42 @@ class _Outcome:
     full_budget: bool = False
     done: bool = False
     values: tuple[float | None, ...] = ()  # each objective's last reported value (search.objectives)
+    # Its wall time, for the sweep's device-hours (search.budget): when it started (suggested;
+    # moved to its trainable's own start, now - time_total_s, with each result) and, once ended,
+    # how long it ran.
+    started: float = dataclasses.field(default_factory=time.time)
+    seconds: float | None = None
+    ran: float = 0.0  # its trainable's time_total_s at its last result (what a restored sweep counts on from)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A searcher saved before the budget existed: its ended trials' wall is unknown (counted 0).
+        self.__dict__.update({"values": (), "started": time.time(), "seconds": 0.0 if state.get("done") else None,
+                              "ran": 0.0, **state})
+
+
+@dataclasses.dataclass(frozen=True)
+class EntrySpend:
+    """What one model entry spent of the sweep's device-hours, and what it left unexplored."""
+
+    entry: int
+    arch: str
+    device_hours: float  # its trials' wall x the devices each held (Resources.devices)
+    started: int  # trials started (search and seeds)
+    planned: int  # its search budget plus its seed runs
+    not_started: int  # planned trials never started (the budget ran out, or their seed phase never came)
 
 
 class EntrySearch(Searcher):
     """Suggests every entry's trials in file order (each entry's budget, grid points in turn,
     sampled leaves from its sampler), then, with `search.seeds: k`, each entry's best
-    configuration k more times with fresh seeds once that entry's search trials have all ended."""
+    configuration k more times with fresh seeds once that entry's search trials have all ended.
+
+    With `search.budget`, no trial is suggested once the sweep's device-hours (every trial so far:
+    wall x Resources.devices(), a running one's wall up to now) reach `device_hours`: the search
+    is FINISHED, running trials end as they would. `extend` takes a larger file for the same
+    sweep (`orchestrate sweep FILE --extend`): its studies, outcomes and spend go on."""
+
+    ACTIVE: EntrySearch | None = None  # the searcher Tune last called in this process (the summary reads it)
 
     def __init__(self, spec: SweepSpec):
         search = spec.search
@@ -171,6 +202,9 @@ class EntrySearch(Searcher):
         self.seeded = {p.index: False for p in self.plans}  # its seed trials are queued (or there are none)
         self.seed_queue: list[tuple[int, dict[str, Any], int]] = []
         self.outcomes: dict[str, _Outcome] = {}
+        self.repeat_shift: dict[int, int] = {}  # an extension's search repeats start after every seed used
+        self.budget_reached = False
+        EntrySearch.ACTIVE = self
         # Each running trial's objectives as last reported: a cost comes with the first epoch only.
         self.reported: dict[str, dict[str, float]] = {}
 
@@ -178,10 +212,16 @@ class EntrySearch(Searcher):
         return True  # metric and mode come from the sweep's spec; the space from its entries
 
     def suggest(self, trial_id: str):
+        EntrySearch.ACTIVE = self
+        limit = self.spec.search.budget
+        if limit is not None and self.device_hours() >= limit.device_hours:
+            self.budget_reached = True
+            return Searcher.FINISHED
         for p in self.plans:
             k = self.suggested[p.index]
             if k < p.budget:
                 grid_point, repeat = p.point(k)
+                repeat += self.repeat_shift.get(p.index, 0)
                 drawn = self.samplers[p.index].sample(trial_id, _leaves(grid_point))
                 point = spaces.map_leaves(copy.deepcopy(grid_point),
                                           lambda path, leaf: drawn.get(RAY_DELIMITER.join(path), leaf))
@@ -234,7 +274,36 @@ class EntrySearch(Searcher):
         sign = 1.0 if search.mode == "max" else -1.0
         return max(pool, key=lambda o: sign * o.value)
 
+    # -----------------------------------------------------------------------------------------
+    # The sweep's spend (search.budget)
+
+    def _hours(self, o: _Outcome, now: float) -> float:
+        seconds = o.seconds if o.seconds is not None else max(0.0, now - o.started)
+        return seconds * self.spec.resources.devices() / 3600.0
+
+    def device_hours(self, entry: int | None = None) -> float:
+        """Device-hours spent so far: every trial's wall (up to now for a running one) x the
+        devices it holds; of one entry, or of the whole sweep."""
+        now = time.time()
+        return sum(self._hours(o, now) for o in self.outcomes.values() if entry is None or o.entry == entry)
+
+    def spend(self) -> list[EntrySpend]:
+        """Each entry's spend, the trials it started and those it never started."""
+        out = []
+        for p in self.plans:
+            started = sum(o.entry == p.index for o in self.outcomes.values())
+            planned = p.budget + self.spec.search.seeds
+            out.append(EntrySpend(p.index, self.spec.models[p.index].arch, self.device_hours(p.index), started,
+                                  planned, max(0, planned - started)))
+        return out
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        outcome = self.outcomes.get(trial_id)
+        if outcome is not None and isinstance(result.get("time_total_s"), (int, float)):
+            # Its trainable's own clock: a trial that waited for resources after it was suggested
+            # is counted from when it started.
+            outcome.ran = float(result["time_total_s"])
+            outcome.started = time.time() - outcome.ran
         names = self.spec.search.objectives or ()
         kept = {k: result[k] for k in names if result.get(k) is not None}
         if kept:
@@ -245,6 +314,7 @@ class EntrySearch(Searcher):
         if outcome is None:
             return
         outcome.done = True
+        outcome.seconds = max(0.0, time.time() - outcome.started)
         search = self.spec.search
         reported = self.__dict__.get("reported", {}).pop(trial_id, {})
         if result and search.objectives:  # the costs, reported with the first epoch, as of the last
@@ -264,6 +334,36 @@ class EntrySearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:  # Tune's own experiment state, written by save()
             self.__dict__.update(pickle.load(f))
+        # Trials that were running when the sweep stopped count on from what they had run, not
+        # across the time the sweep was stopped.
+        now = time.time()
+        for o in self.outcomes.values():
+            if not o.done:
+                o.started = now - o.ran
+        EntrySearch.ACTIVE = self
+
+    def extend(self, spec: SweepSpec) -> None:
+        """Go on with `spec`, the same sweep asking for more (larger budgets per entry, more seeds,
+        a larger device-hour budget): the outcomes, the studies and the spend are kept. New
+        search trials take repeats (seeds) after every one the entry used; an entry whose seed
+        runs were trained gets the extra ones of the same configuration at once; an entry that
+        had none gets them after its search, as in a fresh sweep."""
+        extra = spec.search.seeds - self.spec.search.seeds
+        self.spec, self.plans = spec, plan(spec)
+        self.budget_reached = False
+        for p in self.plans:
+            mine = [o for o in self.outcomes.values() if o.entry == p.index]
+            if mine:
+                next_repeat = self.suggested[p.index] // len(p.points)
+                self.repeat_shift[p.index] = max(self.repeat_shift.get(p.index, 0),
+                                                 1 + max(o.repeat for o in mine) - next_repeat)
+            seeded = [o for o in mine if o.phase == PHASE_SEEDS]
+            if extra > 0 and self.seeded[p.index] and seeded:
+                point = seeded[0].point
+                first = 1 + max(o.repeat for o in mine if o.point == point)
+                queued = [q for q in self.seed_queue if q[0] == p.index]
+                first = max([first] + [r + 1 for _, _, r in queued])
+                self.seed_queue += [(p.index, point, first + j) for j in range(extra)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from orchestrator import pareto
 from orchestrator.runs import Standing
+from orchestrator.spend import Spend
 from orchestrator.schema import better, show
 
 # "Fastest at >= 99% of the best accuracy", "smallest at >= 98%": how close to the best mean an
@@ -190,6 +191,7 @@ class ReportData:
     objectives: tuple[tuple[str, str], ...] = ()  # search.objectives: (metric, max | min), in order
     select: str = "first"  # search.select
     trials: tuple[ObjectivePoint, ...] = ()  # with objectives: every trial with a model
+    spend: Spend | None = None  # what each entry spent of the sweep's device-hour budget (one sweep's report)
 
     @property
     def empty(self) -> bool:

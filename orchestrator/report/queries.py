@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
-from orchestrator import runs
+from orchestrator import runs, spend
 from orchestrator.report.model import (EntryView, ObjectivePoint, Provenance, ReportData, TrialPoint, answers,
                                        frontiers, labels_of)
 from orchestrator.report.page import write
@@ -109,7 +109,7 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
         provenance=read_provenance(client, parents, trial_runs), statuses=tuple(sorted(statuses.items())),
         generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT),
         objectives=tuple(search.objectives.items()) if search else (), select=search.select if search else "first",
-        trials=points)
+        trials=points, spend=spend.read(client, parent_run_id) if parent_run_id else None)
 
 
 def _pairs(section) -> tuple[tuple[str, str], ...]:

@@ -320,17 +320,31 @@ class SweepRecord:
         for i in range(0, len(params), 100):
             client.log_batch(record.parent_run_id, params=params[i:i + 100])
         client.log_dict(record.parent_run_id, runs.sweep_to_dict(settings), Artifact.SWEEP)
-        # The file as it is, but for any password in a URI (a tracking.uri with credentials must
-        # not land in the store it unlocks).
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = os.path.join(tmp, os.path.basename(sweep_file))
-            with open(copy, "w", encoding="utf-8") as f:
-                f.write(preflight.masked_sweep_text(sweep_file))
-            client.log_artifact(record.parent_run_id, copy)
+        record._log_file()
         return record
+
+    def _log_file(self) -> None:
+        """The sweep file as it is, but for any password in a URI (a tracking.uri with credentials
+        must not land in the store it unlocks)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = os.path.join(tmp, os.path.basename(self.sweep_file))
+            with open(copy, "w", encoding="utf-8") as f:
+                f.write(preflight.masked_sweep_text(self.sweep_file))
+            self.client.log_artifact(self.parent_run_id, copy)
 
     def resume(self) -> None:
         self.client.update_run(self.parent_run_id, status="RUNNING")
+
+    def extend(self, params: dict[str, Any], note: str) -> None:
+        """`orchestrate sweep --extend`: the parent run running again, its record (Tag.SWEEP,
+        sweep.json) and its sweep file the extended sweep's, Tag.EXTENDED `note`. Its params keep
+        the first run's values (MLflow never changes a logged param)."""
+        settings = runs.sweep_from_dict(params)
+        _, tags = runs.encode_sweep(settings)
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(Tag.SWEEP, tags[Tag.SWEEP]), RunTag(Tag.EXTENDED, note)])
+        self.client.log_dict(self.parent_run_id, runs.sweep_to_dict(settings), Artifact.SWEEP)
+        self._log_file()
+        self.resume()
 
     def open_trial(self, trial: Trial, tune_trial_ids: Collection[str] | None = None) -> TrialRecord:
         """The trial's record: its run created, or found again after a restore. Tune saves its
