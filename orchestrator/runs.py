@@ -185,10 +185,19 @@ def search_all(client: MlflowClient, experiment_id: str, query: str, order_by: l
             return found
 
 
+SWEEPS_NEWEST_FIRST = (f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'", ["attributes.start_time DESC"])
+
+
 def sweep_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     """The experiment's sweeps (parent runs), newest first."""
-    return search_all(client, experiment_id, f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'",
-                      order_by=["attributes.start_time DESC"])
+    return search_all(client, experiment_id, *SWEEPS_NEWEST_FIRST)
+
+
+def latest_sweep(client: MlflowClient, experiment_id: str) -> Run | None:
+    """The experiment's newest sweep (parent run): one run asked for, not every sweep's."""
+    query, order_by = SWEEPS_NEWEST_FIRST
+    found = client.search_runs([experiment_id], query, order_by=order_by, max_results=1)
+    return found[0] if found else None
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None,
@@ -300,9 +309,14 @@ def rank(results: Iterable[Result], mode: str) -> list[Result]:
 def results(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> list[Result]:
     """Every trial run (of one sweep when `parent_run_id` is given), ranked by the sweep's own
     metric and mode, each read at the run's logged model."""
+    return ranking(client, experiment_id, parent_run_id)[0]
+
+
+def ranking(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> tuple[list[Result], str]:
+    """(`results`, the mode they are ranked in), from one read of the trial runs."""
     runs = trial_runs(client, experiment_id, parent_run_id)
     metric, mode = selection(client, parent_run_id, runs)
-    return rank((result(r, metric) for r in runs), mode)
+    return rank((result(r, metric) for r in runs), mode), mode
 
 
 def download_model(client: MlflowClient, run: Run, dst: str) -> str:

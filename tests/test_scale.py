@@ -93,3 +93,33 @@ def test_report_sees_every_trial_run(big_store):
     page = out.read_text()
     counts = [int(n) for n in re.findall(r"<td>(\d+)</td><td class=\"t wrap\">", page)]
     assert sum(counts) == RUNS, counts  # each entry's trials column
+
+
+def test_a_request_per_page_and_a_history_per_drawn_curve(big_store, monkeypatch):
+    """At scale the queries stay flat: the trial runs are read a page (runs.PAGE_SIZE) per request,
+    the latest sweep with one request, and metric histories only for the report's curves (one per
+    model entry), none per run. The store is real; the client's calls are only counted."""
+    import collections
+    import math
+
+    from orchestrator import report
+
+    folder, uri, best = big_store
+    client = MlflowClient(tracking_uri=uri)
+    calls = collections.Counter()
+    for name in ("search_runs", "get_metric_history", "get_run"):
+        method = getattr(client, name)
+        monkeypatch.setattr(client, name, lambda *a, _m=method, _n=name, **k: calls.update([_n]) or _m(*a, **k))
+    experiment_id = client.get_experiment_by_name("scale").experiment_id
+    parent = runs.latest_sweep(client, experiment_id).info.run_id
+    assert calls == {"search_runs": 1}
+    pages = math.ceil(RUNS / runs.PAGE_SIZE)
+    calls.clear()
+    results, mode = runs.ranking(client, experiment_id, parent)
+    assert len(results) == RUNS and mode == "max"
+    assert calls == {"search_runs": pages, "get_run": 1}  # the pages, and the parent's search.* params
+    calls.clear()
+    data = report.collect(client, experiment_id, parent)
+    assert sum(e.standing.trials for e in data.entries) == RUNS
+    assert calls["search_runs"] == pages and calls["get_metric_history"] == len(data.entries) == len(ARCHS)
+    assert calls["get_run"] <= 2
