@@ -24,6 +24,7 @@ module only knows the shapes.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 from typing import TYPE_CHECKING, Any, Iterable
@@ -173,16 +174,25 @@ PAGE_SIZE = 1000  # runs per search request: every query pages through all of th
 
 def search_all(client: MlflowClient, experiment_id: str, query: str, order_by: list[str] | None = None) -> list[Run]:
     """Every run matching `query`, one request per page of PAGE_SIZE (MLflow's page_token): an
-    experiment filled over many sweeps loses none of them."""
+    experiment filled over many sweeps loses none of them. Python's cyclic garbage collector is
+    paused meanwhile: a page is ~70 new objects per run (each param, tag and metric, and on a
+    SQL store their ORM rows, none of them garbage), and collecting them over and over as they
+    are made took two thirds of a 6,000-run read (benchmarks/RESULTS.md, "The record at scale")."""
     found: list[Run] = []
     token = None
-    while True:
-        page = client.search_runs([experiment_id], query, order_by=order_by, max_results=PAGE_SIZE,
-                                  page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            page = client.search_runs([experiment_id], query, order_by=order_by, max_results=PAGE_SIZE,
+                                      page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+    finally:
+        if paused:
+            gc.enable()
 
 
 SWEEPS_NEWEST_FIRST = (f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'", ["attributes.start_time DESC"])
