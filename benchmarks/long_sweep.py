@@ -159,9 +159,11 @@ def main() -> None:
     uri, storage = f"sqlite:///{folder}/mlflow.db", os.path.join(folder, "ray_results")
     print(json.dumps({"trials": args.trials, "folder": folder, "uptime": os.getloadavg()}), flush=True)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.long_sweep", "--marks", ",".join(map(str, marks)),
-                           "--driver", path, uri, storage], cwd=root, stdout=subprocess.PIPE, text=True, check=False)
-    print(proc.stdout, end="", flush=True)
+    # The driver's lines as they come: a long run stopped early (Ctrl-C) still shows its marks.
+    with subprocess.Popen([sys.executable, "-m", "benchmarks.long_sweep", "--marks", ",".join(map(str, marks)),
+                           "--driver", path, uri, storage], cwd=root, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
     trials = read_trials(uri, "long-sweep")
     overheads = [t.span_s - t.train_s for t in trials if t.span_s is not None]
     k = min(100, len(overheads) // 2)
