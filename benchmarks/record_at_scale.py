@@ -45,11 +45,13 @@ models:
 """
 
 
-def populate(uri: str, experiment: str, count: int, folder: str, histories: bool = True, workers: int = 1) -> dict[str, tuple[float, str]]:
+def populate(uri: str, experiment: str, count: int, folder: str, histories: bool = True, workers: int = 1,
+             fields: dict[str, list[str]] | None = None) -> dict[str, tuple[float, str]]:
     """`count` completed trial runs of one sweep in a new experiment `experiment` of the store
     `uri`; the best (score, run id) per arch. `histories`: every epoch metric at epochs 1 and 2
     (what a real trial logs), else only the model_* metrics. `workers`: runs made at once (threads;
-    1 for sqlite, which takes one writer at a time)."""
+    1 for sqlite, which takes one writer at a time). `fields`: the Trial record written with only
+    these fields (`record_fields`: what an older version wrote, which it and this one both read)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -74,6 +76,11 @@ def populate(uri: str, experiment: str, count: int, folder: str, histories: bool
         model = spec.models[entry]
         trial = spec.trial({"arch": model.arch, "knobs": model.knobs, "lr": 0.01 + i * 1e-6}, f"t{i:05d}", entry=entry)
         params, tags = runs.encode(trial, dict(trial.knobs), model.arch)
+        if fields:
+            record = json.loads(tags[Tag.TRIAL])
+            record = {k: {f: x for f, x in v.items() if f in fields[k]} if k in fields else v
+                      for k, v in record.items() if k in fields[""]}
+            tags[Tag.TRIAL] = json.dumps(record, separators=(",", ":"))
         score = (i * 7919 % count) / count  # a permutation of 0..1: every run's score distinct
         run_id = client.create_run(experiment_id, run_name=trial.name, tags={
             **tags, Tag.PARENT: parent_id, Tag.STATUS: Status.COMPLETED, Tag.BEST_EPOCH: "2",
@@ -92,6 +99,16 @@ def populate(uri: str, experiment: str, count: int, folder: str, histories: bool
             if score > best.get(arch, (-1.0, ""))[0]:
                 best[arch] = (score, run_id)
     return best
+
+
+def record_fields(code: str) -> dict[str, list[str]]:
+    """The Trial record's fields as the code in `code` knows them: "" the Trial's, then each section's."""
+    script = ("import dataclasses, json; from orchestrator import runs, schema; print(json.dumps({'': "
+              "[f.name for f in dataclasses.fields(schema.Trial)], **{k: [f.name for f in dataclasses.fields(c)] "
+              "for k, c in runs.SECTIONS.items()}}))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=code, env={**os.environ, "PYTHONPATH": code},
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
 
 
 COMMANDS = {
@@ -140,13 +157,16 @@ def main() -> None:
     args = p.parse_args()
     sizes = [int(n) for n in args.runs.split(",")]
     codes = {"before": os.path.abspath(args.before), "after": REPO}
+    # The runs are written as the older version wrote them (its Trial fields; this version reads
+    # those records too): a store both versions read.
+    fields = record_fields(codes["before"])
     print(json.dumps({"load": os.getloadavg(), "before": codes["before"], "after": REPO,
                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}), flush=True)
     for kind in args.stores.split(","):
         with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-") as folder, store(kind, folder) as uri:
             for n in sizes:
                 started = time.perf_counter()
-                best = populate(uri, f"scale-{n}", n, folder, workers=1 if kind == "sqlite" else 4)
+                best = populate(uri, f"scale-{n}", n, folder, workers=1 if kind == "sqlite" else 4, fields=fields)
                 print(json.dumps({"store": kind, "runs": n, "populate_s": round(time.perf_counter() - started, 1),
                                   "best": {a: s for a, (s, _) in best.items()}}), flush=True)
                 for command in args.commands.split(","):
