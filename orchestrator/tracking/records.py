@@ -1,219 +1,29 @@
-"""A sweep's life in MLflow: the parent run (`SweepRecord`), one `TrialRecord` per trial that owns
-its run's state (epochs logged, best checkpoint, model, status), and the `Recorder` that feeds
-them from Tune's events on one background thread. No Ray here: the Tune callback in ray_train.py
-only forwards events, so every rule about restarted, resumed, interrupted or orphaned trials is
-tested by replaying events against a real store (tests/test_record_replay.py).
+"""A sweep's runs: the parent run (`SweepRecord`) and one `TrialRecord` per trial that owns its run's
+state (epochs logged, best checkpoint, model, status); `Kept`, what Ray Tune kept of an ended
+trial, from which the sweep's end completes a record the store did not take.
 
-Names and shapes (tags, params, metrics, artefacts; Trial <-> run) are runs.py's. MLflow is
-reached through one explicit `MlflowClient(tracking_uri)`, never the process-global tracking URI,
-and only the sweep driver writes: workers never talk to MLflow, so on a cluster only the head
-needs to reach the tracking server.
-"""
+Names and shapes (tags, params, metrics, artefacts; Trial <-> run) are runs.py's."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 import json
 import os
-import queue
-import subprocess
 import tempfile
-import threading
 import time
 import warnings
 from typing import Any, Callable, Collection, Mapping
 
-import numpy as np
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, RunTag
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from orchestrator import preflight, runs, storage, tables
 from orchestrator.runs import Artifact, Status, Tag
-from orchestrator.schema import EPOCH_METRICS, CheckpointFile, DataSpec, Trial, cut
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def library_versions() -> dict[str, str]:
-    import mlflow
-    import ray  # here, like torch: `orchestrate compare` loads neither
-    import torch
-    import torchvision
-
-    return dict(zip(runs.LIBRARY_VERSIONS, (torch.__version__, torchvision.__version__, ray.__version__,
-                                            mlflow.__version__)))
-
-
-def git_commit(path: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(path)) or ".", "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def context_tags(sweep_file: str) -> dict[str, str]:
-    """MLflow's standard context tags (mlflow.user, mlflow.source.name/type), with the source and
-    its git commit being the sweep file's, not the `orchestrate` script's."""
-    from mlflow.tracking.context.registry import resolve_tags
-
-    tags = {**resolve_tags(), "mlflow.source.name": os.path.abspath(sweep_file)}
-    commit = git_commit(sweep_file)
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def dataset_input(spec: DataSpec, digest: str, sizes: dict[str, int]):
-    """The trial's dataset as an MLflow input (`log_inputs`' entity): name, source, the digest of
-    its content (data.Splits.digest), and the split sizes as input tags."""
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-    from mlflow.entities import DatasetInput, InputTag
-
-    if spec.root:
-        with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local path is
-            warnings.simplefilter("ignore")
-            source = resolve_dataset_source(spec.root)
-    else:
-        source = CodeDatasetSource({"mlflow.source.name": {"digits": "sklearn.datasets.load_digits"}.get(
-            spec.name, "orchestrator.data (seeded synthetic)")})
-    dataset = MetaDataset(source, name=spec.name, digest=digest)
-    tags = [InputTag("mlflow.data.context", "training")] + [InputTag(k, str(v)) for k, v in sizes.items()]
-    return DatasetInput(dataset._to_mlflow_entity(), tags)
-
-
-def _sqlite_file(uri: str) -> str | None:
-    """The database file of a sqlite:/// store (absolute), or None for any other store."""
-    return os.path.abspath(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
-def artifact_location_for(uri: str) -> str | None:
-    """For a local sqlite store, keep artefacts beside the database (not in whatever directory the
-    process happened to start in)."""
-    if db := _sqlite_file(uri):
-        return "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
-    return None  # a server decides (proxied artefacts)
-
-
-@contextlib.contextmanager
-def store_creation_lock(uri: str):
-    """Held while this process may create a sqlite store's tables: MLflow migrates a new database
-    on first use, and two sweeps starting on one new file would run the same migrations at once
-    ("table _alembic_tmp_... already exists", a store no one can open). An flock on a file beside
-    the database makes the second wait for the first. Other stores need nothing."""
-    db = _sqlite_file(uri)
-    if db is None:
-        yield
-        return
-    import fcntl
-
-    os.makedirs(os.path.dirname(db), exist_ok=True)
-    with open(db + ".init-lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location_for(uri))
-
-
-def quiet_mlflow() -> None:
-    """MLflow's INFO lines ("Creating initial MLflow database tables...") off the sweep's terminal:
-    the live view and the summary are the output. MLFLOW_LOGGING_LEVEL set by the user wins."""
-    import logging
-
-    if not os.environ.get("MLFLOW_LOGGING_LEVEL"):
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        # A database error's traceback, logged before MLflow raises it as TEMPORARILY_UNAVAILABLE:
-        # the writer retries that, and a store that stays away is the sweep's one line at its end.
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-
-# ---------------------------------------------------------------------------------------------
-# The model
-
-
-def save_model(model, path: str, pip_requirements: list[str], metadata: dict[str, Any],
-               mlflow_model=None) -> str:
-    """Save `model` (eval mode, CPU, RGB input of metadata's image_size, else the default) as an
-    MLflow model folder at `path`.
-    Preferred format: MLflow's "pt2" (torch.export): no pickle, loads with torch alone, and the
-    batch dimension stays dynamic because the example holds two images. A model torch.export
-    cannot trace falls back to the pickled module, with a warning. Returns the format used."""
-    import shutil
-
-    import mlflow.pytorch  # imports torch: only the sweep driver pays for it
-
-    size = metadata.get("image_size", DataSpec.image_size)  # the model's input side (dataset.image_size)
-    example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
-    common = dict(input_example=example, pip_requirements=pip_requirements, metadata=metadata,
-                  mlflow_model=mlflow_model)
-    try:
-        mlflow.pytorch.save_model(model, path, serialization_format="pt2", **common)
-        return "pt2"
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
-        warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead", stacklevel=2)
-        shutil.rmtree(path, ignore_errors=True)
-    mlflow.pytorch.save_model(model, path, serialization_format="pickle", **common)
-    return "pickle"
-
-
-def log_model(client: MlflowClient, run_id: str, model_id: str, checkpoint_dir: str, step: int) -> str:
-    """The checkpoint's model as the run's LoggedModel `model_id` (runs:/<run_id>/model and
-    models:/<model_id> both load it), linked to the run at `step`. Returns the format."""
-    import torch
-    import torchvision
-    from mlflow.models import Model
-
-    from orchestrator import engine  # torch: only the sweep driver pays for it
-
-    model, meta = engine.load_model(checkpoint_dir)
-    logged = client.get_logged_model(model_id)
-    # Explicit requirements: MLflow's inference imports the model in a subprocess (slow).
-    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
-    with tempfile.TemporaryDirectory(prefix="orchestrate-model-") as tmp:
-        local = os.path.join(tmp, Artifact.MODEL)
-        description = Model(artifact_path=logged.artifact_location, model_uuid=model_id, run_id=run_id,
-                            model_id=model_id)
-        keep = ("arch", "knobs", "classes", "mean", "std", "epoch", "image_size")
-        fmt = save_model(model, local, reqs, {k: meta[k] for k in keep if k in meta}, mlflow_model=description)
-        client.log_model_artifacts(model_id, local)
-    outputs = client.get_run(run_id).outputs
-    if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else ())):  # a retry: once
-        client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
-    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
-    client.log_batch(run_id, tags=[RunTag(Tag.MODEL_FORMAT, fmt)])
-    client.log_dict(run_id, meta, Artifact.MODEL_META)
-    return fmt
-
-
-# ---------------------------------------------------------------------------------------------
-# One trial's run
+from orchestrator.schema import EPOCH_METRICS, CheckpointFile, Trial
+from orchestrator.tracking.context import context_tags, dataset_input, library_versions
+from orchestrator.tracking.logged_model import log_code, log_model
+from orchestrator.tracking.store import get_or_create_experiment, store_creation_lock
 
 
 def encode(trial: Trial) -> tuple[dict[str, str], dict[str, str]]:
@@ -223,15 +33,6 @@ def encode(trial: Trial) -> tuple[dict[str, str], dict[str, str]]:
     arch = archs.get(trial.arch)
     return runs.encode(trial, archs.validate(trial.arch, dict(trial.knobs)), arch.family,
                        *((arch.code.sha256, arch.code.file) if arch.code else ()))
-
-
-def log_code(client: MlflowClient, run_id: str, arch: str) -> None:
-    """A user's model: the file that defines it, as an artefact of the run (code/FILE.py)."""
-    import archs  # torch: see encode
-
-    code = archs.get(arch).code
-    if code is not None:
-        client.log_artifact(run_id, code.file, Artifact.CODE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,15 +307,18 @@ class SweepRecord:
     @classmethod
     def start(cls, uri: str, experiment: str, sweep_file: str, storage_path: str,
               params: dict[str, Any]) -> SweepRecord:
-        """A new parent run `sweep-<timestamp>` with the sweep's settings as params and its file."""
+        """A new parent run `sweep-<timestamp>` with the sweep's settings (`params`: a dict of
+        runs.SweepSettings' fields) as its record (runs.encode_sweep, sweep.json) and its file."""
         record = cls(uri, experiment, "", sweep_file, storage_path)
-        client = record.client
+        client, settings = record.client, runs.sweep_from_dict(params)
+        params, tags = runs.encode_sweep(settings)
         run = client.create_run(record.experiment_id, run_name=time.strftime("sweep-%Y%m%d-%H%M%S"), tags={
-            **record.context, Tag.ROLE: runs.ROLE_SWEEP, Tag.SWEEP_FILE: os.path.abspath(sweep_file)})
+            **record.context, **tags, Tag.SWEEP_FILE: os.path.abspath(sweep_file)})
         record.parent_run_id = run.info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        params = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(params), 100):
             client.log_batch(record.parent_run_id, params=params[i:i + 100])
+        client.log_dict(record.parent_run_id, runs.sweep_to_dict(settings), Artifact.SWEEP)
         # The file as it is, but for any password in a URI (a tracking.uri with credentials must
         # not land in the store it unlocks).
         with tempfile.TemporaryDirectory() as tmp:
@@ -672,284 +476,6 @@ class SweepRecord:
         self.client.set_tag(self.parent_run_id, Tag.REGISTERED_MODEL, f"{name}/{version.version}")
         return version
 
-
-# ---------------------------------------------------------------------------------------------
-# Off Tune's loop
-
-
-def transient(error: BaseException) -> bool:
-    """Whether `error` (or one it was raised from) is a store out of reach for now: a connection
-    refused or cut mid-response (a tracking server restarting or gone), a timeout, a server that
-    answers 5xx past MLflow's own retries (its database down), a database busy with another writer
-    or whose disk is full (MLflow's TEMPORARILY_UNAVAILABLE: any SQLAlchemy OperationalError), an
-    artefact written to a full disk. Each can pass; none is a wrong write."""
-    import errno
-
-    import requests
-
-    seen = error
-    while seen is not None:
-        if isinstance(seen, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                             requests.exceptions.Timeout, requests.exceptions.RetryError, ConnectionError,
-                             TimeoutError)):
-            return True
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if isinstance(seen, MlflowException) and seen.error_code == "TEMPORARILY_UNAVAILABLE":
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-# Per-request retries of MLflow's HTTP client in the sweep driver. MLflow's own defaults
-# (MLFLOW_HTTP_REQUEST_MAX_RETRIES 7, _BACKOFF_FACTOR 2, urllib3's back-off capped at 120 s) hold
-# one request for about 4 minutes against a server that is gone, and the writer's retries came on
-# top: a queue of a few jobs took a quarter of an hour. In the driver each request gives up after
-# 3 quick retries (about 7 s); the writer retries the job for as long as the store stays away, and
-# the sweep's end waits for it `tracking.wait_s` by the clock. A value the user set wins.
-REQUEST_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                   "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
-
-
-def bound_requests() -> None:
-    """REQUEST_RETRIES for this process (the sweep driver: the only one that writes MLflow)."""
-    for key, value in REQUEST_RETRIES.items():
-        os.environ.setdefault(key, value)
-
-
-def reason(error: BaseException) -> str:
-    """What a store's error comes down to, short: '[Errno 111] Connection refused', 'too many 503
-    error responses', 'database or disk is full', ..."""
-    import re
-
-    texts, seen = [], error
-    while seen is not None and len(texts) < 10:
-        texts.append(str(seen))
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(texts)
-    for pattern in (r"\[Errno -?\d+\] [^'\"()\]]+", r"too many \d+ error responses", r"database or disk is full",
-                    r"database is locked", r"[Rr]ead timed out", r"No space left on device"):
-        if found := re.search(pattern, text):
-            return found.group(0).strip()
-    return cut(f"{type(error).__name__}: {texts[-1].splitlines()[0] if texts[-1] else ''}", 100)
-
-
-@dataclasses.dataclass(frozen=True)
-class Outage:
-    """The store has refused every write since `since` (time.time()), for `why`; `waiting`
-    writes are queued behind the one being tried."""
-
-    since: float
-    waiting: int
-    why: str
-
-    def line(self, uri: str, now: float | None = None) -> str:
-        seconds = (now or time.time()) - self.since
-        return (f"tracking store {preflight.show_uri(uri)} unreachable for {seconds:.0f} s ({self.why}); "
-                f"{self.waiting} write(s) waiting")
-
-
-class BackgroundWriter:
-    """One thread that runs MLflow work in submission order, so the caller (Tune's event loop)
-    never waits on a store. A job that fails on a transient store error is run again, after
-    RETRY_WAITS_S and then every RETRY_WAITS_S[-1], for as long as the store stays away (every job
-    can be: an epoch or a tag is written once however often it is sent, a run is found again
-    before one is created), so an outage loses nothing and keeps the order; `outage()` says
-    since when. Any other error is kept (and re-raised by `flush`) without stopping the jobs after
-    it. `flush(timeout_s)` waits until the store has taken nothing for that long (no job ended,
-    no `alive()` from a long one); then the writer gives up (no job runs again)."""
-
-    RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0)
-
-    def __init__(self):
-        self._jobs: queue.Queue = queue.Queue()
-        self._errors: list[BaseException] = []
-        self._given_up = threading.Event()
-        self._failing: tuple[float, BaseException] | None = None  # (first failed try, last error)
-        self._progress = time.monotonic()  # when the store last took something
-        self._thread = threading.Thread(target=self._run, name="orchestrate-mlflow-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                if not self._given_up.is_set():
-                    self._run_job(job)
-            except BaseException as e:  # noqa: BLE001 - reported by flush()
-                self._errors.append(e)
-            finally:
-                self._jobs.task_done()
-
-    def _run_job(self, job: Callable[[], None]) -> None:
-        for attempt in itertools.count():
-            tried = time.time()
-            try:
-                job()
-                self._failing = None
-                self.alive()
-                return
-            except Exception as e:  # noqa: BLE001 - only a transient one is tried again
-                if not transient(e) or self._given_up.is_set():
-                    raise
-                self._failing = (self._failing[0] if self._failing else tried, e)
-                if self._given_up.wait(self.RETRY_WAITS_S[min(attempt, len(self.RETRY_WAITS_S) - 1)]):
-                    raise
-
-    def alive(self) -> None:
-        """The store took a write: a long job (a trial's finishing, its model's upload) says so."""
-        self._progress = time.monotonic()
-
-    def outage(self) -> Outage | None:
-        """Since when the store has refused the writes, or None while it takes them."""
-        failing = self._failing
-        if failing is None:
-            return None
-        return Outage(failing[0], self.pending, reason(failing[1]))
-
-    def flush(self, timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> bool:
-        """Wait until everything submitted has run (True), re-raising the first error kept. Once
-        the store has taken nothing for `timeout_s` (counted from this call at the earliest: a
-        store that answers goes on being waited for), or when `stop()` turns true (a Ctrl-C),
-        stop waiting, give up and return False: a job in flight is left to end on its own, none
-        after it runs."""
-        started = time.monotonic()
-        with self._jobs.all_tasks_done:
-            while self._jobs.unfinished_tasks:
-                left = None if timeout_s is None else max(started, self._progress) + timeout_s - time.monotonic()
-                if (left is not None and left <= 0) or (stop is not None and stop()):
-                    self._given_up.set()
-                    return False
-                self._jobs.all_tasks_done.wait(0.2 if left is None else min(0.2, left))
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise errors[0]
-        return True
-
-    def give_up(self) -> None:
-        self._given_up.set()
-
-    @property
-    def pending(self) -> int:
-        """Jobs submitted and not yet run (the one running included)."""
-        return self._jobs.unfinished_tasks
-
-
-@dataclasses.dataclass
-class _Progress:
-    """One trial: what Tune reported of it, and what the store has taken."""
-
-    epochs_reported: int = 0
-    ended: str | None = None  # "completed" (trained to its end) or "failed", as Tune reported it
-    run: bool = False
-    epochs_logged: int = 0
-    ended_logged: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Unrecorded:
-    """What the store did not take by the sweep's end: trials with no run, epochs trained and
-    not logged, trials ended whose model (and end) is not logged, and the writes left queued."""
-
-    runs: int
-    epochs: int
-    models: int
-    writes: int
-    outage: Outage | None
-
-    def counts(self) -> str:
-        parts = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in
-                 ((self.runs, "run"), (self.epochs, "epoch"), (self.models, "model")) if n]
-        listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
-        return listed or f"{self.writes} write{'' if self.writes == 1 else 's'}"
-
-
-class Recorder:
-    """Tune's events -> the sweep's TrialRecords, every MLflow call on one background writer, in
-    the order the events came. The caller only queues: no event waits on the store."""
-
-    def __init__(self, sweep: Callable[[], SweepRecord]):
-        self._sweep_factory, self._sweep = sweep, None
-        self._records: dict[str, TrialRecord] = {}
-        self._progress: dict[str, _Progress] = {}
-        self.missing: list[str] = []  # what the end's fill-in could not record (finish_orphans)
-        self._writer = BackgroundWriter()
-
-    @property
-    def sweep(self) -> SweepRecord:  # made on the writer thread: even the first connection is off the loop
-        if self._sweep is None:
-            self._sweep = self._sweep_factory()
-            self._sweep.alive = self._writer.alive
-        return self._sweep
-
-    def _on(self, trial_id: str, action: Callable[[TrialRecord], None]) -> None:
-        def job():
-            record = self._records.get(trial_id)
-            if record is not None and not record.trained:
-                action(record)
-                self._progress.setdefault(trial_id, _Progress()).epochs_logged = record.last_epoch
-        self._writer.submit(job)
-
-    def started(self, trial: Trial, tune_trial_ids: Collection[str] | None = None) -> None:
-        progress = self._progress.setdefault(trial.trial_id, _Progress())
-
-        def job():
-            if trial.trial_id not in self._records:
-                record = self._records[trial.trial_id] = self.sweep.open_trial(trial, tune_trial_ids)
-                progress.run, progress.epochs_logged, progress.ended_logged = True, record.last_epoch, record.trained
-        self._writer.submit(job)
-
-    def result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        metrics = dict(metrics)
-        progress = self._progress.setdefault(trial_id, _Progress())
-        progress.epochs_reported = max(progress.epochs_reported, int(metrics["epoch"]))
-        self._on(trial_id, lambda r: r.epoch(metrics, metrics.get("checkpoint_path")))
-        if metrics.get("checkpoint_path"):  # a TorchTrainer trial: Ray Train already stored it
-            self.checkpoint(trial_id, int(metrics["epoch"]), metrics["checkpoint_path"])
-
-    def checkpoint(self, trial_id: str, epoch: int, path: str) -> None:
-        self._on(trial_id, lambda r: r.checkpoint(epoch, path))
-
-    def ended(self, trial_id: str, failed: bool = False, error: str | None = None) -> None:
-        progress = self._progress.setdefault(trial_id, _Progress())
-        progress.ended = Status.FAILED if failed else Status.COMPLETED
-
-        def finish(record: TrialRecord) -> None:
-            record.finish(failed, error)
-            progress.ended_logged = True
-        self._on(trial_id, finish)
-        self._writer.submit(lambda: self._records.pop(trial_id, None))
-
-    def left_running(self, trial_id: str) -> None:
-        """A trial Tune ended because the sweep is being interrupted: not finished here."""
-        self._writer.submit(lambda: self._records.pop(trial_id, None))
-
-    def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None,
-                       kept: Callable[[str], Kept | None] | None = None) -> None:
-        self._writer.submit(lambda: self.missing.extend(self.sweep.finish_orphans(ended, tune_trial_ids, kept)))
-
-    def outage(self) -> Outage | None:
-        return self._writer.outage()
-
-    def unrecorded(self) -> Unrecorded:
-        progress = list(self._progress.values())
-        return Unrecorded(runs=sum(not p.run for p in progress),
-                          epochs=sum(max(0, p.epochs_reported - p.epochs_logged) for p in progress),
-                          models=sum(p.ended == Status.COMPLETED and not p.ended_logged for p in progress),
-                          writes=self._writer.pending, outage=self._writer.outage())
-
-    def flush(self, timeout_s: float | None = None, stop: Callable[[], bool] | None = None) -> Unrecorded | None:
-        """Everything queued written (None), or, past `timeout_s` or once `stop()` (or on a second
-        Ctrl-C), what the store did not take: the writer gives up, the sweep says so and exits."""
-        try:
-            if self._writer.flush(timeout_s, stop):
-                return None
-        except KeyboardInterrupt:
-            self._writer.give_up()
-        return self.unrecorded()
 
 
 def record_evaluation(uri: str, run_id: str, split: str, result: dict[str, Any]) -> None:
