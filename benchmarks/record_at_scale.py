@@ -154,6 +154,8 @@ def main() -> None:
     p.add_argument("--stores", default="sqlite,postgres")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--commands", default=",".join(COMMANDS))
+    p.add_argument("--store", help="an existing store whose experiments scale-N (written as the older version "
+                                   "writes them) are timed as they are: nothing is made (--stores is its kind)")
     args = p.parse_args()
     sizes = [int(n) for n in args.runs.split(",")]
     codes = {"before": os.path.abspath(args.before), "after": REPO}
@@ -163,12 +165,14 @@ def main() -> None:
     print(json.dumps({"load": os.getloadavg(), "before": codes["before"], "after": REPO,
                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}), flush=True)
     for kind in args.stores.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-") as folder, store(kind, folder) as uri:
+        with tempfile.TemporaryDirectory(prefix=f"scale-{kind}-") as folder, \
+                (contextlib.nullcontext(args.store) if args.store else store(kind, folder)) as uri:
             for n in sizes:
-                started = time.perf_counter()
-                best = populate(uri, f"scale-{n}", n, folder, workers=1 if kind == "sqlite" else 4, fields=fields)
-                print(json.dumps({"store": kind, "runs": n, "populate_s": round(time.perf_counter() - started, 1),
-                                  "best": {a: s for a, (s, _) in best.items()}}), flush=True)
+                if not args.store:
+                    started = time.perf_counter()
+                    best = populate(uri, f"scale-{n}", n, folder, workers=1 if kind == "sqlite" else 4, fields=fields)
+                    print(json.dumps({"store": kind, "runs": n, "populate_s": round(time.perf_counter() - started, 1),
+                                      "best": {a: s for a, (s, _) in best.items()}}), flush=True)
                 for command in args.commands.split(","):
                     for repeat in range(args.repeats):
                         for side in ("before", "after"):
