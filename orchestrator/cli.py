@@ -385,6 +385,8 @@ def cmd_compare(args) -> int:
                   if results and args.by == "trial" else f", by model entry, by {results[0].metric}" if results else "")
         print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
               + f" ({len(results)} trials{ranked}; {shown})")
+        if args.by == "trial" and results and results[0].objectives:
+            print(tables.pareto_line(results))
     print(text, end="" if args.format != "json" else "\n")
     return 0
 

@@ -32,7 +32,9 @@ import dataclasses
 import gc
 import json
 import os
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from orchestrator import pareto
 
 from orchestrator.schema import (CREDENTIALS, EPOCH_METRICS, METRIC_RANGE, DataSpec, Failure, Resources, Search, TrainConfig,
                                  Trial)
@@ -329,6 +331,17 @@ def selection(client: MlflowClient, parent_run_id: str | None, runs: Iterable[Ru
     return Search.metric, Search.mode  # the schema's defaults
 
 
+def objectives(runs: Iterable[Run]) -> tuple[dict[str, str] | None, str]:
+    """(search.objectives, search.select) of the sweep the runs belong to, from the first trial's
+    record (in order: the parent's params are a mapping without one); (None, the default) when it
+    has none."""
+    for run in runs:
+        if Tag.TRIAL in run.data.tags:
+            search = decode(run).search
+            return search.objectives, search.select
+    return None, Search.select
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """One trial run as the comparison table shows it. `score` is the sweep's metric at the
@@ -358,6 +371,9 @@ class Result:
     seed: int | None
     entry: int | None  # its `models:` entry
     phase: str | None  # search, or seeds (a re-training of the entry's best configuration)
+    objectives: tuple[tuple[str, float | None], ...] = ()  # (metric, value at the logged model), search.objectives
+    pareto: bool | None = None  # on the Pareto set of the sweep's objectives (None: no objectives)
+    selected: bool = False  # the Pareto trial search.select picks: the one registered as @best
 
     @property
     def has_model(self) -> bool:
@@ -369,7 +385,17 @@ class Result:
         return self.status == Status.COMPLETED
 
 
-def result(run: Run, metric: str) -> Result:
+def objective_value(run: Run, name: str) -> float | None:
+    """A run's value of objective `name` (schema.OBJECTIVE_METRICS) at its logged model: a training
+    metric at the model's epoch (model_<name>), a model fact from its params, an inference cost as
+    measured."""
+    if name in MODEL_FACTS:
+        text = run.data.params.get(name)
+        return float(text) if text not in (None, "", "None") else None
+    return run.data.metrics.get(model_metric(name) if name in EPOCH_METRICS else name)
+
+
+def result(run: Run, metric: str, objectives: Sequence[str] = ()) -> Result:
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     trial = decode(run) if Tag.TRIAL in t else None
     knobs = {k[len("knobs."):]: v for k, v in p.items() if k.startswith("knobs.")}
@@ -390,7 +416,23 @@ def result(run: Run, metric: str) -> Result:
         infer_imgs_per_s=m.get("infer_imgs_per_s"), device_hours=seconds * world / 3600.0,
         status=t.get(Tag.STATUS, ""), run_id=run.info.run_id, error=t.get(Tag.ERROR),
         model_id=t.get(Tag.LOGGED_MODEL_ID), seed=trial.train.seed if trial else None,
-        entry=trial.entry if trial else None, phase=trial.phase if trial else None)
+        entry=trial.entry if trial else None, phase=trial.phase if trial else None,
+        objectives=tuple((name, objective_value(run, name)) for name in objectives))
+
+
+def mark_pareto(results: Sequence[Result], objectives: dict[str, str] | None, select: str) -> list[Result]:
+    """The results (in their order), each marked on or off the Pareto set of `objectives` among the
+    trials with a model and every objective's value, and the one `select` picks (pareto.select)
+    marked selected; as they are without objectives."""
+    if not objectives:
+        return list(results)
+    directions = tuple(objectives.values())
+    pool = [i for i, r in enumerate(results) if r.has_model]
+    points = [tuple(v for _, v in results[i].objectives) for i in pool]
+    on = {pool[k] for k in pareto.front(points, directions)}
+    picked = pareto.select(points, directions, select)
+    chosen = pool[picked] if picked is not None else None
+    return [dataclasses.replace(r, pareto=i in on, selected=i == chosen) for i, r in enumerate(results)]
 
 
 def rank(results: Iterable[Result], mode: str) -> list[Result]:
@@ -413,7 +455,14 @@ def ranking(client: MlflowClient, experiment_id: str, parent_run_id: str | None 
     """(`results`, the mode they are ranked in), from one read of the trial runs."""
     runs = trial_runs(client, experiment_id, parent_run_id)
     metric, mode = selection(client, parent_run_id, runs)
-    return rank((result(r, metric) for r in runs), mode), mode
+    return read_results(runs, metric, mode), mode
+
+
+def read_results(runs: Sequence[Run], metric: str, mode: str) -> list[Result]:
+    """The runs as Results ranked by `metric` and `mode`, marked on or off the Pareto set of their
+    sweep's objectives (mark_pareto)."""
+    wanted, select = objectives(runs)
+    return mark_pareto(rank((result(r, metric, tuple(wanted or ())) for r in runs), mode), wanted, select)
 
 
 def download_model(client: MlflowClient, run: Run, dst: str) -> str:

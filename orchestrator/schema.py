@@ -22,6 +22,8 @@ import types
 import typing
 from typing import Any, Callable, Iterator, Mapping
 
+from orchestrator.pareto import DIRECTIONS, SELECT_RULES
+
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 # More trials than this in one sweep is a typo (num_samples: 1000000000), not a plan: Tune's
 # driver and a dry run's preview would build every one of them.
@@ -36,6 +38,14 @@ METRICS = EPOCH_METRICS
 METRIC_RANGE = {"train_acc": (0.0, 1.0), "val_acc": (0.0, 1.0), "val_top5": (0.0, 1.0), "best_val_acc": (0.0, 1.0),
                 "train_loss": (0.0, None), "val_loss": (0.0, None), "lr": (0.0, None), "imgs_per_s": (0.0, None),
                 "train_s": (0.0, None), "epoch_s": (0.0, None)}
+# What a model costs to run, known before its first step (it depends on the architecture, not the
+# weights): a trial reports each with its first epoch (engine.describe). param_count and flops are
+# logged as params, the infer_* ones as metrics (runs.MODEL_FACTS, runs.INFERENCE_METRICS).
+COST_METRICS = ("param_count", "flops", "infer_latency_b1_ms", "infer_imgs_per_s", "infer_peak_mem_mb")
+# `search.objectives`: two or three of these, each `max` or `min`; the first one is the sweep's
+# `search.metric`/`mode`, so it is a training metric (it picks each trial's checkpoint).
+OBJECTIVE_METRICS = METRICS + COST_METRICS
+OBJECTIVES_MIN, OBJECTIVES_MAX = 2, 3
 
 class CheckpointFile:
     """The files of a checkpoint folder: the engine writes them, the run record reads the eval and
@@ -157,6 +167,26 @@ def in_interval(low, high, *, low_open: bool, high_open: bool) -> Callable[[Any]
         ok = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
         return None if ok else f"{show(v)} is not in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     return check
+
+
+def objectives_problem(v) -> str | None:
+    """`search.objectives`: {metric: max | min, ...}, OBJECTIVES_MIN to OBJECTIVES_MAX of
+    OBJECTIVE_METRICS, the first a training metric. (A metric written twice is YAML's duplicate
+    key, refused as the file is read.)"""
+    if not OBJECTIVES_MIN <= len(v) <= OBJECTIVES_MAX:
+        names = ", ".join(show_key(k) for k in v) or "none"
+        return (f"{len(v)} objective(s) ({cut(names, SHOWN_CHARS)}); give {OBJECTIVES_MIN} or {OBJECTIVES_MAX} "
+                f"(one objective is search.metric and search.mode)")
+    for metric, direction in v.items():
+        if metric not in OBJECTIVE_METRICS:
+            return f"{show_key(metric)} is not a metric; allowed: {', '.join(OBJECTIVE_METRICS)}"
+        if direction not in DIRECTIONS:
+            return f"{metric}: {show(direction)} is not one of {', '.join(DIRECTIONS)}"
+    first = next(iter(v))
+    if first not in METRICS:
+        return (f"the first objective {first} is not a training metric: it is the sweep's search.metric "
+                f"(it picks each trial's checkpoint); put one of {', '.join(METRICS)} first")
+    return None
 
 
 # The smallest share of a CPU or a GPU a worker may ask for. Ray counts resources in units of
@@ -365,10 +395,48 @@ class Search:
     metric: str = setting("val_acc", "what selects trials, checkpoints and the logged model", choices=METRICS)
     mode: str = setting("max", "max or min", choices=("max", "min"))
     seed: int = setting(0, "seed of the random search dimensions", check=seed_range)
+    objectives: dict | None = setting(None, "two or three {metric: max | min}: tpe searches them together, compare "
+                                            "marks the Pareto set; the first is search.metric and mode",
+                                      check=objectives_problem)
+    select: str = setting("first", "with objectives, the Pareto trial registered as @best (and seeded): first "
+                                   "(best on the first objective) or knee (nearest the ideal point)",
+                          choices=SELECT_RULES)
 
     def better(self, a: float, b: float | None) -> bool:
         """Whether metric value `a` beats `b` (None: nothing yet)."""
         return b is None or better(a, b, self.mode)
+
+    @staticmethod
+    def implied(raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The keys a `search:` mapping with `objectives` leaves out and the objectives decide: the
+        metric and mode are the first objective's, and the scheduler is fifo (no early stopping:
+        ASHA ranks on one metric and would stop the cheap, less accurate trials a Pareto set needs)."""
+        objectives = raw.get("objectives")
+        if not isinstance(objectives, dict) or not objectives:
+            return {}
+        metric, mode = next(iter(objectives.items()))
+        implied = {"metric": metric, "mode": mode, "scheduler": "fifo"}
+        return {k: v for k, v in implied.items() if k not in raw}
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.objectives:
+            first = next(iter(self.objectives.items()))
+            if (self.metric, self.mode) != first:
+                key = "metric" if self.metric != first[0] else "mode"
+                yield key, (f"{self.metric}/{self.mode} with objectives: the first objective ({first[0]}: "
+                            f"{first[1]}) is the metric and mode; leave search.metric and search.mode out")
+            if self.scheduler == "asha":
+                yield "scheduler", ("asha with objectives: ASHA stops trials on one metric and would cut the cheap, "
+                                    "less accurate trials the Pareto set needs; use fifo (or leave it out)")
+        elif self.select != Search.select:
+            yield "select", f"{self.select} picks among the Pareto set of search.objectives, which is not given"
+
+    def directions(self) -> tuple[str, ...]:
+        return tuple(self.objectives.values()) if self.objectives else (self.mode,)
+
+    def objective_names(self) -> tuple[str, ...]:
+        """The objectives' metrics in order; the metric alone without objectives."""
+        return tuple(self.objectives) if self.objectives else (self.metric,)
 
 
 @dataclasses.dataclass(frozen=True)

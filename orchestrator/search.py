@@ -10,7 +10,10 @@ A fair comparison of architectures needs each entry searched and judged on its o
   is the old single bracket over the whole sweep);
 - each repeat of a point trains with its own seed (`train.seed` + repeat), and with
   `search.seeds: k` each entry's best configuration is trained again with k fresh seeds, to the
-  full budget, never stopped early: the leaderboard's spread comes from those.
+  full budget, never stopped early: the leaderboard's spread comes from those;
+- with `search.objectives` (two or three metrics), TPE's study per entry is multi-objective, the
+  seed runs re-train the entry's trial that `search.select` picks from its Pareto set, and nothing
+  is stopped early (the scheduler is fifo: see schema.Search.implied).
 
 A trial's config is `{"model": point, "entry": i, "repeat": r, "phase": "search" | "seeds"}`;
 `SweepSpec.trial` makes it a `Trial`.
@@ -28,7 +31,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from orchestrator import config
+from orchestrator import config, pareto
 from orchestrator.config import SweepSpec
 from orchestrator.schema import PHASE_SEARCH, PHASE_SEEDS
 
@@ -132,9 +135,12 @@ class _SpaceFunction:
 
 class _TpeSampler:
     """One Optuna TPE study per entry, through Ray Tune's OptunaSearch. The first trials are
-    random (TPE needs a few observations), then TPE models which values scored well."""
+    random (TPE needs a few observations), then TPE models which values scored well. With
+    several objectives (`metric` and `mode` lists) the study is multi-objective: Optuna's TPE
+    splits the trials into good and bad by their Pareto rank (MOTPE)."""
 
-    def __init__(self, leaves: dict[str, Any], metric: str, mode: str, seed: int, budget: int):
+    def __init__(self, leaves: dict[str, Any], metric: str | list[str], mode: str | list[str], seed: int,
+                 budget: int):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
@@ -174,6 +180,7 @@ class _Outcome:
     value: float | None = None  # the metric's last reported value
     full_budget: bool = False
     done: bool = False
+    values: tuple[float | None, ...] = ()  # each objective's last reported value (search.objectives)
 
 
 class EntrySearch(Searcher):
@@ -187,15 +194,19 @@ class EntrySearch(Searcher):
         self.spec = spec
         self.plans = plan(spec)
         self.samplers = {}
+        metric, mode = ((list(search.objectives), list(search.objectives.values())) if search.objectives
+                        else (search.metric, search.mode))
         for p in self.plans:
             leaves = _leaves(p.points[0])
             seed = search.seed * 1000 + p.index
-            self.samplers[p.index] = (_TpeSampler(leaves, search.metric, search.mode, seed, p.budget)
+            self.samplers[p.index] = (_TpeSampler(leaves, metric, mode, seed, p.budget)
                                       if search.algorithm == "tpe" and leaves else _RandomSampler(seed))
         self.suggested = {p.index: 0 for p in self.plans}
         self.seeded = {p.index: False for p in self.plans}  # its seed trials are queued (or there are none)
         self.seed_queue: list[tuple[int, dict[str, Any], int]] = []
         self.outcomes: dict[str, _Outcome] = {}
+        # Each running trial's objectives as last reported: a cost comes with the first epoch only.
+        self.reported: dict[str, dict[str, float]] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # metric and mode come from the sweep's spec; the space from its entries
@@ -241,25 +252,42 @@ class EntrySearch(Searcher):
         return len(mine) == self.plans[entry].budget and all(o.done for o in mine)
 
     def _best(self, entry: int) -> _Outcome | None:
-        """The entry's best search trial by the sweep's metric and mode, among those that trained
-        to the full budget (any that ended, when none did)."""
+        """The entry's best search trial by the sweep's metric and mode (with objectives: the
+        trial of their Pareto set that `search.select` picks), among those that trained to the
+        full budget (any that ended, when none did)."""
         ended = [o for o in self.outcomes.values()
                  if o.entry == entry and o.phase == PHASE_SEARCH and o.value is not None]
         pool = [o for o in ended if o.full_budget] or ended
         if not pool:
             return None
-        sign = 1.0 if self.spec.search.mode == "max" else -1.0
+        search = self.spec.search
+        if search.objectives:
+            picked = pareto.select([o.values for o in pool], search.directions(), search.select)
+            if picked is not None:  # (None: no trial reported every objective; then by the metric)
+                return pool[picked]
+        sign = 1.0 if search.mode == "max" else -1.0
         return max(pool, key=lambda o: sign * o.value)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        names = self.spec.search.objectives or ()
+        kept = {k: result[k] for k in names if result.get(k) is not None}
+        if kept:
+            self.__dict__.setdefault("reported", {}).setdefault(trial_id, {}).update(kept)  # (a state saved before it)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         outcome = self.outcomes.get(trial_id)
         if outcome is None:
             return
         outcome.done = True
-        metric = self.spec.search.metric
-        if result and not error and metric in result:
-            outcome.value = float(result[metric])
+        search = self.spec.search
+        reported = self.__dict__.get("reported", {}).pop(trial_id, {})
+        if result and search.objectives:  # the costs, reported with the first epoch, as of the last
+            result = {**reported, **{k: v for k, v in result.items() if v is not None}}
+        if result and not error and search.metric in result:
+            outcome.value = float(result[search.metric])
             outcome.full_budget = int(result.get("epoch", 0)) >= outcome.epochs
+            outcome.values = tuple(float(result[k]) if result.get(k) is not None else None
+                                   for k in search.objective_names())
         if outcome.phase == PHASE_SEARCH:
             self.samplers[outcome.entry].complete(trial_id, result, error)
 

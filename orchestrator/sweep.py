@@ -27,7 +27,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
 from orchestrator.config import SweepSpec
-from orchestrator.tables import leaderboard_table, render
+from orchestrator.tables import leaderboard_table, pareto_line, render
 from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial, cut, slug
 
@@ -326,6 +326,8 @@ def stop_on_signals():
 def print_summary(results: list, spec: SweepSpec, trained: bool, out, experiment_id: str | None = None) -> None:
     print("", file=out)
     print(render(results, "table"), end="", file=out)
+    if results and results[0].objectives:
+        print(pareto_line(results), file=out)
     standings = runs.leaderboard(results, spec.search.mode)
     if standings:
         print(f"\nPer model entry ({spec.search.metric}, {spec.search.mode}; mean of the best configuration's "

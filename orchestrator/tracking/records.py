@@ -242,7 +242,8 @@ class TrialRecord:
         at_best = next((m for m in history if best and int(m["epoch"]) == best.epoch), None)
         if at_best is not None:
             now = self._stamps_ms.setdefault("model", int(time.time() * 1000))
-            keys = dict.fromkeys(("val_acc", "val_loss", "val_top5", self.trial.search.metric))
+            objectives = [k for k in self.trial.search.objective_names() if k in EPOCH_METRICS]  # the metric first
+            keys = dict.fromkeys(("val_acc", "val_loss", "val_top5", *objectives))
             client.log_batch(self.run_id, metrics=[Metric(runs.model_metric(k), float(at_best[k]), now, best.epoch,
                                                           model_id=self.model_id or None)
                                                    for k in keys if k in at_best])
@@ -456,9 +457,11 @@ class SweepRecord:
         return results, version
 
     def register_best(self, results: list[runs.Result], name: str):
-        """The first result (best first, by the sweep's metric and mode) that holds a model, in the
-        Model Registry as `name`, alias `best`. None if no trial has a model."""
-        best = next((r for r in results if r.has_model and r.model_id), None)
+        """The first result (best first, by the sweep's metric and mode) that holds a model — with
+        search.objectives the one search.select picked from their Pareto set — in the Model
+        Registry as `name`, alias `best`. None if no trial has a model."""
+        best = next((r for r in results if r.selected and r.model_id), None) or next(
+            (r for r in results if r.has_model and r.model_id), None)
         if best is None:
             return None
         try:
