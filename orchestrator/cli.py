@@ -368,8 +368,8 @@ def _find_sweep(args):
         exp = exps[0]
     parent = None
     if not args.all_sweeps:
-        sweeps = runs.sweep_runs(client, exp.experiment_id)
-        parent = sweeps[0].info.run_id if sweeps else None
+        latest = runs.latest_sweep(client, exp.experiment_id)
+        parent = latest.info.run_id if latest else None
     return client, exp, parent
 
 
@@ -378,9 +378,8 @@ def cmd_compare(args) -> int:
 
     client, exp, parent = _find_sweep(args)
     shown = preflight.show_uri(client.tracking_uri)
-    results = runs.results(client, exp.experiment_id, parent)
+    results, mode = runs.ranking(client, exp.experiment_id, parent)  # the trial runs read once
     if args.by == "arch":
-        mode = runs.selection(client, parent, runs.trial_runs(client, exp.experiment_id, parent))[1]
         text = tables.leaderboard_table(runs.leaderboard(results, mode, by_arch=parent is None)).render(args.format)
     else:
         text = tables.render(results, args.format)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import gc
 import json
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -262,22 +263,40 @@ PAGE_SIZE = 1000  # runs per search request: every query pages through all of th
 
 def search_all(client: MlflowClient, experiment_id: str, query: str, order_by: list[str] | None = None) -> list[Run]:
     """Every run matching `query`, one request per page of PAGE_SIZE (MLflow's page_token): an
-    experiment filled over many sweeps loses none of them."""
+    experiment filled over many sweeps loses none of them. Python's cyclic garbage collector is
+    paused meanwhile: a page is ~70 new objects per run (each param, tag and metric, and on a
+    SQL store their ORM rows, none of them garbage), and collecting them over and over as they
+    are made took two thirds of a 6,000-run read (benchmarks/RESULTS.md, "The record at scale")."""
     found: list[Run] = []
     token = None
-    while True:
-        page = client.search_runs([experiment_id], query, order_by=order_by, max_results=PAGE_SIZE,
-                                  page_token=token)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        while True:
+            page = client.search_runs([experiment_id], query, order_by=order_by, max_results=PAGE_SIZE,
+                                      page_token=token)
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+    finally:
+        if paused:
+            gc.enable()
+
+
+SWEEPS_NEWEST_FIRST = (f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'", ["attributes.start_time DESC"])
 
 
 def sweep_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     """The experiment's sweeps (parent runs), newest first."""
-    return search_all(client, experiment_id, f"tags.`{Tag.ROLE}` = '{ROLE_SWEEP}'",
-                      order_by=["attributes.start_time DESC"])
+    return search_all(client, experiment_id, *SWEEPS_NEWEST_FIRST)
+
+
+def latest_sweep(client: MlflowClient, experiment_id: str) -> Run | None:
+    """The experiment's newest sweep (parent run): one run asked for, not every sweep's."""
+    query, order_by = SWEEPS_NEWEST_FIRST
+    found = client.search_runs([experiment_id], query, order_by=order_by, max_results=1)
+    return found[0] if found else None
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None,
@@ -426,8 +445,14 @@ def rank(results: Iterable[Result], mode: str) -> list[Result]:
 def results(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> list[Result]:
     """Every trial run (of one sweep when `parent_run_id` is given), ranked by the sweep's own
     metric and mode, each read at the run's logged model."""
+    return ranking(client, experiment_id, parent_run_id)[0]
+
+
+def ranking(client: MlflowClient, experiment_id: str, parent_run_id: str | None = None) -> tuple[list[Result], str]:
+    """(`results`, the mode they are ranked in), from one read of the trial runs."""
     runs = trial_runs(client, experiment_id, parent_run_id)
-    return read_results(runs, *selection(client, parent_run_id, runs))
+    metric, mode = selection(client, parent_run_id, runs)
+    return read_results(runs, metric, mode), mode
 
 
 def read_results(runs: Sequence[Run], metric: str, mode: str) -> list[Result]:

@@ -230,9 +230,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 # A finished trial's process (torch, Ray Train and the data set's modules already
                 # imported) runs the next trial: every trial of a sweep asks for the same resources.
                 reuse_actors=True,
-                # A folder name: a user's `nets/tiny.py:TinyNet` becomes nets-tiny.py-TinyNet.
-                trial_name_creator=lambda t: f"{slug(t.config['model']['arch'], 'model')}_{t.trial_id}",
-                trial_dirname_creator=lambda t: f"{slug(t.config['model']['arch'], 'model')}_{t.trial_id}"),
+                trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(
                 name=run_name, storage_path=spec.storage_path,
                 callbacks=[recording] + (
@@ -305,6 +303,13 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
               f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
     return 0 if trained else 1
+
+
+def trial_dirname(trial) -> str:
+    """A trial's name and folder: its arch and Tune's id (a folder name: a user's
+    `nets/tiny.py:TinyNet` becomes nets-tiny.py-TinyNet). A module's function, not a lambda: Tune
+    keeps it in every trial's saved state, where a lambda is pickled whole (~1.5 KB a trial, twice)."""
+    return f"{slug(trial.config['model']['arch'], 'model')}_{trial.trial_id}"
 
 
 def not_recorded(spec: SweepSpec, run_name: str, unrecorded, missing: list[str]) -> str:

@@ -11,56 +11,26 @@ import time
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
 
-from orchestrator import config, runs
-from orchestrator.runs import ROLE_SWEEP, Status, Tag
+from orchestrator import runs
 from support import run_cli
 
 pytestmark = pytest.mark.slow
 
 RUNS = int(__import__("os").environ.get("SCALE_RUNS", 6000))
-ARCHS = ("resnet18", "vgg11", "mobilenet_v2")
-SWEEP = """\
-name: scale
-dataset: {name: digits}
-train: {epochs: 2}
-search: {scheduler: fifo}
-models:
-  - {arch: resnet18, knobs: {width: 0.125}}
-  - {arch: vgg11, knobs: {width: 0.125}}
-  - {arch: mobilenet_v2, knobs: {width: 0.25}}
-"""
+ARCHS = ("resnet18", "vgg11", "mobilenet_v2")  # benchmarks.record_at_scale.SWEEP's model entries
 
 
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory):
-    """One sweep of RUNS completed trial runs, spread over three model entries; each entry's best
-    run is known."""
+    """One sweep of RUNS completed trial runs (record_at_scale.populate: as a sweep's recorder
+    leaves them, no epoch histories), spread over three model entries; each entry's best run is known."""
+    from benchmarks.record_at_scale import populate
+
     folder = tmp_path_factory.mktemp("scale")
     uri = f"sqlite:///{folder}/mlflow.db"
-    (folder / "scale.yaml").write_text(SWEEP)
-    spec = config.load(str(folder / "scale.yaml"), {"tracking_uri": uri, "storage_path": str(folder / "storage")})
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = client.create_experiment("scale")
-    parent = client.create_run(experiment_id, run_name="sweep", tags={Tag.ROLE: ROLE_SWEEP}).info.run_id
-    client.log_batch(parent, params=[Param("search.metric", "val_acc"), Param("search.mode", "max")])
     started = time.time()
-    best = {}
-    for i in range(RUNS):
-        entry = i % len(ARCHS)
-        model = spec.models[entry]
-        trial = spec.trial({"arch": model.arch, "knobs": model.knobs, "lr": 0.01 + i * 1e-6}, f"t{i:05d}",
-                           entry=entry)
-        params, tags = runs.encode(trial, dict(trial.knobs), model.arch)
-        score = (i * 7919 % RUNS) / RUNS  # a permutation of 0..1: every run's score distinct
-        run_id = client.create_run(experiment_id, run_name=trial.name, tags={
-            **tags, Tag.PARENT: parent, Tag.STATUS: Status.COMPLETED, Tag.BEST_EPOCH: "2",
-            Tag.EPOCHS_COMPLETED: "2", Tag.LOGGED_MODEL_ID: f"m-{i}"}).info.run_id
-        client.log_batch(run_id, metrics=[Metric(runs.model_metric("val_acc"), score, 0, 2)],
-                         params=[Param("arch", trial.arch)])
-        if score > best.get(trial.arch, (-1.0, ""))[0]:
-            best[trial.arch] = (score, run_id)
+    best = populate(uri, "scale", RUNS, str(folder), histories=False)
     print(f"{RUNS} runs made in {time.time() - started:.1f} s")
     return folder, uri, best
 
@@ -93,3 +63,33 @@ def test_report_sees_every_trial_run(big_store):
     page = out.read_text()
     counts = [int(n) for n in re.findall(r"<td>(\d+)</td><td class=\"t wrap\">", page)]
     assert sum(counts) == RUNS, counts  # each entry's trials column
+
+
+def test_a_request_per_page_and_a_history_per_drawn_curve(big_store, monkeypatch):
+    """At scale the queries stay flat: the trial runs are read a page (runs.PAGE_SIZE) per request,
+    the latest sweep with one request, and metric histories only for the report's curves (one per
+    model entry), none per run. The store is real; the client's calls are only counted."""
+    import collections
+    import math
+
+    from orchestrator import report
+
+    folder, uri, best = big_store
+    client = MlflowClient(tracking_uri=uri)
+    calls = collections.Counter()
+    for name in ("search_runs", "get_metric_history", "get_run"):
+        method = getattr(client, name)
+        monkeypatch.setattr(client, name, lambda *a, _m=method, _n=name, **k: calls.update([_n]) or _m(*a, **k))
+    experiment_id = client.get_experiment_by_name("scale").experiment_id
+    parent = runs.latest_sweep(client, experiment_id).info.run_id
+    assert calls == {"search_runs": 1}
+    pages = math.ceil(RUNS / runs.PAGE_SIZE)
+    calls.clear()
+    results, mode = runs.ranking(client, experiment_id, parent)
+    assert len(results) == RUNS and mode == "max"
+    assert calls == {"search_runs": pages, "get_run": 1}  # the pages, and the parent's search.* params
+    calls.clear()
+    data = report.collect(client, experiment_id, parent)
+    assert sum(e.standing.trials for e in data.entries) == RUNS
+    assert calls["search_runs"] == pages and calls["get_metric_history"] == len(data.entries) == len(ARCHS)
+    assert calls["get_run"] <= 2

@@ -93,6 +93,9 @@ class Outage:
                 f"{self.waiting} write(s) waiting")
 
 
+NOTHING_WRITTEN = "nothing written"  # what a BackgroundWriter job returns when it did nothing with the store
+
+
 class BackgroundWriter:
     """One thread that runs MLflow work in submission order, so the caller (Tune's event loop)
     never waits on a store. A job that fails on a transient store error is run again, after
@@ -101,7 +104,13 @@ class BackgroundWriter:
     before one is created), so an outage loses nothing and keeps the order; `outage()` says
     since when. Any other error is kept (and re-raised by `flush`) without stopping the jobs after
     it. `flush(timeout_s)` waits until the store has taken nothing for that long (no job ended,
-    no `alive()` from a long one); then the writer gives up (no job runs again)."""
+    no `alive()` from a long one); then the writer gives up (no job runs again).
+
+    A job returns NOTHING_WRITTEN when it did nothing with the store (a trial's bookkeeping, a
+    write for a trial that has no run): that says nothing of the store, so it neither ends an
+    outage (the live view's "answers again" would come and go with every such job) nor counts as
+    the store taking something. An MLflow error that is not transient is the store's answer: it
+    ends the outage (the error is kept)."""
 
     RETRY_WAITS_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 
@@ -114,7 +123,7 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._run, name="orchestrate-mlflow-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], Any]) -> None:
         self._jobs.put(job)
 
     def _run(self) -> None:
@@ -128,16 +137,18 @@ class BackgroundWriter:
             finally:
                 self._jobs.task_done()
 
-    def _run_job(self, job: Callable[[], None]) -> None:
+    def _run_job(self, job: Callable[[], Any]) -> None:
         for attempt in itertools.count():
             tried = time.time()
             try:
-                job()
-                self._failing = None
-                self.alive()
+                if job() is not NOTHING_WRITTEN:
+                    self._failing = None
+                    self.alive()
                 return
             except Exception as e:  # noqa: BLE001 - only a transient one is tried again
                 if not transient(e) or self._given_up.is_set():
+                    if isinstance(e, MlflowException) and not transient(e):
+                        self._failing = None
                     raise
                 self._failing = (self._failing[0] if self._failing else tried, e)
                 if self._given_up.wait(self.RETRY_WAITS_S[min(attempt, len(self.RETRY_WAITS_S) - 1)]):
@@ -232,18 +243,20 @@ class Recorder:
     def _on(self, trial_id: str, action: Callable[[TrialRecord], None]) -> None:
         def job():
             record = self._records.get(trial_id)
-            if record is not None and not record.trained:
-                action(record)
-                self._progress.setdefault(trial_id, _Progress()).epochs_logged = record.last_epoch
+            if record is None or record.trained:
+                return NOTHING_WRITTEN
+            action(record)
+            self._progress.setdefault(trial_id, _Progress()).epochs_logged = record.last_epoch
         self._writer.submit(job)
 
     def started(self, trial: Trial, tune_trial_ids: Collection[str] | None = None) -> None:
         progress = self._progress.setdefault(trial.trial_id, _Progress())
 
         def job():
-            if trial.trial_id not in self._records:
-                record = self._records[trial.trial_id] = self.sweep.open_trial(trial, tune_trial_ids)
-                progress.run, progress.epochs_logged, progress.ended_logged = True, record.last_epoch, record.trained
+            if trial.trial_id in self._records:
+                return NOTHING_WRITTEN
+            record = self._records[trial.trial_id] = self.sweep.open_trial(trial, tune_trial_ids)
+            progress.run, progress.epochs_logged, progress.ended_logged = True, record.last_epoch, record.trained
         self._writer.submit(job)
 
     def result(self, trial_id: str, metrics: dict[str, Any]) -> None:
@@ -265,11 +278,18 @@ class Recorder:
             record.finish(failed, error)
             progress.ended_logged = True
         self._on(trial_id, finish)
-        self._writer.submit(lambda: self._records.pop(trial_id, None))
+        self._forget(trial_id)
 
     def left_running(self, trial_id: str) -> None:
         """A trial Tune ended because the sweep is being interrupted: not finished here."""
-        self._writer.submit(lambda: self._records.pop(trial_id, None))
+        self._forget(trial_id)
+
+    def _forget(self, trial_id: str) -> None:
+        """The trial's record dropped, in the writer's order (after its last write)."""
+        def job():
+            self._records.pop(trial_id, None)
+            return NOTHING_WRITTEN
+        self._writer.submit(job)
 
     def finish_orphans(self, ended: dict[str, bool], tune_trial_ids: Collection[str] | None = None,
                        kept: Callable[[str], Kept | None] | None = None) -> None:
