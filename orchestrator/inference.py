@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import logging
 import platform
+import time
 import weakref
 from typing import Any, Callable
 
@@ -25,11 +26,14 @@ from torch.utils._pytree import tree_leaves
 IMAGE_SHAPE = (3, 32, 32)  # normalised RGB at the default dataset.image_size; the engine passes its own
 BATCH_SIZES = (1, 256)  # latency is measured at the first, throughput (and peak memory) at the second
 PRECISIONS = ("fp32", "bf16")
-# Per batch size. With two batch sizes, the warm-up and the memory pass, a small model costs 2-3 s of
-# CPU time in all: cheap enough to run at the end of every trial.
+# Per batch size. With two batch sizes, the warm-up and the memory pass, a small model costs 1-3 s of
+# CPU time in all; a sweep prices each model once (orchestrator/pricing.py caches it).
 MIN_RUN_TIME_S = 0.5
 # Untimed calls first: the first forwards pick oneDNN/cuDNN algorithms and fill allocator caches.
+# Up to WARMUP_CALLS, but no more once WARMUP_MAX_S have passed (at least one): a 1 s forward at a
+# large batch is warm after one call, and two more cost 2 s of every pricing.
 WARMUP_CALLS = 3
+WARMUP_MAX_S = 0.25
 
 
 def deployable(model: nn.Module) -> nn.Module:
@@ -66,11 +70,15 @@ class Speed:
 
 
 def time_call(call: Callable[[], Any], min_run_time_s: float, num_threads: int) -> tuple[float, float]:
-    """(median, IQR) in seconds of `call()`, after WARMUP_CALLS untimed calls, by
-    `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises an accelerator around each
-    block). `num_threads` is passed on because the Timer would otherwise run torch on one thread."""
+    """(median, IQR) in seconds of `call()`, after untimed warm-up calls (WARMUP_CALLS, fewer when
+    they take longer than WARMUP_MAX_S), by `torch.utils.benchmark.Timer.blocked_autorange` (which
+    synchronises an accelerator around each block). `num_threads` is passed on because the Timer
+    would otherwise run torch on one thread."""
+    started = time.perf_counter()
     for _ in range(WARMUP_CALLS):
         call()
+        if time.perf_counter() - started >= WARMUP_MAX_S:
+            break
     timer = _benchmark().Timer(stmt="call()", globals={"call": call}, num_threads=num_threads)
     measurement = timer.blocked_autorange(min_run_time=min_run_time_s)
     return measurement.median, measurement.iqr
@@ -221,12 +229,18 @@ def measure(model: nn.Module, device: torch.device | str, *, batch_sizes: tuple[
         x = batch(n)
         return lambda: deployed(x)
 
+    # The memory pass first: one forward at the large batch, which also warms that batch's path.
+    peak_mb = peak_memory_mb(deployed, batch(batch_sizes[1]))
     # Grad mode is thread-local and the Timer runs in this thread, so this covers every timed call.
     with torch.inference_mode():
         speed = time_forward(run_on, batch_sizes, min_run_time_s)
-    x = batch(batch_sizes[1])
-    peak = tensor_bytes(deployed) + x.numel() * x.element_size() + forward_peak_bytes(deployed, x)
-    return InferenceCost(speed, peak / 2**20, precision, device_name(device), torch.get_num_threads())
+    return InferenceCost(speed, peak_mb, precision, device_name(device), torch.get_num_threads())
+
+
+def peak_memory_mb(deployed: nn.Module, x: torch.Tensor) -> float:
+    """MB held at the peak of one forward of `deployed` (already in its deployed form, on its
+    device and dtype) on batch `x`: weights + input + the forward's own peak (forward_peak_bytes)."""
+    return (tensor_bytes(deployed) + x.numel() * x.element_size() + forward_peak_bytes(deployed, x)) / 2**20
 
 
 def as_metrics(cost: InferenceCost) -> dict[str, float]:

@@ -30,7 +30,9 @@ from ray.tune.search import Searcher
 
 from orchestrator import config
 from orchestrator.config import SweepSpec
-from orchestrator.schema import PHASE_SEARCH, PHASE_SEEDS
+from orchestrator.pricing import slack as pricing_slack
+from orchestrator.runs import INFEASIBLE
+from orchestrator.schema import COST_METRICS, PHASE_SEARCH, PHASE_SEEDS
 
 
 def to_tune(value: Any):
@@ -109,7 +111,7 @@ class _RandomSampler:
     def sample(self, trial_id: str, leaves: dict[str, Any]) -> dict[str, Any]:
         return {path: to_tune(space).sample(random_state=self.rng) for path, space in leaves.items()}
 
-    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+    def complete(self, trial_id: str, result: dict | None, error: bool, slack: dict | None = None) -> None:
         pass
 
 
@@ -156,7 +158,17 @@ class _TpeSampler:
         walk(params or {})
         return {path: flat[path] for path in leaves}
 
-    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+    def complete(self, trial_id: str, result: dict | None, error: bool, slack: dict | None = None) -> None:
+        """Tell the study how the trial ended. `slack`: each of search.constraints' bounds as
+        pricing.slack gives it (<= 0: satisfied), set on the Optuna trial first
+        (`Trial.set_constraint`, Optuna 5's replacement for TPESampler's deprecated
+        `constraints_func`), so TPE puts infeasible trials with the worst and samples away from
+        them; their reported value does not count. OptunaSearch keeps its Optuna trials by Tune
+        trial id (`_ot_trials`) and offers no other way to them."""
+        ot_trial = getattr(self.searcher, "_ot_trials", {}).get(trial_id)
+        if ot_trial is not None:
+            for name, value in (slack or {}).items():
+                ot_trial.set_constraint(name, value)
         self.searcher.on_trial_complete(trial_id, result, error)
 
 
@@ -174,6 +186,8 @@ class _Outcome:
     value: float | None = None  # the metric's last reported value
     full_budget: bool = False
     done: bool = False
+    costs: dict[str, float] = dataclasses.field(default_factory=dict)  # as priced at its start
+    infeasible: bool = False  # its costs broke search.constraints: it never trained
 
 
 class EntrySearch(Searcher):
@@ -251,17 +265,27 @@ class EntrySearch(Searcher):
         sign = 1.0 if self.spec.search.mode == "max" else -1.0
         return max(pool, key=lambda o: sign * o.value)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """The costs a trial was priced at (its first result: an epoch's, or an infeasible one's)."""
+        outcome = self.outcomes.get(trial_id)
+        if outcome is not None and not outcome.costs:
+            outcome.costs = {k: float(result[k]) for k in COST_METRICS if isinstance(result.get(k), (int, float))}
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         outcome = self.outcomes.get(trial_id)
         if outcome is None:
             return
         outcome.done = True
         metric = self.spec.search.metric
-        if result and not error and metric in result:
+        if result and result.get(INFEASIBLE):
+            outcome.infeasible = True  # never an entry's best: its value is the metric's worst, not a score
+            outcome.costs = outcome.costs or {k: float(result[k]) for k in COST_METRICS if k in result}
+        elif result and not error and metric in result:
             outcome.value = float(result[metric])
             outcome.full_budget = int(result.get("epoch", 0)) >= outcome.epochs
         if outcome.phase == PHASE_SEARCH:
-            self.samplers[outcome.entry].complete(trial_id, result, error)
+            self.samplers[outcome.entry].complete(trial_id, result, error,
+                                                  pricing_slack(outcome.costs, self.spec.search.constraints))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -182,6 +182,7 @@ class ReportData:
     provenance: Provenance
     statuses: tuple[tuple[str, int], ...]  # (status, trials)
     generated: str
+    infeasible_entries: tuple[str, ...] = ()  # entries whose every trial was infeasible, one line each
 
     @property
     def empty(self) -> bool:
