@@ -69,13 +69,15 @@ class Speed:
                 f"{prefix}_imgs_per_s": self.imgs_per_s}
 
 
-def time_call(call: Callable[[], Any], min_run_time_s: float, num_threads: int) -> tuple[float, float]:
+def time_call(call: Callable[[], Any], min_run_time_s: float, num_threads: int,
+              warmed: bool = False) -> tuple[float, float]:
     """(median, IQR) in seconds of `call()`, after untimed warm-up calls (WARMUP_CALLS, fewer when
-    they take longer than WARMUP_MAX_S), by `torch.utils.benchmark.Timer.blocked_autorange` (which
-    synchronises an accelerator around each block). `num_threads` is passed on because the Timer
-    would otherwise run torch on one thread."""
+    they take longer than WARMUP_MAX_S; none when the caller has `warmed` that call's path), by
+    `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises an accelerator around each
+    block, and whose block-size estimate runs the call untimed once more). `num_threads` is passed
+    on because the Timer would otherwise run torch on one thread."""
     started = time.perf_counter()
-    for _ in range(WARMUP_CALLS):
+    for _ in range(0 if warmed else WARMUP_CALLS):
         call()
         if time.perf_counter() - started >= WARMUP_MAX_S:
             break
@@ -99,13 +101,15 @@ def _benchmark():
 
 
 def time_forward(run_on: Callable[[int], Callable[[], Any]], batch_sizes: tuple[int, int] = BATCH_SIZES,
-                 min_run_time_s: float = MIN_RUN_TIME_S, num_threads: int | None = None) -> Speed:
+                 min_run_time_s: float = MIN_RUN_TIME_S, num_threads: int | None = None,
+                 throughput_warmed: bool = False) -> Speed:
     """Latency at `batch_sizes[0]` and throughput at `batch_sizes[1]` of any runtime: `run_on(n)`
-    prepares an n-image batch and returns the call that runs one forward on it."""
+    prepares an n-image batch and returns the call that runs one forward on it
+    (`throughput_warmed`: the caller has run a forward at the large batch already)."""
     latency_batch, throughput_batch = check_batch_sizes(batch_sizes)
     threads = num_threads or torch.get_num_threads()
     latency_s, latency_iqr_s = time_call(run_on(latency_batch), min_run_time_s, threads)
-    throughput_s, _ = time_call(run_on(throughput_batch), min_run_time_s, threads)
+    throughput_s, _ = time_call(run_on(throughput_batch), min_run_time_s, threads, warmed=throughput_warmed)
     return Speed(latency_batch, latency_s * 1e3, latency_iqr_s * 1e3, throughput_batch, throughput_batch / throughput_s)
 
 
@@ -233,7 +237,7 @@ def measure(model: nn.Module, device: torch.device | str, *, batch_sizes: tuple[
     peak_mb = peak_memory_mb(deployed, batch(batch_sizes[1]))
     # Grad mode is thread-local and the Timer runs in this thread, so this covers every timed call.
     with torch.inference_mode():
-        speed = time_forward(run_on, batch_sizes, min_run_time_s)
+        speed = time_forward(run_on, batch_sizes, min_run_time_s, throughput_warmed=True)
     return InferenceCost(speed, peak_mb, precision, device_name(device), torch.get_num_threads())
 
 
