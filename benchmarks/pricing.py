@@ -1,6 +1,6 @@
 """Pricing a configuration before it trains (issue 23, items 1 and 3): what it costs and what it saves.
 
-    python -m benchmarks.pricing efficiency --repo A --repo B [--rounds 2] [--sweep experiments/quickstart.yaml]
+    python -m benchmarks.pricing efficiency --repo A --repo B [--rounds 2] [--sweep experiments/quickstart.yaml] [--last N]
     python -m benchmarks.pricing budget [--max-latency-ms X] [--trials 3] [--epochs 3]   (then the agreement)
 
 - `efficiency`: the quickstart run as a user runs it (`python -m orchestrator sweep FILE
@@ -86,6 +86,15 @@ def efficiency(args) -> None:
             sweep_file = os.path.join(repo, args.sweep)
             before = load()
             with tempfile.TemporaryDirectory(prefix="price-eff-") as folder:
+                if args.last:  # the file's last N models (the quickstart lists the slowest first)
+                    import yaml
+
+                    with open(sweep_file) as f:
+                        raw = yaml.safe_load(f)
+                    raw["models"] = raw["models"][-args.last:]
+                    sweep_file = os.path.join(folder, os.path.basename(sweep_file))
+                    with open(sweep_file, "w") as f:
+                        yaml.safe_dump(raw, f, sort_keys=False)
                 code, wall, uri = run_cli_sweep(repo, sweep_file, folder)
                 if code != 0:
                     emit({"part": "efficiency", "repo": repo, "round": rnd, "exit_code": code})
@@ -212,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--repo", action="append", required=True, help="a checkout to run from (repeatable)")
     e.add_argument("--rounds", type=int, default=2)
     e.add_argument("--sweep", default="experiments/quickstart.yaml", help="relative to each --repo")
+    e.add_argument("--last", type=int, default=0, help="only the sweep file's last N models (0: all)")
     b = sub.add_parser("budget")
     b.add_argument("--trials", type=int, default=3, help="trials per family")
     b.add_argument("--epochs", type=int, default=3)
