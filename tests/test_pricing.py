@@ -38,6 +38,26 @@ def test_the_worst_value_of_a_metric_is_its_bound_or_the_largest_float():
     assert schema.worst("val_loss", "max") == 0.0
 
 
+def _result(name, arch, status, score=None, entry=0, latency=None):
+    return runs.Result(name=name, arch=arch, knobs="", lr=0.1, params=10, flops=20, metric="val_acc", score=score,
+                       val_acc=score, val_loss=None, epoch=1 if score else None, epochs=1 if score else None,
+                       epochs_planned=1, imgs_per_s=None, latency_ms=latency, infer_imgs_per_s=None,
+                       device_hours=0.01 if score else 0.0, status=status, run_id=name, error=None, model_id=None,
+                       seed=0, entry=entry, phase="search")
+
+
+def test_leaderboard_counts_infeasible_trials_and_never_leads_with_them():
+    done, infeasible = runs.Status.COMPLETED, runs.Status.INFEASIBLE
+    results = [_result("a1", "vgg11", done, 0.9), _result("a2", "vgg11", infeasible, latency=9.0),
+               _result("b1", "resnest50", infeasible, entry=1, latency=12.0),
+               _result("b2", "resnest50", infeasible, entry=1, latency=12.0)]
+    board = runs.leaderboard(results, "max")
+    assert [(s.arch, s.leader, s.infeasible, s.mean) for s in board] == [("vgg11", True, 1, 0.9),
+                                                                          ("resnest50", False, 2, None)]
+    assert runs.leaderboard(results[2:], "max")[0].leader is False  # all infeasible: no leader at all
+    assert runs.rank(results, "max")[0].name == "a1"
+
+
 # ---------------------------------------------------------------------------------------------
 # The cache
 
@@ -122,6 +142,32 @@ def test_tpe_learns_the_infeasible_region_from_the_constraints():
     unconstrained, _ = _tpe_feasible_share(False)
     assert all(t.constraints for t in study.trials)  # set on every Optuna trial before it was told
     assert unconstrained <= 0.2 and constrained >= 0.4, (unconstrained, constrained)
+
+
+def test_entry_search_hands_each_trials_priced_costs_to_its_tpe_study():
+    """What Tune tells the searcher (a trial's first result carries its price; an infeasible one's
+    completion says so) reaches the entry's Optuna study as constraints, and an infeasible trial
+    is never the entry's best (its value is the metric's worst, not a score)."""
+    from orchestrator import config, search
+
+    spec = config.parse({"name": "tpe-priced", "dataset": {"name": "digits"}, "train": {"epochs": 1},
+                         "search": {"algorithm": "tpe", "trials_per_model": 3, "scheduler": "fifo",
+                                    "constraints": {"infer_latency_b1_ms": {"max": 2.0}}},
+                         "models": [{"arch": "vgg11", "knobs": {"width": 0.125}, "lr": {"loguniform": [0.001, 0.1]}}]})
+    searcher = search.EntrySearch(spec)
+    for i, latency in enumerate((1.0, 3.0)):
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_result(f"t{i}", {"infer_latency_b1_ms": latency, "param_count": 5, "epoch": 1,
+                                           "val_acc": 0.5} if latency < 2 else
+                                 {"infer_latency_b1_ms": latency, runs.INFEASIBLE: "x", "val_acc": 0.0})
+    searcher.on_trial_complete("t0", {"val_acc": 0.5, "epoch": 1})
+    searcher.on_trial_complete("t1", {"val_acc": 0.0, runs.INFEASIBLE: "infer_latency_b1_ms 3 > max 2",
+                                      "infer_latency_b1_ms": 3.0})
+    study = searcher.samplers[0].searcher._ot_study
+    assert [t.constraints for t in study.trials] == [{"infer_latency_b1_ms.max": -0.5},
+                                                     {"infer_latency_b1_ms.max": 0.5}]
+    assert searcher.outcomes["t1"].infeasible and searcher.outcomes["t1"].value is None
+    assert searcher._best(0).point == searcher.outcomes["t0"].point
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +316,11 @@ def test_latency_budget_prices_the_slow_family_out_before_it_trains(tmp_path, ra
     standings = {s["arch"]: s for s in json.loads(board.stdout)}
     assert standings["resnest50"]["infeasible"] == 1 and standings["resnest50"]["rank"] == ""
     assert standings["resnest50"]["mean"] is None and standings["vgg11"]["rank"] == "leader"
+
+    report = run_cli(["report", "priced", "--tracking-uri", uri, "--out", "report.html"], cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "resnest50: 1 trial(s), all infeasible" in page  # the entry's budget line
 
     # A second sweep on the same storage measures nothing: every price comes from the cache.
     again = run_cli(["sweep", "sweep.yaml", "-q", "--tracking-uri", uri], cwd=tmp_path, env=env)
