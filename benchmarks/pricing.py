@@ -2,6 +2,7 @@
 
     python -m benchmarks.pricing efficiency --repo A --repo B [--rounds 2] [--sweep experiments/quickstart.yaml] [--last N]
     python -m benchmarks.pricing budget [--max-latency-ms X] [--trials 3] [--epochs 3]   (then the agreement)
+    python -m benchmarks.pricing interleaved FOLDER [--rounds 3]   (the agreement side by side, one process)
 
 - `efficiency`: the quickstart run as a user runs it (`python -m orchestrator sweep FILE
   --tracking-uri sqlite:///... --storage ...`, a fresh store and storage each time, so no cost is
@@ -214,6 +215,37 @@ def agreement(uri: str, experiment: str, folder: str) -> None:
               "export_onnx_latency_b1_ms": [round(v, 4) for v in exported], "load": load()})
 
 
+def interleaved(args) -> None:
+    """The agreement side by side in one process, one thread: for each family's best run of a
+    finished `budget` folder, `rounds` times in turn: the deployment target's price measured afresh
+    (pricing.price, ONNX Runtime, no cache) and `orchestrate export`'s measurement of the trained
+    model (deploy.export_run, what `orchestrate export RUN --format onnx` runs, not logged)."""
+    import mlflow
+    import torch
+
+    from orchestrator import deploy, pricing, runs
+    from orchestrator.schema import Deploy
+
+    torch.set_num_threads(1)
+    uri = f"sqlite:///{args.folder}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("budget-unconstrained")
+    parent = runs.sweep_runs(client, exp.experiment_id)[0].info.run_id
+    results = runs.results(client, exp.experiment_id, parent)
+    for arch, knobs, _ in FAMILIES:
+        best = next(r for r in results if r.arch == arch and r.has_model)
+        run = client.get_run(best.run_id)
+        priced, exported = [], []
+        for _ in range(args.rounds):
+            priced.append(pricing.price(arch, knobs, 32, 10, Deploy(runtime="onnxruntime")).costs["infer_latency_b1_ms"])
+            with tempfile.TemporaryDirectory() as out:
+                exported.append(deploy.export_run(client, run, "onnx", out, log=False).check.speed.latency_ms)
+        emit({"part": "interleaved", "arch": arch, "run": best.name, "priced_ort_latency_b1_ms": [round(v, 4) for v in priced],
+              "export_onnx_latency_b1_ms": [round(v, 4) for v in exported],
+              "median_ratio": round(sorted(priced)[len(priced) // 2] / sorted(exported)[len(exported) // 2], 3),
+              "load": load()})
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="part", required=True)
@@ -227,8 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--epochs", type=int, default=3)
     b.add_argument("--max-latency-ms", type=float, default=None,
                    help="default: between the middle and the slowest family's priced latency")
+    i = sub.add_parser("interleaved")
+    i.add_argument("folder", help="a finished budget run's folder (its summary line names it)")
+    i.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
-    {"efficiency": efficiency, "budget": budget}[args.part](args)
+    {"efficiency": efficiency, "budget": budget, "interleaved": interleaved}[args.part](args)
 
 
 if __name__ == "__main__":
