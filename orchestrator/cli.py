@@ -386,8 +386,10 @@ def cmd_compare(args) -> int:
     if args.format == "table":  # the other formats are data for other programs: nothing but the data
         ranked = (f", ranked by {results[0].metric}, trials that trained to their full budget first"
                   if results and args.by == "trial" else f", by model entry, by {results[0].metric}" if results else "")
+        infeasible = sum(r.status == runs.Status.INFEASIBLE for r in results)
         print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
-              + f" ({len(results)} trials{ranked}; {shown})")
+              + f" ({len(results)} trials{ranked}; " + (f"{infeasible} infeasible, priced over search.constraints "
+                                                         f"and never trained; " if infeasible else "") + f"{shown})")
         if args.by == "trial" and results and results[0].objectives:
             print(tables.pareto_line(results))
     print(text, end="" if args.format != "json" else "\n")

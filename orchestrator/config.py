@@ -29,7 +29,7 @@ import yaml
 from orchestrator import schema, spaces
 from orchestrator.schema import DataSpec, Failure, Resources, Search, TrainConfig, Trial, show, show_key
 
-TOP_KEYS = ("name", "dataset", "train", "resources", "search", "failure", "tracking", "storage", "models")
+TOP_KEYS = ("name", "dataset", "train", "resources", "search", "failure", "tracking", "storage", "models", "deploy")
 TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 __all__ = ["ConfigError", "ModelEntry", "SweepSpec", "load", "parse", "default_tracking_uri",
@@ -71,6 +71,8 @@ class SweepSpec:
     models: tuple[ModelEntry, ...]
     registered_model: str  # the Model Registry name of the sweep's best model
     tracking_wait_s: float = schema.Tracking.wait_s  # tracking.wait_s: how long the end waits for the store
+    deploy: schema.Deploy = schema.Deploy()  # where every trial's costs are priced (pricing.py)
+    num_classes: int = 0  # of the data, as the check before Ray found it (0: not known)
 
     # Ray Tune pickles the spec into the storage (tuner.pkl holds the MLflow callback's, the
     # searcher's state file the searcher's) and Ray's object store (the trainable's parameter): a
@@ -125,7 +127,7 @@ class SweepSpec:
         return Trial(trial_id=trial_id, arch=point["arch"], knobs=dict(point.get("knobs") or {}),
                      train=dataclasses.replace(train, seed=train.seed + repeat), dataset=self.dataset,
                      resources=self.resources, failure=self.failure, search=self.search, entry=entry,
-                     repeat=repeat, phase=phase)
+                     repeat=repeat, phase=phase, deploy=getattr(self, "deploy", schema.Deploy()))
 
     def tune_trial(self, config: dict[str, Any], trial_id: str) -> Trial:
         """The Trial of a Tune trial's config ({"model": point, "entry", "repeat", "phase"}, as
@@ -406,8 +408,13 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
     if search.scheduler == "asha" and search.grace_period > train.epochs:
         raise ConfigError(path, "search.grace_period",
                           f"{search.grace_period} is more than train.epochs ({train.epochs}): ASHA could never stop a trial")
+    timed = [m for m in search.constraints or {} if m in schema.TIMED_COSTS]
+    if timed and not train.benchmark_inference:
+        raise ConfigError(path, f"search.constraints.{timed[0]}", "is measured by running the model, which "
+                          "train.benchmark_inference: false turns off; allowed with it: param_count, flops")
     failure = section(path, "failure", raw.get("failure"), Failure)
     tracking = section(path, "tracking", raw.get("tracking"), schema.Tracking)
+    deploy = _deploy(path, raw.get("deploy"), resources)
     tracking_uri = (overrides.get("tracking_uri") or tracking.uri
                     or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri())
     storage = raw.get("storage")
@@ -435,7 +442,7 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
     spec = SweepSpec(file=path, name=name, dataset=dataset, train=train, resources=resources,
                      search=search, failure=failure, tracking_uri=tracking_uri, storage_path=storage_path,
                      models=models, registered_model=tracking.registered_model or name,
-                     tracking_wait_s=float(tracking.wait_s))
+                     tracking_wait_s=float(tracking.wait_s), deploy=deploy, num_classes=num_classes)
     if spec.trial_count() > schema.MAX_TRIALS:
         raise ConfigError(path, "models", f"{spec.trial_count():,} trials (grid points x search.num_samples "
                                           f"{search.num_samples}) are more than {schema.MAX_TRIALS:,}; "
@@ -471,6 +478,24 @@ def _check_objectives(file: str, search: Search, train: TrainConfig, models: tup
         if value is False:
             raise ConfigError(file, key, f"false, but search.objectives has {measured[0]}, which the inference "
                                          f"benchmark measures; set it true or drop that objective")
+
+
+def _deploy(path: str, raw: Any, resources: Resources) -> schema.Deploy:
+    """The deploy section, and what pricing in it needs: the trial's own GPU for cuda (a model is
+    priced in the trial's own process, which holds one only when it trains there), the `export`
+    extra for onnxruntime."""
+    import importlib.util
+
+    deploy = section(path, "deploy", raw, schema.Deploy)
+    if deploy.device == "cuda" and not (resources.use_gpu and resources.in_process):
+        raise ConfigError(path, "deploy.device", "cuda prices on the trial's own GPU: it needs resources.use_gpu: "
+                                                 "true and num_workers: 1; allowed here: cpu")
+    if deploy.runtime == "onnxruntime":
+        absent = [m for m in ("onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+        if absent:
+            raise ConfigError(path, "deploy.runtime", f"onnxruntime needs the {absent[0]!r} package: pip install "
+                                                      "'orchestrate[export]'; allowed without it: torch")
+    return deploy
 
 
 def default_tracking_uri() -> str:

@@ -234,8 +234,13 @@ class Engine:
 
     def __init__(self, cfg: TrainConfig, model_spec: ModelSpec, splits: data_mod.Splits, *,
                  device: torch.device | str | None = None,
-                 prepare_model: Callable[[nn.Module], nn.Module] | None = None):
+                 prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+                 price: dict[str, Any] | None = None):
+        """`price`: the model's costs on its deployment target, priced before this run
+        (orchestrator/pricing.py: Price.facts()), reported with the first epoch instead of a
+        measurement on this run's own device."""
         cfg.check()
+        self.price = dict(price) if price is not None else None
         self.cfg, self.spec, self.splits = cfg, model_spec, splits
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.rank, self.world_size = world()
@@ -277,7 +282,9 @@ class Engine:
     @functools.cached_property
     def flops(self) -> int:
         """Forward FLOPs per image: counted once, when first asked for (by rank 0 when it saves),
-        not by every rank at start-up."""
+        not by every rank at start-up; taken from the price where the model was priced."""
+        if self.price is not None and "flops" in self.price:
+            return int(self.price["flops"])
         return archs.count_flops(unwrap(self.model), self.image_size)
 
     def describe(self) -> dict[str, Any]:
@@ -286,7 +293,9 @@ class Engine:
         The cost is measured here, after the first epoch, not after the last: it does not depend
         on the weights, and an early-stopped trial gets it too."""
         facts: dict[str, Any] = {"dataset_digest": self.splits.digest(), **environment(self.device)}
-        if self.cfg.benchmark_inference:
+        if self.price is not None:  # priced before training, on the deployment target
+            facts.update(self.price)
+        elif self.cfg.benchmark_inference:
             cost = inference.measure(unwrap(self.model), self.device,
                                      batch_sizes=(1, self.cfg.inference_batch_size),
                                      image_shape=(3, self.image_size, self.image_size),

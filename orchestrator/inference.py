@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import logging
 import platform
+import time
 import weakref
 from typing import Any, Callable
 
@@ -25,11 +26,17 @@ from torch.utils._pytree import tree_leaves
 IMAGE_SHAPE = (3, 32, 32)  # normalised RGB at the default dataset.image_size; the engine passes its own
 BATCH_SIZES = (1, 256)  # latency is measured at the first, throughput (and peak memory) at the second
 PRECISIONS = ("fp32", "bf16")
-# Per batch size. With two batch sizes, the warm-up and the memory pass, a small model costs 2-3 s of
-# CPU time in all: cheap enough to run at the end of every trial.
-MIN_RUN_TIME_S = 0.5
+# Per batch size: 0.2 s holds hundreds of batch-1 calls of a CIFAR-sized model (its IQR says how
+# steady they were), and a call that takes longer is timed once. With two batch sizes and the
+# memory pass a small model costs 0.5-3 s of CPU time in all, and a sweep prices each model once
+# (orchestrator/pricing.py caches it). (0.5 s until issue 23: a quarter of the quickstart's
+# pricing, for medians that moved less than the machine's load moves them.)
+MIN_RUN_TIME_S = 0.2
 # Untimed calls first: the first forwards pick oneDNN/cuDNN algorithms and fill allocator caches.
+# Up to WARMUP_CALLS, but no more once WARMUP_MAX_S have passed (at least one): a 1 s forward at a
+# large batch is warm after one call, and two more cost 2 s of every pricing.
 WARMUP_CALLS = 3
+WARMUP_MAX_S = 0.25
 
 
 def deployable(model: nn.Module) -> nn.Module:
@@ -65,13 +72,29 @@ class Speed:
                 f"{prefix}_imgs_per_s": self.imgs_per_s}
 
 
-def time_call(call: Callable[[], Any], min_run_time_s: float, num_threads: int) -> tuple[float, float]:
-    """(median, IQR) in seconds of `call()`, after WARMUP_CALLS untimed calls, by
-    `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises an accelerator around each
-    block). `num_threads` is passed on because the Timer would otherwise run torch on one thread."""
-    for _ in range(WARMUP_CALLS):
+def time_call(call: Callable[[], Any], min_run_time_s: float, num_threads: int,
+              warmed_s: float | None = None) -> tuple[float, float]:
+    """(median, IQR) in seconds of `call()`, after untimed warm-up calls (WARMUP_CALLS, fewer when
+    they take longer than WARMUP_MAX_S; none when the caller has warmed that call's path, taking
+    `warmed_s` seconds), by `torch.utils.benchmark.Timer.blocked_autorange` (which synchronises an
+    accelerator around each block, and whose block-size estimate runs the call untimed once more).
+    A call that took `min_run_time_s` or more warm would be one block of one call there, after an
+    estimate that runs it once more: it is timed once, directly (an accelerator synchronised
+    around it), IQR 0. `num_threads` is passed on because the Timer would otherwise run torch on
+    one thread."""
+    if warmed_s is not None and warmed_s >= min_run_time_s:
+        sync = torch.cuda.synchronize if torch.cuda.is_available() and torch.cuda.is_initialized() else (lambda: None)
+        sync()
+        started = time.perf_counter()
         call()
+        sync()
+        return time.perf_counter() - started, 0.0
     timer = _benchmark().Timer(stmt="call()", globals={"call": call}, num_threads=num_threads)
+    started = time.perf_counter()
+    for _ in range(0 if warmed_s is not None else WARMUP_CALLS):
+        call()
+        if time.perf_counter() - started >= WARMUP_MAX_S:
+            break
     measurement = timer.blocked_autorange(min_run_time=min_run_time_s)
     return measurement.median, measurement.iqr
 
@@ -91,13 +114,15 @@ def _benchmark():
 
 
 def time_forward(run_on: Callable[[int], Callable[[], Any]], batch_sizes: tuple[int, int] = BATCH_SIZES,
-                 min_run_time_s: float = MIN_RUN_TIME_S, num_threads: int | None = None) -> Speed:
+                 min_run_time_s: float = MIN_RUN_TIME_S, num_threads: int | None = None,
+                 throughput_warmed_s: float | None = None) -> Speed:
     """Latency at `batch_sizes[0]` and throughput at `batch_sizes[1]` of any runtime: `run_on(n)`
-    prepares an n-image batch and returns the call that runs one forward on it."""
+    prepares an n-image batch and returns the call that runs one forward on it
+    (`throughput_warmed_s`: the caller has run a forward at the large batch already, in that long)."""
     latency_batch, throughput_batch = check_batch_sizes(batch_sizes)
     threads = num_threads or torch.get_num_threads()
     latency_s, latency_iqr_s = time_call(run_on(latency_batch), min_run_time_s, threads)
-    throughput_s, _ = time_call(run_on(throughput_batch), min_run_time_s, threads)
+    throughput_s, _ = time_call(run_on(throughput_batch), min_run_time_s, threads, warmed_s=throughput_warmed_s)
     return Speed(latency_batch, latency_s * 1e3, latency_iqr_s * 1e3, throughput_batch, throughput_batch / throughput_s)
 
 
@@ -221,12 +246,21 @@ def measure(model: nn.Module, device: torch.device | str, *, batch_sizes: tuple[
         x = batch(n)
         return lambda: deployed(x)
 
+    # The memory pass first: one forward at the large batch, which also warms that batch's path
+    # (slower than a plain forward: every op goes through the counting mode).
+    started = time.perf_counter()
+    peak_mb = peak_memory_mb(deployed, batch(batch_sizes[1]))
+    warmed_s = time.perf_counter() - started
     # Grad mode is thread-local and the Timer runs in this thread, so this covers every timed call.
     with torch.inference_mode():
-        speed = time_forward(run_on, batch_sizes, min_run_time_s)
-    x = batch(batch_sizes[1])
-    peak = tensor_bytes(deployed) + x.numel() * x.element_size() + forward_peak_bytes(deployed, x)
-    return InferenceCost(speed, peak / 2**20, precision, device_name(device), torch.get_num_threads())
+        speed = time_forward(run_on, batch_sizes, min_run_time_s, throughput_warmed_s=warmed_s)
+    return InferenceCost(speed, peak_mb, precision, device_name(device), torch.get_num_threads())
+
+
+def peak_memory_mb(deployed: nn.Module, x: torch.Tensor) -> float:
+    """MB held at the peak of one forward of `deployed` (already in its deployed form, on its
+    device and dtype) on batch `x`: weights + input + the forward's own peak (forward_peak_bytes)."""
+    return (tensor_bytes(deployed) + x.numel() * x.element_size() + forward_peak_bytes(deployed, x)) / 2**20
 
 
 def as_metrics(cost: InferenceCost) -> dict[str, float]:

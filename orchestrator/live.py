@@ -20,7 +20,7 @@ import ray.tune
 class TrialRow:
     name: str  # <arch>-<knobs>-lr<lr>: the MLflow child run's name
     epochs: int
-    status: str = "pending"  # pending | running | done | stopped | failed
+    status: str = "pending"  # pending | running | done | stopped | failed | infeasible
     epoch: int = 0
     val_acc: float | None = None
     best_val_acc: float | None = None
@@ -43,7 +43,7 @@ class ViewState:
     def counts(self) -> dict[str, int]:
         counts = {"done": 0, "running": 0, "pending": 0}
         for row in self.rows.values():
-            key = "done" if row.status in ("done", "stopped", "failed") else row.status
+            key = "done" if row.status in ("done", "stopped", "failed", "infeasible") else row.status
             counts[key] = counts.get(key, 0) + 1
         counts["pending"] += max(0, self.total - len(self.rows))
         return counts
@@ -188,6 +188,9 @@ class LiveView(ray.tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info):
         row = self._row(trial)
+        if result.get("infeasible"):  # runs.INFEASIBLE: priced over search.constraints, never trains
+            row.status = "infeasible"
+            return
         if "epoch" not in result:
             return
         if int(result["epoch"]) > row.epoch:
@@ -199,7 +202,9 @@ class LiveView(ray.tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = self._row(trial)
-        row.status, row.ended = ("done" if row.epoch >= row.epochs else "stopped"), time.time()
+        if row.status != "infeasible":
+            row.status = "done" if row.epoch >= row.epochs else "stopped"
+        row.ended = time.time()
         self._show(row, row.status)
 
     def on_trial_error(self, iteration, trials, trial, **info):

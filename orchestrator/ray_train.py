@@ -38,7 +38,7 @@ from ray.train.v2._internal.execution.worker_group.poll import _is_preempted_act
 from ray.train.v2.api.exceptions import PreemptionError, TrainingFailedError, WorkerGroupError
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator import data, engine, runs, storage
+from orchestrator import data, engine, pricing, runs, schema, storage
 from orchestrator.config import SweepSpec
 from orchestrator.schema import Resources, Tracking, Trial
 
@@ -101,16 +101,18 @@ def ship_data(spec: SweepSpec) -> tuple | None:
     return (ray.put(data.load_splits(spec.dataset)),)
 
 
-def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None, source: tuple | None = None) -> None:
+def _train(trial: Trial, reporter, checkpoint, device, prepare_model=None, source: tuple | None = None,
+           price: dict | None = None) -> None:
     """Data (shipped by the driver, see ship_data, or loaded here), engine, restore from
-    `checkpoint` if given, fit: the same on both paths."""
+    `checkpoint` if given, fit: the same on both paths. `price`: the model's costs, priced at the
+    trial's start (run_trial), reported with its first epoch."""
     # Ray gives each actor OMP_NUM_THREADS from its CPU share; make torch agree.
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
     splits = ray.get(source[0]) if source else data.load_splits(trial.dataset)
     run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), splits,
-                        device=device, prepare_model=prepare_model)
+                        device=device, prepare_model=prepare_model, price=price)
     if checkpoint is not None:
         restore(run, checkpoint)
     run.fit(reporter)
@@ -143,7 +145,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     from ray.train.torch import get_device, prepare_model
 
     _train(config["trial"], TrainReporter(), ray.train.get_checkpoint(), get_device(), prepare_model,
-           config["source"])
+           config["source"], config.get("price"))
 
 
 def trial_resources(resources: Resources) -> dict[str, float]:
@@ -158,9 +160,12 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str, source: tu
     """One Tune trial (`source`: the shipped data, see ship_data). A TorchTrainer's run name is
     derived from the trial id, so a restored trial finds (and resumes from) its own checkpoints."""
     trial = spec.tune_trial(config, ray.tune.get_context().get_trial_id())
+    price = price_trial(trial, spec, source)
+    if price is None:
+        return  # infeasible: reported, nothing trained
     if trial.resources.in_process:
         _train(trial, TuneReporter(), ray.tune.get_checkpoint(), "cuda" if trial.resources.use_gpu else "cpu",
-               source=source)
+               source=source, price=price)
         return
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -173,7 +178,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str, source: tu
     restarts = RestartCounts()
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": trial, "source": source},
+        train_loop_config={"trial": trial, "source": source, "price": price},
         scaling_config=ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                      resources_per_worker=res.per_worker(),
                                      placement_strategy=res.placement_strategy),
@@ -190,6 +195,25 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, run_name: str, source: tu
         trainer.fit()
     except TrainingFailedError as e:  # out of restarts: one line for the summary, not Ray's dump
         raise TrialFailedError(training_failure(e, trial.failure)) from None
+
+
+def price_trial(trial: Trial, spec: SweepSpec, source: tuple | None) -> dict | None:
+    """The trial's model priced on its deployment target before anything else of it starts (no
+    data on the device, no worker group): from the sweep storage's cost cache, or measured here
+    and put there (orchestrator/pricing.py). Its costs, for the engine to report with the first
+    epoch; or None when they violate `search.constraints`: then the trial has reported them with
+    `infeasible` (and the sweep's metric at its worst, as Tune wants it in every result) and ends,
+    untrained."""
+    num_classes = getattr(spec, "num_classes", 0) or (
+        ray.get(source[0]) if source else data.load_splits(trial.dataset)).num_classes
+    priced = pricing.price_trial(trial, num_classes, pricing.Cache(spec.storage_path))
+    broken = pricing.violations(priced.costs, trial.search.constraints)
+    if not broken:
+        return priced.facts()
+    search = trial.search
+    ray.tune.report({**priced.facts(), runs.INFEASIBLE: "; ".join(broken),
+                     search.metric: schema.worst(search.metric, search.mode)})
+    return None
 
 
 class TrialFailedError(RuntimeError):
@@ -306,6 +330,8 @@ class MlflowCallback(ray.tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" in result:
             self.recorder.result(trial.trial_id, result)
+        elif result.get(runs.INFEASIBLE):  # priced over search.constraints at its start (price_trial)
+            self.recorder.infeasible(trial.trial_id, result)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # A single-worker trial's checkpoint, stored by Tune right after its result.

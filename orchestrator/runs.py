@@ -34,8 +34,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from orchestrator.schema import (CREDENTIALS, EPOCH_METRICS, METRIC_RANGE, DataSpec, Failure, Resources, Search, TrainConfig,
-                                 Trial)
+from orchestrator.schema import (CREDENTIALS, EPOCH_METRICS, METRIC_RANGE, DataSpec, Deploy, Failure, Resources, Search,
+                                 TrainConfig, Trial)
 
 if TYPE_CHECKING:  # mlflow is imported by the callers that talk to a store
     from mlflow import MlflowClient
@@ -79,10 +79,14 @@ class Status:
     EARLY_STOPPED = "early-stopped"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    INFEASIBLE = "infeasible"  # priced at its start, it violated search.constraints: no epoch trained
 
 
 MODEL_STATUSES = (Status.COMPLETED, Status.EARLY_STOPPED)  # the trial trained to a model
-FINISHED_STATUSES = MODEL_STATUSES + (Status.FAILED,)  # nothing more will be written
+FINISHED_STATUSES = MODEL_STATUSES + (Status.FAILED, Status.INFEASIBLE)  # nothing more will be written
+# The result an infeasible trial reports instead of an epoch (with its costs and the sweep's
+# metric at its worst value, which Tune wants in every result): `INFEASIBLE: why`.
+INFEASIBLE = "infeasible"
 
 
 class Artifact:
@@ -108,7 +112,9 @@ MODEL_FACTS = ("param_count", "flops")
 SPLIT_SIZES = ("train_size", "val_size")
 PROVENANCE = ("dataset_digest", "device_name", "cuda_version", "driver_version")
 INFERENCE_PARAMS = ("infer_precision", "infer_device", "infer_latency_batch", "infer_throughput_batch",
-                    "infer_num_threads")
+                    "infer_num_threads", "infer_runtime", "pricing_key", "pricing_cached")
+# (infer_runtime: the deploy: runtime it was priced in; pricing_key: its entry in the storage's cost
+# cache, orchestrator/pricing.py; pricing_cached: "true" when that entry was there already.)
 INFERENCE_METRICS = ("infer_latency_b1_ms", "infer_latency_b1_iqr_ms", "infer_imgs_per_s", "infer_peak_mem_mb")
 ONCE_PARAMS = MODEL_FACTS + SPLIT_SIZES + PROVENANCE + INFERENCE_PARAMS
 # A DDP trial's worker-group restarts so far (metrics, step = epoch), one per budget: after a failure
@@ -128,7 +134,8 @@ def model_metric(name: str) -> str:
 
 
 # The Trial's sections, by field name: each is rebuilt as its dataclass, every other field as it is.
-SECTIONS = {"train": TrainConfig, "dataset": DataSpec, "resources": Resources, "failure": Failure, "search": Search}
+SECTIONS = {"train": TrainConfig, "dataset": DataSpec, "resources": Resources, "failure": Failure, "search": Search,
+            "deploy": Deploy}
 
 
 def trial_to_dict(trial: Trial) -> dict[str, Any]:
@@ -535,6 +542,9 @@ class Standing:
     # observed means and spreads, and the device-hours those extra runs would cost.
     seeds_to_separate: int | None = None
     separate_device_hours: float | None = None
+    # Its trials priced over search.constraints (status infeasible: never trained). An entry all of
+    # whose trials were infeasible stands last, with no mean, never the leader.
+    infeasible: int = 0
 
 
 # Accuracies at the range's edge (every seed 1.0) are moved this far inside before the logit: a
@@ -625,23 +635,31 @@ def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list
     by_entry: dict[Any, list[Result]] = {}
     for r in results:
         by_entry.setdefault(entry_key(r, by_arch), []).append(r)
-    standings = []
+    standings, unpriced = [], []
     for entry, rs in by_entry.items():
         scored = [r for r in rank(rs, mode) if r.has_model and r.score is not None]  # best first
         seeds = [r for r in scored if r.phase == "seeds"]
         best = (seeds or scored or [None])[0]
+        infeasible = sum(r.status == Status.INFEASIBLE for r in rs)
         if best is None:
+            if infeasible:  # every trial priced over the constraints: shown, counted, never a leader
+                first = rs[0]
+                unpriced.append(Standing(entry, first.arch, _base_name(first.name), first.metric, None, None, None,
+                                         None, 0, first.params, first.flops, first.latency_ms,
+                                         first.infer_imgs_per_s, sum(r.device_hours for r in rs), len(rs), "",
+                                         infeasible=infeasible))
             continue
         scores = [r.score for r in seeds] if seeds else [best.score]
         mean, std, low, high = interval(scores, best.metric)
         standings.append(Standing(entry, best.arch, _base_name(best.name), best.metric, mean, std, low, high,
                                   len(scores), best.params, best.flops, best.latency_ms, best.infer_imgs_per_s,
                                   sum(r.device_hours for r in rs), len(rs), scored[0].run_id, scores=tuple(scores),
-                                  seed_device_hours=sum(r.device_hours for r in seeds) / len(seeds) if seeds else 0.0))
+                                  seed_device_hours=sum(r.device_hours for r in seeds) / len(seeds) if seeds else 0.0,
+                                  infeasible=infeasible))
     sign = -1.0 if mode == "max" else 1.0
     standings.sort(key=lambda s: sign * s.mean)
     if not standings:
-        return []
+        return unpriced
     top = standings[0]
     marked = [dataclasses.replace(top, leader=True, tied=True)]
     for s in standings[1:]:
@@ -650,4 +668,4 @@ def leaderboard(results: list[Result], mode: str, by_arch: bool = False) -> list
         cost = (max(0, need - top.n) * top.seed_device_hours + max(0, need - s.n) * s.seed_device_hours
                 if need is not None else None)
         marked.append(dataclasses.replace(s, tied=overlaps, seeds_to_separate=need, separate_device_hours=cost))
-    return marked
+    return marked + unpriced

@@ -18,6 +18,7 @@ import functools
 import math
 import re
 import reprlib
+import sys
 import types
 import typing
 from typing import Any, Callable, Iterator, Mapping
@@ -47,6 +48,7 @@ COST_METRICS = ("param_count", "flops", "infer_latency_b1_ms", "infer_imgs_per_s
 # `search.metric`/`mode`, so it is a training metric (it picks each trial's checkpoint).
 OBJECTIVE_METRICS = METRICS + COST_METRICS
 OBJECTIVES_MIN, OBJECTIVES_MAX = 2, 3
+TIMED_COSTS = COST_METRICS[2:]  # measured by running the model (train.benchmark_inference: false skips them)
 
 class CheckpointFile:
     """The files of a checkpoint folder: the engine writes them, the run record reads the eval and
@@ -142,6 +144,15 @@ def show_key(key: Any) -> str:
 def better(a: float, b: float, mode: str) -> bool:
     """Whether metric value `a` beats `b` under `mode` (max or min)."""
     return a > b if mode == "max" else a < b
+
+
+def worst(metric: str, mode: str) -> float:
+    """The worst value `metric` can take under `mode`: its range's bound where it has one (val_acc
+    0.0 under max), else the largest finite float. What an infeasible trial reports for it (Tune
+    wants the metric in every result; the searchers never rank an infeasible trial by it)."""
+    low, high = METRIC_RANGE.get(metric, (None, None))
+    bound = low if mode == "max" else high
+    return bound if bound is not None else (-1.0 if mode == "max" else 1.0) * sys.float_info.max
 
 
 # Rules, each a function value -> None (fine) or what is wrong with it
@@ -424,6 +435,8 @@ class Search:
                           choices=SELECT_RULES)
     budget: Budget | None = setting(None, "{device_hours: X}: no new trial starts once the sweep has spent X "
                                           "device-hours (Budget)")
+    constraints: dict | None = setting(None, "{COST: {max: X} | {min: X}, ...} over the costs priced before training "
+                                             "(COST_METRICS): a trial that violates one ends `infeasible`, untrained")
 
     def __post_init__(self):  # a record read back (runs.decode, a state file) holds the budget as a mapping
         if isinstance(self.budget, dict):
@@ -446,6 +459,7 @@ class Search:
         return {k: v for k, v in implied.items() if k not in raw}
 
     def problems(self) -> Iterator[tuple[str, str]]:
+        yield from (("constraints." + key, message) for key, message in constraint_problems(self.constraints or {}))
         if self.objectives:
             first = next(iter(self.objectives.items()))
             if (self.metric, self.mode) != first:
@@ -469,6 +483,49 @@ class Search:
         """The sweep's rule over `points` (each a value per objective, None where unknown): the
         indices on their Pareto set, and the index `select` picks from it (None: no point known)."""
         return pareto.front(points, self.directions()), pareto.select(points, self.directions(), self.select)
+
+
+BOUNDS = ("max", "min")
+
+
+def constraint_problems(constraints: Mapping) -> Iterator[tuple[str, str]]:
+    """(key under `search.constraints`, what is wrong) for each bad constraint: an unknown cost, a
+    bound that is not {max: X} and/or {min: X}, a bound that is not a finite number, min > max."""
+    for metric, bound in constraints.items():
+        key = show_key(metric)
+        if metric not in COST_METRICS:
+            yield key, f"unknown cost; allowed: {', '.join(COST_METRICS)}"
+            continue
+        if not isinstance(bound, dict) or not bound:
+            yield key, f"{show(bound)} is not {{max: X}}, {{min: X}} or both"
+            continue
+        for side, value in bound.items():
+            if side not in BOUNDS:
+                yield f"{key}.{show_key(side)}", f"unknown key; allowed: {', '.join(BOUNDS)}"
+            elif wrong := type_problem(value, float):
+                yield f"{key}.{side}", f"{wrong}; allowed: a finite number"
+        if all(type_ok(bound.get(side), float) for side in BOUNDS) and bound["min"] > bound["max"]:
+            yield key, f"min {bound['min']} is above max {bound['max']}: no configuration can satisfy it"
+
+
+@dataclasses.dataclass(frozen=True)
+class Deploy:
+    """`deploy:` — the form a model ships in. Every trial's costs (COST_METRICS) are measured in it,
+    whatever device trains (orchestrator/pricing.py): PyTorch eager or ONNX Runtime (the file
+    `orchestrate export` writes, timed as it times it), on the CPU or a GPU, with `threads`
+    intra-op threads. One thread by default: a CPU server answering one request per core, the same
+    number on any machine, and within the one CPU a quickstart trial holds."""
+
+    runtime: str = setting("torch", "torch (eager, the deployed form) or onnxruntime (the exported ONNX file)",
+                           choices=("torch", "onnxruntime"))
+    device: str = setting("cpu", "where the model is priced: cpu, or cuda (the trial's own GPU)", choices=("cpu", "cuda"))
+    threads: int = setting(1, "intra-op threads of the runtime on the CPU",
+                           check=in_interval(1, 1024, low_open=False, high_open=False))
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.runtime == "onnxruntime" and self.device == "cuda":
+            yield "device", ("cuda with runtime onnxruntime: ONNX Runtime is priced on the CPU "
+                             "(CPUExecutionProvider, as `orchestrate export` checks it); allowed: cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -496,7 +553,7 @@ class Tracking:
 
 
 SECTIONS: dict[str, type] = {"dataset": DataSpec, "train": TrainConfig, "resources": Resources,
-                             "search": Search, "failure": Failure, "tracking": Tracking}
+                             "search": Search, "failure": Failure, "tracking": Tracking, "deploy": Deploy}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,6 +652,7 @@ class Trial:
     entry: int = 0  # its `models:` entry (index in the sweep file)
     repeat: int = 0  # how many trials of the same point came before it: its seed is train.seed + repeat
     phase: str = PHASE_SEARCH
+    deploy: Deploy = Deploy()  # where its costs are priced (a record from before `deploy:` gets the default)
 
     @property
     def name(self) -> str:

@@ -35,7 +35,9 @@ from ray.tune.utils import flatten_dict
 
 from orchestrator import pareto, spaces
 from orchestrator.config import SweepSpec
-from orchestrator.schema import PHASE_SEARCH, PHASE_SEEDS
+from orchestrator.pricing import slack as pricing_slack
+from orchestrator.runs import INFEASIBLE
+from orchestrator.schema import COST_METRICS, PHASE_SEARCH, PHASE_SEEDS
 
 
 def to_tune(value: Any):
@@ -88,7 +90,7 @@ class _RandomSampler:
     def sample(self, trial_id: str, leaves: dict[str, Any]) -> dict[str, Any]:
         return {path: to_tune(space).sample(random_state=self.rng) for path, space in leaves.items()}
 
-    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+    def complete(self, trial_id: str, result: dict | None, error: bool, slack: dict | None = None) -> None:
         pass
 
 
@@ -129,7 +131,17 @@ class _TpeSampler:
         flat = flatten_dict(self.searcher.suggest(trial_id) or {}, delimiter=RAY_DELIMITER)
         return {path: flat[path] for path in leaves}
 
-    def complete(self, trial_id: str, result: dict | None, error: bool) -> None:
+    def complete(self, trial_id: str, result: dict | None, error: bool, slack: dict | None = None) -> None:
+        """Tell the study how the trial ended. `slack`: each of search.constraints' bounds as
+        pricing.slack gives it (<= 0: satisfied), set on the Optuna trial first
+        (`Trial.set_constraint`, Optuna 5's replacement for TPESampler's deprecated
+        `constraints_func`), so TPE puts infeasible trials with the worst and samples away from
+        them; their reported value does not count. OptunaSearch keeps its Optuna trials by Tune
+        trial id (`_ot_trials`) and offers no other way to them."""
+        ot_trial = getattr(self.searcher, "_ot_trials", {}).get(trial_id)
+        if ot_trial is not None:
+            for name, value in (slack or {}).items():
+                ot_trial.set_constraint(name, value)
         self.searcher.on_trial_complete(trial_id, result, error)
 
 
@@ -147,6 +159,8 @@ class _Outcome:
     value: float | None = None  # the metric's last reported value
     full_budget: bool = False
     done: bool = False
+    costs: dict[str, float] = dataclasses.field(default_factory=dict)  # as priced at its start
+    infeasible: bool = False  # its costs broke search.constraints: it never trained
     values: tuple[float | None, ...] = ()  # each objective's last reported value (search.objectives)
     # Its wall time, for the sweep's device-hours (search.budget): when it started (suggested;
     # moved to its trainable's own start, now - time_total_s, with each result) and, once ended,
@@ -298,7 +312,11 @@ class EntrySearch(Searcher):
         return out
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """The costs a trial was priced at (its first result: an epoch's, or an infeasible one's),
+        its trainable's clock, and its objectives."""
         outcome = self.outcomes.get(trial_id)
+        if outcome is not None and not outcome.__dict__.get("costs"):
+            outcome.costs = {k: float(result[k]) for k in COST_METRICS if isinstance(result.get(k), (int, float))}
         if outcome is not None and isinstance(result.get("time_total_s"), (int, float)):
             # Its trainable's own clock: a trial that waited for resources after it was suggested
             # is counted from when it started.
@@ -319,13 +337,17 @@ class EntrySearch(Searcher):
         reported = self.__dict__.get("reported", {}).pop(trial_id, {})
         if result and search.objectives:  # the costs, reported with the first epoch, as of the last
             result = {**reported, **{k: v for k, v in result.items() if v is not None}}
-        if result and not error and search.metric in result:
+        if result and result.get(INFEASIBLE):
+            outcome.infeasible = True  # never an entry's best: its value is the metric's worst, not a score
+            outcome.costs = outcome.__dict__.get("costs") or {k: float(result[k]) for k in COST_METRICS if k in result}
+        elif result and not error and search.metric in result:
             outcome.value = float(result[search.metric])
             outcome.full_budget = int(result.get("epoch", 0)) >= outcome.epochs
             outcome.values = tuple(float(result[k]) if result.get(k) is not None else None
                                    for k in search.objective_names())
         if outcome.phase == PHASE_SEARCH:
-            self.samplers[outcome.entry].complete(trial_id, result, error)
+            self.samplers[outcome.entry].complete(trial_id, result, error,
+                                                  pricing_slack(outcome.__dict__.get("costs", {}), self.spec.search.constraints))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -379,6 +379,12 @@ def print_summary(results: list, spec: SweepSpec, trained: bool, out, experiment
         print(f"\n{len(failed)} of {len(results)} trial(s) failed:", file=out)
         for r in failed:
             print(f"  {r.name} ({r.run_id}): {r.error or 'see its run'}", file=out)
+    infeasible = [r for r in results if r.status == Status.INFEASIBLE]
+    if infeasible:
+        print(f"\n{len(infeasible)} of {len(results)} trial(s) infeasible (priced over search.constraints at their "
+              f"start, never trained):", file=out)
+        for r in infeasible:
+            print(f"  {r.name} ({r.run_id}): {r.error or 'see its run'}", file=out)
     if not trained:
         print("\nNo trial completed (exit code 1).", file=out)
     print("\nOpen the MLflow UI:  " + preflight.command_line("orchestrate", "ui", "--tracking-uri", spec.tracking_uri),

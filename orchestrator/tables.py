@@ -201,7 +201,7 @@ def pareto_line(results: Sequence) -> str:
 # interval overlaps the leader's (statistically tied with it).
 LEADERBOARD_COLUMNS = ("rank", "entry", "arch", "config", "metric", "mean", "std", "ci95_low", "ci95_high", "n",
                        "params", "flops", "latency_ms", "infer_imgs_per_s", "device_hours", "trials",
-                       "seeds_to_separate", "separate_device_hours")
+                       "seeds_to_separate", "separate_device_hours", "infeasible")
 
 
 def leaderboard_table(standings: Sequence) -> Table:
@@ -210,7 +210,8 @@ def leaderboard_table(standings: Sequence) -> Table:
 
     return Table(LEADERBOARD_COLUMNS, [[rank(s), s.entry, s.arch, s.config, s.metric, s.mean, s.std, s.low, s.high,
                                         s.n, s.params, s.flops, s.latency_ms, s.infer_imgs_per_s, s.device_hours,
-                                        s.trials, s.seeds_to_separate, s.separate_device_hours] for s in standings])
+                                        s.trials, s.seeds_to_separate, s.separate_device_hours, s.infeasible]
+                                       for s in standings])
 
 
 def write_comparison(results: Sequence, standings: Sequence, folder: str) -> list[str]:

@@ -404,6 +404,8 @@ def _good_and_bad(cls, field):
         good = not field.default
     elif typ is str:
         good = "some/where"
+    elif typ is dict and field.name == "constraints":  # search.constraints
+        good = {"param_count": {"max": 1000000.0}}
     elif typ is dict:  # search.objectives
         good = {"val_acc": "max", "flops": "min"}
     else:

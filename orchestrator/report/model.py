@@ -188,6 +188,7 @@ class ReportData:
     provenance: Provenance
     statuses: tuple[tuple[str, int], ...]  # (status, trials)
     generated: str
+    infeasible_entries: tuple[str, ...] = ()  # entries whose every trial was infeasible, one line each
     objectives: tuple[tuple[str, str], ...] = ()  # search.objectives: (metric, max | min), in order
     select: str = "first"  # search.select
     trials: tuple[ObjectivePoint, ...] = ()  # with objectives: every trial with a model

@@ -87,7 +87,9 @@ def view(data: ReportData) -> dict[str, Any]:
             trials=f"{e.search_trials}" + (f" + {e.seed_trials} seeds" if e.seed_trials else ""),
             frontier=", ".join(on_front.get(i, []))))
     budget = [f"{e.label}: {e.search_trials} search" + (f" + {e.seed_trials} seed" if e.seed_trials else "")
-              + " trial(s)" + (f" ({e.failed_trials} without a model)" if e.failed_trials else "") for e in data.entries]
+              + " trial(s)" + (f" ({e.failed_trials} without a model" + (f", {e.standing.infeasible} of them infeasible"
+                                                                         if e.standing.infeasible else "") + ")"
+                               if e.failed_trials else "") for e in data.entries] + list(data.infeasible_entries)
     out: dict[str, Any] = {"rows": rows, "budget": budget, "direction": "higher" if data.mode == "max" else "lower",
                            "near_latency": f"{NEAR_BEST_FOR_LATENCY:.0%}", "near_size": f"{NEAR_BEST_FOR_SIZE:.0%}",
                            "pareto_tag": Tag.PARETO}

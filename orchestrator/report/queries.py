@@ -76,7 +76,12 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
     by_id = {r.info.run_id: r for r in trial_runs}
     results = runs.read_results(trial_runs, metric, mode)
     by_arch = parent_run_id is None
-    standings = runs.leaderboard(results, mode, by_arch=by_arch)
+    ranked = runs.leaderboard(results, mode, by_arch=by_arch)
+    # An entry all of whose trials were priced over search.constraints has no model: counted in
+    # the budget line, in no table or figure.
+    standings = [s for s in ranked if s.mean is not None]
+    unpriced = tuple(f"{s.arch}: {s.trials} trial(s), all infeasible (priced over search.constraints, never trained)"
+                     for s in ranked if s.mean is None)
     if parent_run_id:
         parents = [client.get_run(parent_run_id)]
         scope = f"sweep run {parents[0].info.run_name} ({parent_run_id})"
@@ -109,7 +114,8 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
         provenance=read_provenance(client, parents, trial_runs), statuses=tuple(sorted(statuses.items())),
         generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT),
         objectives=tuple(search.objectives.items()) if search else (), select=search.select if search else "first",
-        trials=points, spend=spend.read(client, parent_run_id) if parent_run_id else None)
+        trials=points, spend=spend.read(client, parent_run_id) if parent_run_id else None,
+        infeasible_entries=unpriced)
 
 
 def _pairs(section) -> tuple[tuple[str, str], ...]:

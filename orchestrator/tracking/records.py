@@ -64,6 +64,7 @@ class TrialRecord:
         # One timestamp per metric batch, kept: a batch sent again (the writer's retry after a lost
         # answer) is then the same rows, which the store keeps once, not a second point per step.
         self._stamps_ms: dict[Any, int] = {}
+        self.infeasible_why: str | None = None  # priced over search.constraints: see infeasible()
 
     @property
     def client(self) -> MlflowClient:
@@ -199,7 +200,23 @@ class TrialRecord:
         self.client.log_batch(self.run_id, tags=[RunTag(Tag.BEST_CHECKPOINT, path), RunTag(Tag.BEST_EPOCH, str(epoch)),
                                                  RunTag(Tag.BEST_VALUE, repr(value))])
 
+    def infeasible(self, metrics: dict[str, Any]) -> None:
+        """The trial was priced over `search.constraints` at its start and ends untrained
+        (ray_train.price_trial): its costs (MODEL_FACTS and the inference settings as params, the
+        inference metrics at step 0) and why (the error tag); `finish` then ends it `infeasible`."""
+        why = str(metrics.get(runs.INFEASIBLE))
+        facts = {k: str(int(v) if k in runs.MODEL_FACTS else v) for k in runs.MODEL_FACTS + runs.INFERENCE_PARAMS
+                 if k not in self.logged and (v := metrics.get(k)) is not None}
+        now = self._stamps_ms.setdefault("price", int(time.time() * 1000))
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(metrics[k]), now, 0, model_id=self.model_id or None)
+                                                    for k in runs.INFERENCE_METRICS if k in metrics],
+                              params=[Param(k, v) for k, v in facts.items()], tags=[RunTag(Tag.ERROR, why[:4000])])
+        self.logged.update(facts)
+        self.infeasible_why = why
+
     def end_status(self, failed: bool = False) -> str:
+        if self.infeasible_why is not None:
+            return Status.INFEASIBLE
         if failed:
             return Status.FAILED
         return Status.COMPLETED if self.last_epoch >= self.trial.train.epochs else Status.EARLY_STOPPED

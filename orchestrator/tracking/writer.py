@@ -270,6 +270,11 @@ class Recorder:
     def checkpoint(self, trial_id: str, epoch: int, path: str) -> None:
         self._on(trial_id, lambda r: r.checkpoint(epoch, path))
 
+    def infeasible(self, trial_id: str, result: dict[str, Any]) -> None:
+        """The trial's price broke search.constraints: its costs and why (TrialRecord.infeasible)."""
+        result = dict(result)
+        self._on(trial_id, lambda r: r.infeasible(result))
+
     def ended(self, trial_id: str, failed: bool = False, error: str | None = None) -> None:
         progress = self._progress.setdefault(trial_id, _Progress())
         progress.ended = Status.FAILED if failed else Status.COMPLETED
