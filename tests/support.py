@@ -303,3 +303,81 @@ def store_count(db, query: str) -> int:
             return con.execute(query).fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The refusal contract, one harness for every test of it (bad sweep files, hostile input, bad data,
+# security): bad input -> exit 2, exactly one line on stderr naming the file or option, the key, the
+# bad value and what is allowed; nothing written; no Ray started or left behind.
+
+REFUSAL_ENV_CLEARED = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every path under `folder`, a file with its size and modification time: 'nothing written'
+    exactly. (A folder's own times may change: the storage check creates and removes a probe in
+    it, the one sure test of "writable" for root.)"""
+    return {str(p.relative_to(folder)): None if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")}
+
+
+def refused(argv: list[str], folder: Path, capture=None, *, starts: str = "", says=(), never=(),
+            env: dict | None = None, timeout: int = 180, empty_folders=()) -> str:
+    """Run `orchestrate ARGV` in `folder` and check the refusal contract; the one line it printed.
+
+    In-process through `orchestrator.cli.main` when `capture` (pytest's capsys or capfd) is given,
+    else as a real subprocess with a RAY_TMPDIR of its own. Either way: exit code 2; exactly one
+    line on stderr and no traceback; the line starts with `starts` and holds each of `says`
+    ("{tmp}" stands for `folder`); none of `never` (a password) anywhere in the output; every path
+    under `folder` as it was (so no MLflow store or run, no ray_results/); and no Ray: in-process
+    it was not initialised, as a subprocess no process of its RAY_TMPDIR is left and nothing was
+    written there. RAY_ADDRESS and MLflow's variables are cleared; `env` is set. `empty_folders`: the
+    folders (relative to `folder`) the command is known to leave behind, empty (a download target)."""
+    folder = Path(folder)
+    before = tree(folder)
+    if capture is not None:
+        from orchestrator import cli
+
+        capture.readouterr()  # what came before is not the command's
+        with __import__("pytest").MonkeyPatch.context() as patch:
+            patch.chdir(folder)
+            for name in REFUSAL_ENV_CLEARED:
+                patch.delenv(name, raising=False)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            code = cli.main(list(argv))
+        out, err = capture.readouterr()
+        ray = sys.modules.get("ray")
+        assert ray is None or not ray.is_initialized(), "Ray was started"
+    else:
+        import shutil
+        import tempfile
+
+        ray_tmpdir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
+        try:
+            full_env = {k: v for k, v in os.environ.items() if k not in REFUSAL_ENV_CLEARED}
+            full_env.update(PYTHONPATH=str(REPO), RAY_TMPDIR=ray_tmpdir, **(env or {}))
+            result = subprocess.run(ORCHESTRATE + list(argv), cwd=folder, env=full_env, capture_output=True,
+                                    text=True, timeout=timeout)
+            code, out, err = result.returncode, result.stdout, result.stderr
+            deadline = time.time() + 10
+            while processes_mentioning(ray_tmpdir) and time.time() < deadline:
+                time.sleep(0.5)
+            assert not processes_mentioning(ray_tmpdir), processes_mentioning(ray_tmpdir)
+            assert not any(Path(ray_tmpdir).iterdir()), "Ray was started"
+        finally:
+            shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert code == 2, out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err, out[-2000:] + err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err[:3000]}"
+    line = lines[0]
+    assert line.startswith(starts.replace("{tmp}", str(folder))), line
+    for fragment in says:
+        assert fragment.replace("{tmp}", str(folder)) in line, f"{fragment!r} not in {line!r}"
+    for secret in never:
+        assert secret not in out + err
+    after = {path: entry for path, entry in tree(folder).items()
+             if not (path in empty_folders and entry is None and not any((folder / path).iterdir()))}
+    assert after == before, "a refused command wrote something"
+    return line
