@@ -71,14 +71,13 @@ def ray_tmpdir():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-# Fixtures that run a whole sweep (minutes each on 2 cores).
-SWEEP_FIXTURES = {"ddp_sweep", "fair_sweep"}
-
-
 def pytest_collection_modifyitems(config, items):
-    """Every test that starts Ray or reads a whole sweep's fixture is `slow` as well: `pytest -m
-    "not slow"` is the everyday loop (the pure parts, the CLI's refusals, replayed run records),
-    and CI runs everything."""
+    """A test that reads a whole sweep's fixture (every such fixture is named `*_sweep`: a real
+    sweep, minutes on 2 cores, once per session or module) starts Ray through it: `ray`. Every test
+    that starts Ray is `slow` as well: `pytest -m "not slow"` is the everyday loop (the pure parts,
+    the CLI's refusals, replayed run records), and CI runs everything."""
     for item in items:
-        if item.get_closest_marker("ray") or SWEEP_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if any(name.endswith("_sweep") for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.slow)

@@ -15,7 +15,6 @@ import pytest
 from support import run_sweep, run_cli
 from orchestrator.runs import Tag
 
-pytestmark = pytest.mark.ray
 
 
 def write_cifar100(root, n_train=200, n_test=20):
