@@ -174,8 +174,9 @@ def run_sweep(tmp_path_factory, name: str, text: str, uri: str | None = None) ->
 
 def record_one_trial(folder: Path, sweep_file: str, register_as: str | None = None) -> tuple[str, str]:
     """(store URI, run id) of the first trial of the sweep file `folder/sweep_file`, trained by the
-    engine on the CPU (no Ray) and recorded by the run record itself in a sqlite store in `folder`,
-    its checkpoints kept there; its model registered as `register_as` if given."""
+    engine on the CPU (no Ray) and recorded by the run record itself in a sqlite store in `folder`
+    (Tune's events replayed: each epoch's result, then its checkpoint), its checkpoints kept there;
+    its model registered as `register_as` if given. The sweep's metric and mode pick the model."""
     import shutil
 
     from orchestrator import config, engine, tracking
@@ -187,7 +188,8 @@ def record_one_trial(folder: Path, sweep_file: str, register_as: str | None = No
     torch.set_num_threads(1)
     run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), load_splits(trial.dataset),
                         device="cpu")
-    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(folder), {"search": {"metric": "val_acc"}})
+    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(folder), {
+        "search": {"metric": spec.search.metric, "mode": spec.search.mode}})
     record = sweep.open_trial(trial)
 
     class Record:
