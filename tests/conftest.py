@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import tempfile
 
 import pytest
 
 import stores
-from support import DDP_SWEEP, FAIR_SWEEP, Sweep, processes_mentioning, run_sweep
+from support import DDP_SWEEP, FAIR_SWEEP, Sweep, end_processes_mentioning, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +61,7 @@ def ray_tmpdir():
     """A private RAY_TMPDIR for a test's own local Ray cluster; whatever a killed driver left there is ended."""
     folder = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
     yield folder
-    for line in processes_mentioning(folder):  # whatever a killed driver left behind
-        try:
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    end_processes_mentioning(folder)  # whatever a killed driver left behind
     shutil.rmtree(folder, ignore_errors=True)
 
 

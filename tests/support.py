@@ -47,6 +47,16 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def end_processes_mentioning(text: str) -> None:
+    """SIGKILL every live process whose command line contains `text` (what a killed or stopped
+    driver's Ray left behind: its processes carry its RAY_TMPDIR)."""
+    for line in processes_mentioning(text):
+        try:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def own_processes(marker: str) -> set[int]:
     """Pids of the processes whose command line or environment holds `marker` (the cluster's
     RAY_TMPDIR), plus all their descendants: Ray's dashboard modules rename themselves with

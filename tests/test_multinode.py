@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from support import DDP_SWEEP, REPO, kill_own_processes, logged_epochs, own_processes, run_cli
+from support import DDP_SWEEP, REPO, free_port, kill_own_processes, logged_epochs, own_processes, run_cli
 from orchestrator.runs import ROLE_TRIAL, Tag
 
 pytestmark = pytest.mark.slow  # multi-node; the tests that start the fake cluster are marked `ray`
@@ -146,11 +146,6 @@ def fake_cluster(ddp_sweep):
     # Every process of the cluster and every client of it: token auth on, this token, this temp dir.
     env.update(RAY_TMPDIR=tmpdir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                PYTHONPATH=str(REPO))  # as on cluster.yaml's nodes, the project is importable everywhere
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     log = Path(tmpdir) / "ray-start.log"
     try:
