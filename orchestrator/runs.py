@@ -4,7 +4,7 @@ Every tag, param, metric and artefact name of a sweep's runs is a constant here;
 `schema.Trial` into a child run's params and tags and `decode` turns a run back into the exact
 `Trial` (from the resolved record logged with it, as Lightning logs its resolved config); the
 queries `compare`, `evaluate`, `report`, the benchmarks and the tests share live here too. What a
-run's life looks like (created, reopened, per-epoch writes, finished) is tracking.py's; this
+run's life looks like (created, reopened, per-epoch writes, finished) is tracking/'s; this
 module only knows the shapes.
 
     experiment = the sweep's `name`

@@ -7,8 +7,9 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
+from mlflow import MlflowClient
 
-from orchestrator import cli, tracking
+from orchestrator import cli
 from orchestrator.runs import Artifact, Tag
 from support import record_one_trial
 
@@ -40,7 +41,7 @@ def test_export_writes_onnx_that_matches_the_trained_model_and_logs_the_check_an
     onnx.checker.check_model(str(path))
     assert "top-1 agreement 100.00%" in out and "ONNX Runtime on this CPU" in out
 
-    client = tracking.MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)  # the registered best is this run
     assert run.data.metrics["onnx_max_abs_diff"] <= 1e-4 and run.data.metrics["onnx_top1_agreement"] == 1.0
     assert run.data.metrics["onnx_latency_b1_ms"] > 0 and run.data.metrics["onnx_imgs_per_s"] > 0
@@ -56,7 +57,7 @@ def test_export_writes_a_torch_export_archive_that_loads_with_torch_alone(finish
     (path,) = tmp_path.glob("*.pt2")
     module = torch.export.load(str(path)).module()
     assert module(torch.zeros(3, 3, 32, 32)).shape == (3, 4)  # the batch axis is free
-    assert "pt2_max_abs_diff" not in tracking.MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+    assert "pt2_max_abs_diff" not in MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
 
 
 def test_export_of_a_name_that_is_no_run_is_one_line_and_exit_2(finished_run, tmp_path, capsys):
@@ -79,7 +80,7 @@ def test_export_out_naming_a_file_is_one_line_and_exit_2_before_the_store_is_rea
 def test_export_names_its_file_after_the_run_but_never_writes_outside_out(finished_run, tmp_path):
     # The run's name comes from the store, where anyone with write access may rename it.
     uri, run_id, _ = finished_run
-    client = tracking.MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
     name = client.get_run(run_id).info.run_name
     client.update_run(run_id, name="../../x")
     out = tmp_path / "a" / "b"
@@ -93,7 +94,7 @@ def test_export_names_its_file_after_the_run_but_never_writes_outside_out(finish
 
 def test_the_trials_run_carries_its_inference_cost_and_provenance(finished_run):
     uri, run_id, _ = finished_run
-    run = tracking.MlflowClient(tracking_uri=uri).get_run(run_id)
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.data.metrics["infer_latency_b1_ms"] > 0 and run.data.metrics["infer_imgs_per_s"] > 0
     assert run.data.params["infer_precision"] == "fp32" and run.data.params["device_name"].startswith("cpu")
     assert len(run.data.params["dataset_digest"]) == 16

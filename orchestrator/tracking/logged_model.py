@@ -1,0 +1,81 @@
+"""A trial's model in MLflow: saved as an MLflow model folder (torch.export's "pt2", else the pickled
+module), logged as the run's LoggedModel from its best checkpoint; a user's model file logged as
+the run's code."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunTag
+
+from orchestrator.runs import Artifact, Tag
+from orchestrator.schema import DataSpec
+
+
+def save_model(model, path: str, pip_requirements: list[str], metadata: dict[str, Any],
+               mlflow_model=None) -> str:
+    """Save `model` (eval mode, CPU, RGB input of metadata's image_size, else the default) as an
+    MLflow model folder at `path`.
+    Preferred format: MLflow's "pt2" (torch.export): no pickle, loads with torch alone, and the
+    batch dimension stays dynamic because the example holds two images. A model torch.export
+    cannot trace falls back to the pickled module, with a warning. Returns the format used."""
+    import shutil
+
+    import mlflow.pytorch  # imports torch: only the sweep driver pays for it
+
+    size = metadata.get("image_size", DataSpec.image_size)  # the model's input side (dataset.image_size)
+    example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
+    common = dict(input_example=example, pip_requirements=pip_requirements, metadata=metadata,
+                  mlflow_model=mlflow_model)
+    try:
+        mlflow.pytorch.save_model(model, path, serialization_format="pt2", **common)
+        return "pt2"
+    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
+        warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead", stacklevel=2)
+        shutil.rmtree(path, ignore_errors=True)
+    mlflow.pytorch.save_model(model, path, serialization_format="pickle", **common)
+    return "pickle"
+
+
+def log_model(client: MlflowClient, run_id: str, model_id: str, checkpoint_dir: str, step: int) -> str:
+    """The checkpoint's model as the run's LoggedModel `model_id` (runs:/<run_id>/model and
+    models:/<model_id> both load it), linked to the run at `step`. Returns the format."""
+    import torch
+    import torchvision
+    from mlflow.models import Model
+
+    from orchestrator import engine  # torch: only the sweep driver pays for it
+
+    model, meta = engine.load_model(checkpoint_dir)
+    logged = client.get_logged_model(model_id)
+    # Explicit requirements: MLflow's inference imports the model in a subprocess (slow).
+    reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+    with tempfile.TemporaryDirectory(prefix="orchestrate-model-") as tmp:
+        local = os.path.join(tmp, Artifact.MODEL)
+        description = Model(artifact_path=logged.artifact_location, model_uuid=model_id, run_id=run_id,
+                            model_id=model_id)
+        keep = ("arch", "knobs", "classes", "mean", "std", "epoch", "image_size")
+        fmt = save_model(model, local, reqs, {k: meta[k] for k in keep if k in meta}, mlflow_model=description)
+        client.log_model_artifacts(model_id, local)
+    outputs = client.get_run(run_id).outputs
+    if not any(o.model_id == model_id for o in (outputs.model_outputs if outputs else ())):  # a retry: once
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
+    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    client.log_batch(run_id, tags=[RunTag(Tag.MODEL_FORMAT, fmt)])
+    client.log_dict(run_id, meta, Artifact.MODEL_META)
+    return fmt
+
+
+def log_code(client: MlflowClient, run_id: str, arch: str) -> None:
+    """A user's model: the file that defines it, as an artefact of the run (code/FILE.py)."""
+    import archs  # torch: see records.encode
+
+    code = archs.get(arch).code
+    if code is not None:
+        client.log_artifact(run_id, code.file, Artifact.CODE)
