@@ -2,13 +2,17 @@
 
 Every tag, param, metric and artefact name of a sweep's runs is a constant here; `encode` turns a
 `schema.Trial` into a child run's params and tags and `decode` turns a run back into the exact
-`Trial` (from the resolved record logged with it, as Lightning logs its resolved config); the
+`Trial` (from the resolved record logged with it, as Lightning logs its resolved config);
+`encode_sweep`/`decode_sweep` do the same for the sweep's parent run (`SweepSettings`); the
 queries `compare`, `evaluate`, `report`, the benchmarks and the tests share live here too. What a
 run's life looks like (created, reopened, per-epoch writes, finished) is tracking/'s; this
 module only knows the shapes.
 
     experiment = the sweep's `name`
     ├─ parent run  (tag orchestrate.role=sweep): the sweep file, comparison table, plots
+    │    params  search.*, train.*, dataset.*, resources.*, failure.*, trials (the settings it ran with)
+    │    tags    orchestrate.sweep (the resolved SweepSettings, JSON: decode_sweep reads it), sweep_file
+    │    files   sweep.json (the same record), the sweep file (passwords masked), report.html
     └─ child run per trial (orchestrate.role=trial, parent = the sweep's run):
          params  arch, knobs.*, every train field, dataset.* (image_size too), resources.*, world_size,
                  versions, param_count, flops, train_size, val_size (the model the engine built),
@@ -23,6 +27,7 @@ module only knows the shapes.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -41,6 +46,7 @@ class Tag:
 
     ROLE = "orchestrate.role"  # "sweep" on the parent run, "trial" on each child run
     TRIAL = "orchestrate.trial"  # the resolved Trial record as JSON: decode() reads it
+    SWEEP = "orchestrate.sweep"  # parent run: its SweepSettings as JSON: decode_sweep() reads it
     PARENT = "mlflow.parentRunId"
     TRIAL_ID = "trial_id"
     ARCH = "arch"
@@ -79,6 +85,7 @@ FINISHED_STATUSES = MODEL_STATUSES + (Status.FAILED,)  # nothing more will be wr
 
 class Artifact:
     TRIAL = "trial.json"
+    SWEEP = "sweep.json"  # parent run: its SweepSettings
     CURVES = "curves.png"
     CONFUSION = "confusion_matrix.png"
     PER_CLASS = "per_class_accuracy.json"
@@ -161,6 +168,86 @@ def decode(run: Run) -> Trial:
 
 
 # ---------------------------------------------------------------------------------------------
+# The sweep <-> its parent run
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSettings:
+    """What a sweep's parent run records of it: the sections of its file as resolved (its trials
+    take theirs from the same) and how many trials it planned. A section the run does not record
+    is None (a parent run may hold part of them: one written by a test, or before this record)."""
+
+    search: Search | None = None
+    train: TrainConfig | None = None
+    dataset: DataSpec | None = None
+    resources: Resources | None = None
+    failure: Failure | None = None
+    trials: int | None = None
+
+
+PARAM_CHARS = 6000  # MLflow's longest param value
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"search": {"metric": "val_acc"}} -> {"search.metric": "val_acc"}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def sweep_to_dict(sweep: SweepSettings) -> dict[str, Any]:
+    return {f.name: dataclasses.asdict(v) if f.name in SECTIONS else v
+            for f in dataclasses.fields(SweepSettings) if (v := getattr(sweep, f.name)) is not None}
+
+
+def sweep_from_dict(d: dict[str, Any]) -> SweepSettings:
+    """The settings from their dict; a section may be given as its dataclass or as its fields."""
+    return SweepSettings(**{k: SECTIONS[k](**v) if k in SECTIONS and isinstance(v, dict) else v for k, v in d.items()})
+
+
+def encode_sweep(sweep: SweepSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """(params, tags) of a sweep's parent run: each setting as a param `section.key` (what the
+    MLflow UI shows), the record itself as JSON in Tag.SWEEP."""
+    record = sweep_to_dict(sweep)
+    params = {k: str(v)[:PARAM_CHARS] for k, v in flatten(record).items()}
+    return params, {Tag.ROLE: ROLE_SWEEP, Tag.SWEEP: json.dumps(record, separators=(",", ":"))}
+
+
+def decode_sweep(run: Run) -> SweepSettings:
+    """The settings a sweep's parent run records (types and all): its Tag.SWEEP record or, on a
+    parent run logged before that record, the `section.key` params read back as their fields'
+    types (each section that has params; the others None)."""
+    raw = run.data.tags.get(Tag.SWEEP)
+    if raw is not None:
+        return sweep_from_dict(json.loads(raw))
+    params, sections = run.data.params, {}
+    for name, cls in SECTIONS.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        given = {key: _typed(fields[key].type, value) for k, value in params.items()
+                 if k.startswith(name + ".") and (key := k[len(name) + 1:]) in fields}
+        if given:
+            sections[name] = cls(**given)
+    return SweepSettings(**sections, trials=int(params["trials"]) if params.get("trials", "").isdigit() else None)
+
+
+def _typed(annotation: str, text: str) -> Any:
+    """A param's text as the value str(value) wrote: a str field's text as it is, else a literal."""
+    if text == "None" and "None" in annotation:
+        return None
+    if annotation.startswith("str"):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
 # Queries
 
 
@@ -210,12 +297,12 @@ def history(client: MlflowClient, run_id: str) -> list[dict[str, Any]]:
 
 
 def selection(client: MlflowClient, parent_run_id: str | None, runs: Iterable[Run] = ()) -> tuple[str, str]:
-    """(metric, mode) a sweep ranks by: its parent's `search.*` params, else the first trial's
-    record, else val_acc/max."""
+    """(metric, mode) a sweep ranks by: its parent's record (decode_sweep), else the first
+    trial's record, else val_acc/max."""
     if parent_run_id:
-        params = client.get_run(parent_run_id).data.params
-        if "search.metric" in params:
-            return params["search.metric"], params.get("search.mode", "max")
+        search = decode_sweep(client.get_run(parent_run_id)).search
+        if search is not None:
+            return search.metric, search.mode
     for run in runs:
         if Tag.TRIAL in run.data.tags:
             search = decode(run).search

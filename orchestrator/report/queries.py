@@ -106,19 +106,21 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
         generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT))
 
 
+def _pairs(section) -> tuple[tuple[str, str], ...]:
+    """A section of the sweep's settings as the page lists it: (key, value) pairs, sorted."""
+    return tuple(sorted((k, str(v)) for k, v in dataclasses.asdict(section).items())) if section else ()
+
+
 def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Provenance:
     latest = parents[0] if parents else None  # newest first
-    params = latest.data.params if latest else {}
+    settings = runs.decode_sweep(latest) if latest else runs.SweepSettings()
     name, text = _sweep_file(client, latest) if latest else (None, None)
-
-    def section(prefix: str) -> tuple[tuple[str, str], ...]:
-        return tuple(sorted((k[len(prefix):], v) for k, v in params.items() if k.startswith(prefix)))
-
     child = [r.data.params for r in trial_runs]
     return Provenance(
         sweeps=tuple(f"{p.info.run_name} ({p.info.run_id})" for p in parents),
-        sweep_file_name=name, sweep_file_text=text, train=section("train."), search=section("search."),
-        dataset=params.get("dataset.name") or next((p["dataset.name"] for p in child if "dataset.name" in p), None),
+        sweep_file_name=name, sweep_file_text=text, train=_pairs(settings.train), search=_pairs(settings.search),
+        dataset=(settings.dataset.name if settings.dataset else None)
+        or next((p["dataset.name"] for p in child if "dataset.name" in p), None),
         image_sizes=_distinct(p.get("dataset.image_size") for p in child),
         dataset_digests=_distinct(p.get("dataset_digest") for p in child),
         git_commits=_distinct([p.data.tags.get("mlflow.source.git.commit") for p in parents]

@@ -1,27 +1,14 @@
-"""What a run records about where and on what it ran: the sweep's settings flattened to params, the
-library versions, MLflow's context tags (the sweep file as the source, its git commit), the
-dataset as an MLflow input."""
+"""What a run records about where and on what it ran: the library versions, MLflow's context tags
+(the sweep file as the source, its git commit), the dataset as an MLflow input."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import warnings
-from typing import Any
 
 from orchestrator import runs
 from orchestrator.schema import DataSpec
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def library_versions() -> dict[str, str]:

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 from orchestrator import preflight, runs, storage, tables
 from orchestrator.runs import Artifact, Status, Tag
 from orchestrator.schema import EPOCH_METRICS, CheckpointFile, Trial
-from orchestrator.tracking.context import context_tags, dataset_input, flatten, library_versions
+from orchestrator.tracking.context import context_tags, dataset_input, library_versions
 from orchestrator.tracking.logged_model import log_code, log_model
 from orchestrator.tracking.store import get_or_create_experiment, store_creation_lock
 
@@ -307,15 +307,18 @@ class SweepRecord:
     @classmethod
     def start(cls, uri: str, experiment: str, sweep_file: str, storage_path: str,
               params: dict[str, Any]) -> SweepRecord:
-        """A new parent run `sweep-<timestamp>` with the sweep's settings as params and its file."""
+        """A new parent run `sweep-<timestamp>` with the sweep's settings (`params`: a dict of
+        runs.SweepSettings' fields) as its record (runs.encode_sweep, sweep.json) and its file."""
         record = cls(uri, experiment, "", sweep_file, storage_path)
-        client = record.client
+        client, settings = record.client, runs.sweep_from_dict(params)
+        params, tags = runs.encode_sweep(settings)
         run = client.create_run(record.experiment_id, run_name=time.strftime("sweep-%Y%m%d-%H%M%S"), tags={
-            **record.context, Tag.ROLE: runs.ROLE_SWEEP, Tag.SWEEP_FILE: os.path.abspath(sweep_file)})
+            **record.context, **tags, Tag.SWEEP_FILE: os.path.abspath(sweep_file)})
         record.parent_run_id = run.info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        params = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(params), 100):
             client.log_batch(record.parent_run_id, params=params[i:i + 100])
+        client.log_dict(record.parent_run_id, runs.sweep_to_dict(settings), Artifact.SWEEP)
         # The file as it is, but for any password in a URI (a tracking.uri with credentials must
         # not land in the store it unlocks).
         with tempfile.TemporaryDirectory() as tmp:
