@@ -3,7 +3,8 @@
 
 A place is a line of a test function (`test_*`) or a fixture (`@pytest.fixture`) that calls one of
 the sweep launchers -- support's run_sweep / start_sweep / sweep_through, the multi-node modules'
-cluster.sweep / start_sweep_on / run_sweep(cluster, ...), or `orchestrate sweep` itself through
+cluster.sweep / start_sweep_on / run_sweep(cluster, ...), a helper of the test's own module that
+calls one of these (one level: e.g. test_budget_extend's sweep_cli), or `orchestrate sweep` itself through
 run_cli, Popen, a Ray job's submit, `orchestrate submit` or the in-process cli.main -- and is not a
 --dry-run. A resume (`--resume`, or the printed resume command run again) is a sweep of its own.
 Refusals start no Ray and are left out: support.refused and the argv built for it, a bad file
@@ -51,9 +52,30 @@ def params(func: ast.FunctionDef) -> int:
     return n
 
 
+def launches(launch: re.Pattern, line: str, body: str) -> bool:
+    if REFUSAL.search(line) or ("cli.main(" in line and re.search(r"\bcode == 2\b|\) == 2\b", body)):
+        return False
+    return bool(launch.search(line)) and "--dry-run" not in line and not line.lstrip().startswith("#")
+
+
+def helpers(tree: ast.AST, lines: list[str]) -> set[str]:
+    """The module's own helper functions (neither a test nor a fixture) that launch a sweep."""
+    found = set()
+    for func in ast.walk(tree):
+        if isinstance(func, ast.FunctionDef) and not func.name.startswith("test_") and func.name != "refused" \
+                and not any("fixture" in ast.unparse(d) for d in func.decorator_list):
+            body = lines[func.body[0].lineno - 1:func.end_lineno]
+            if any(launches(LAUNCH, line, "\n".join(body)) for line in body):
+                found.add(func.name)
+    return found
+
+
 def places(path: str, text: str):
     lines = text.splitlines()
-    for func in ast.walk(ast.parse(text)):
+    tree = ast.parse(text)
+    own = helpers(tree, lines) - {"run_sweep", "start_sweep", "sweep_through", "start_sweep_on", "start", "sweep"}
+    launch = re.compile(LAUNCH.pattern + "".join(rf"|\b{name}\(" for name in sorted(own)))
+    for func in ast.walk(tree):
         if not isinstance(func, ast.FunctionDef):
             continue
         fixture = any("fixture" in ast.unparse(d) for d in func.decorator_list)
@@ -62,9 +84,7 @@ def places(path: str, text: str):
         body = "\n".join(lines[func.lineno - 1:func.end_lineno])
         for number in range(func.body[0].lineno, func.end_lineno + 1):
             line = lines[number - 1]
-            if REFUSAL.search(line) or ("cli.main(" in line and re.search(r"\bcode == 2\b|\) == 2\b", body)):
-                continue
-            if LAUNCH.search(line) and "--dry-run" not in line and not line.lstrip().startswith("#"):
+            if launches(launch, line, body):
                 yield path, number, func.name, params(func), line.strip()[:100]
 
 

@@ -1,7 +1,10 @@
 """The code's shape: lines per module of `orchestrator/` and its internal import graph, at a git
 revision or in the working tree; exits 1 if the graph has a cycle.
 
-    python -m benchmarks.module_map [--rev REV] [--json]
+    python -m benchmarks.module_map [--rev REV] [--json | --against BEFORE]
+
+`--against BEFORE` prints markdown for benchmarks/RESULTS.md: lines per module at BEFORE and now
+(`--rev`, default the working tree), and the import edges each has that the other has not.
 
 Modules are read with `ast` (nothing is imported). An edge `a -> b` is an import in `a` of the
 orchestrator module `b` (`from orchestrator import runs`, `from orchestrator.report.model import
@@ -143,13 +146,34 @@ def text(result: dict) -> str:
     return "\n".join(out)
 
 
+def markdown(before: dict, after: dict) -> str:
+    paths = sorted(set(before["lines"]) | set(after["lines"]),
+                   key=lambda p: (-max(before["lines"].get(p, 0), after["lines"].get(p, 0)), p))
+    out = [f"| module | lines at {before['rev']} | lines at {after['rev']} |", "|---|---:|---:|"]
+    out += [f"| {p} | {before['lines'].get(p, '')} | {after['lines'].get(p, '')} |" for p in paths]
+    out.append(f"| **total** ({len(before['lines'])} -> {len(after['lines'])} modules) | {before['total_lines']} | "
+               f"{after['total_lines']} |")
+
+    def edges(result: dict) -> set[str]:
+        return {f"{short(e['from'])} -> {short(e['to'])}{'*' if e['lazy'] else ''}" for e in result["edges"]}
+
+    gone, new = sorted(edges(before) - edges(after)), sorted(edges(after) - edges(before))
+    out += ["", f"Import edges (`*` lazy): {len(edges(before))} at {before['rev']}, {len(edges(after))} at "
+                f"{after['rev']}; cycles: {len(before['cycles'])} and {len(after['cycles'])}.", "",
+            "Only before: " + (", ".join(f"`{e}`" for e in gone) or "none") + ".", "",
+            "Only after: " + (", ".join(f"`{e}`" for e in new) or "none") + "."]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", help="a git revision (default: the working tree)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    parser.add_argument("--against", metavar="BEFORE", help="markdown: BEFORE's lines and edges beside these")
     args = parser.parse_args(argv)
     result = module_map(args.rev)
-    print(json.dumps(result) if args.json else text(result))
+    print(json.dumps(result) if args.json else markdown(module_map(args.against), result) if args.against
+          else text(result))
     return 1 if result["cycles"] else 0
 
 

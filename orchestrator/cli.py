@@ -296,9 +296,12 @@ def cmd_sweep(args) -> int:
 
         if args.dry_run:  # the same checks as a run: "valid" means it would start
             preflight.check_sweep(spec, address=args.address, resume=args.resume)
+            if args.extend:
+                sweep.extended(spec)
             _print_preview(args.file, spec, sweep.preview(spec, limit=PREVIEW_ROWS))
             return 0
-        return sweep.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet)
+        return sweep.run(spec, address=args.address, resume=args.resume, verbosity=args.verbose - args.quiet,
+                         extend=args.extend)
     except config.ConfigError as e:
         raise UsageError(str(e)) from None
 
@@ -386,6 +389,8 @@ def cmd_compare(args) -> int:
                   if results and args.by == "trial" else f", by model entry, by {results[0].metric}" if results else "")
         print(f"experiment {exp.name!r}" + (f", sweep run {parent}" if parent else ", all sweeps")
               + f" ({len(results)} trials{ranked}; {shown})")
+        if args.by == "trial" and results and results[0].objectives:
+            print(tables.pareto_line(results))
     print(text, end="" if args.format != "json" else "\n")
     return 0
 
@@ -554,7 +559,10 @@ def build_parser() -> Parser:
                    "MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     s.add_argument("--storage", help="Ray storage path for checkpoints and Tune state (default ./ray_results)")
     s.add_argument("--dry-run", action="store_true", help="validate and list the trials; run nothing")
-    s.add_argument("--resume", action="store_true", help="continue this sweep's latest interrupted run")
+    again = s.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue this sweep's latest interrupted run")
+    again.add_argument("--extend", action="store_true", help="go on with a finished sweep whose file now asks for "
+                       "more (search.trials_per_model, search.seeds, search.budget): same parent run, no retraining")
     s.add_argument("-v", "--verbose", action="count", default=0,
                    help="Ray's own trial reporter and every worker's log lines instead of the live view")
     s.add_argument("-q", "--quiet", action="count", default=0, help="print only the summary")

@@ -148,13 +148,17 @@ def section(file: str, name: str, raw: Any, cls: type, extra: dict[str, Any] | N
     if not isinstance(raw, dict):
         raise ConfigError(file, name, f"{show(raw)} is not a mapping")
     fields = schema.field_types(cls)
+    records = {}  # a field that is itself a section (search.budget): checked key by key the same way
     for key, value in raw.items():
         if key not in fields:
             raise ConfigError(file, f"{name}.{show_key(key)}", f"unknown key; allowed: {', '.join(fields)}")
+        if dataclasses.is_dataclass(fields[key][0]) and isinstance(value, dict):
+            records[key] = section(file, f"{name}.{key}", value, fields[key][0])
+            continue
         err = schema.check_field(cls, key, value)
         if err:
             raise ConfigError(file, f"{name}.{key}", err)
-    obj = cls(**schema.coerce(cls, {**raw, **(extra or {})}))
+    obj = cls(**schema.coerce(cls, {**raw, **records, **(extra or {})}))
     for key, message in obj.problems() if hasattr(obj, "problems") else ():
         raise ConfigError(file, f"{name}.{key}", message)
     return obj
@@ -455,7 +459,9 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
     dataset = _dataset(path, raw.get("dataset"))
     train = section(path, "train", raw.get("train"), TrainConfig)
     resources = section(path, "resources", raw.get("resources"), Resources)
-    search = section(path, "search", raw.get("search"), Search)
+    raw_search = raw.get("search")
+    search = section(path, "search", raw_search, Search,
+                     extra=Search.implied(raw_search) if isinstance(raw_search, dict) else None)
     if search.scheduler == "asha" and search.grace_period > train.epochs:
         raise ConfigError(path, "search.grace_period",
                           f"{search.grace_period} is more than train.epochs ({train.epochs}): ASHA could never stop a trial")
@@ -480,6 +486,7 @@ def parse(raw: Any, path: str = "<sweep>", overrides: dict[str, Any] | None = No
         raise ConfigError(path, "models", "must be a non-empty list of {arch: ..., knobs: ..., lr: ...}")
     models = tuple(_check_model(path, i, m, train) for i, m in enumerate(models_raw))
     _check_search(path, search, models)
+    _check_objectives(path, search, train, models)
     _check_sizes(path, models, dataset.image_size)
     num_classes = _check_data(path, dataset, train, resources, models)
     _check_builds(path, models, num_classes, dataset.image_size)
@@ -510,6 +517,19 @@ def _check_search(file: str, search: Search, models: tuple[ModelEntry, ...]) -> 
             if sampled:
                 raise ConfigError(file, f"models[{i}].{sampled[0]}", "is sampled, but search.algorithm is grid; "
                                   "use {grid: [...]} or a value, or algorithm random or tpe")
+
+
+def _check_objectives(file: str, search: Search, train: TrainConfig, models: tuple[ModelEntry, ...]) -> None:
+    """An inference cost as an objective needs every trial to measure it (train.benchmark_inference)."""
+    measured = [m for m in (search.objectives or {}) if m.startswith("infer_")]
+    if not measured:
+        return
+    for key, value in [("train.benchmark_inference", train.benchmark_inference)] + [
+            (f"models[{i}].benchmark_inference", v) for i, m in enumerate(models)
+            for v in _leaf_bounds(m.overrides.get("benchmark_inference", True))]:
+        if value is False:
+            raise ConfigError(file, key, f"false, but search.objectives has {measured[0]}, which the inference "
+                                         f"benchmark measures; set it true or drop that objective")
 
 
 def _sampled_leaves(space: dict[str, Any], prefix: str = "") -> list[str]:

@@ -31,7 +31,7 @@ import ast
 import dataclasses
 import json
 import os
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from orchestrator.schema import (CREDENTIALS, EPOCH_METRICS, METRIC_RANGE, DataSpec, Failure, Resources, Search, TrainConfig,
                                  Trial)
@@ -65,6 +65,7 @@ class Tag:
     ONNX_MODEL_ID = "onnx_model_id"  # `orchestrate export --format onnx`: the run's ONNX LoggedModel
     CODE_SHA256 = "code_sha256"  # a user's model (arch: PATH.py:NAME): the sha256 of its file (also a param)
     CODE_FILE = "code_file"  # ... and that file's absolute path on the machine that ran the sweep
+    EXTENDED = "extended"  # parent run: `orchestrate sweep --extend` went on from Tune experiment A in B ("A -> B")
     PARETO = "orchestrate.pareto"  # "true" on each entry's best run that is on a Pareto frontier (the report)
 
 
@@ -95,6 +96,7 @@ class Artifact:
     ONNX = "onnx"  # the LoggedModel `orchestrate export` logs, in MLflow's onnx flavour
     EXPORT = "export"  # other exported files (a pt2 archive)
     CODE = "code"  # a user's model: the file that defines it, as the trial imported it
+    SPEND = "spend.json"  # parent run: each entry's device-hours and trials not started (orchestrator/spend.py)
 
 
 # Facts the engine reports with its first epoch (engine.describe), logged once: the model it built
@@ -310,6 +312,16 @@ def selection(client: MlflowClient, parent_run_id: str | None, runs: Iterable[Ru
     return Search.metric, Search.mode  # the schema's defaults
 
 
+def objectives(runs: Iterable[Run]) -> Search | None:
+    """The search settings of the sweep the runs belong to when it has search.objectives (from the
+    first trial's record); None when it has none."""
+    for run in runs:
+        if Tag.TRIAL in run.data.tags:
+            search = decode(run).search
+            return search if search.objectives else None
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """One trial run as the comparison table shows it. `score` is the sweep's metric at the
@@ -339,6 +351,9 @@ class Result:
     seed: int | None
     entry: int | None  # its `models:` entry
     phase: str | None  # search, or seeds (a re-training of the entry's best configuration)
+    objectives: tuple[tuple[str, float | None], ...] = ()  # (metric, value at the logged model), search.objectives
+    pareto: bool | None = None  # on the Pareto set of the sweep's objectives (None: no objectives)
+    selected: bool = False  # the Pareto trial search.select picks: the one registered as @best
 
     @property
     def has_model(self) -> bool:
@@ -350,7 +365,17 @@ class Result:
         return self.status == Status.COMPLETED
 
 
-def result(run: Run, metric: str) -> Result:
+def objective_value(run: Run, name: str) -> float | None:
+    """A run's value of objective `name` (schema.OBJECTIVE_METRICS) at its logged model: a training
+    metric at the model's epoch (model_<name>), a model fact from its params, an inference cost as
+    measured."""
+    if name in MODEL_FACTS:
+        text = run.data.params.get(name)
+        return float(text) if text not in (None, "", "None") else None
+    return run.data.metrics.get(model_metric(name) if name in EPOCH_METRICS else name)
+
+
+def result(run: Run, metric: str, objectives: Sequence[str] = ()) -> Result:
     p, m, t = run.data.params, run.data.metrics, run.data.tags
     trial = decode(run) if Tag.TRIAL in t else None
     knobs = {k[len("knobs."):]: v for k, v in p.items() if k.startswith("knobs.")}
@@ -371,7 +396,21 @@ def result(run: Run, metric: str) -> Result:
         infer_imgs_per_s=m.get("infer_imgs_per_s"), device_hours=seconds * world / 3600.0,
         status=t.get(Tag.STATUS, ""), run_id=run.info.run_id, error=t.get(Tag.ERROR),
         model_id=t.get(Tag.LOGGED_MODEL_ID), seed=trial.train.seed if trial else None,
-        entry=trial.entry if trial else None, phase=trial.phase if trial else None)
+        entry=trial.entry if trial else None, phase=trial.phase if trial else None,
+        objectives=tuple((name, objective_value(run, name)) for name in objectives))
+
+
+def mark_pareto(results: Sequence[Result], search: Search | None) -> list[Result]:
+    """The results (in their order), each marked on or off the Pareto set of `search`'s objectives
+    among the trials with a model and every objective's value, and the one its `select` rule picks
+    marked selected (Search.pareto); as they are without objectives."""
+    if search is None or not search.objectives:
+        return list(results)
+    pool = [i for i, r in enumerate(results) if r.has_model]
+    front, picked = search.pareto([tuple(v for _, v in results[i].objectives) for i in pool])
+    on = {pool[k] for k in front}
+    chosen = pool[picked] if picked is not None else None
+    return [dataclasses.replace(r, pareto=i in on, selected=i == chosen) for i, r in enumerate(results)]
 
 
 def rank(results: Iterable[Result], mode: str) -> list[Result]:
@@ -388,8 +427,15 @@ def results(client: MlflowClient, experiment_id: str, parent_run_id: str | None 
     """Every trial run (of one sweep when `parent_run_id` is given), ranked by the sweep's own
     metric and mode, each read at the run's logged model."""
     runs = trial_runs(client, experiment_id, parent_run_id)
-    metric, mode = selection(client, parent_run_id, runs)
-    return rank((result(r, metric) for r in runs), mode)
+    return read_results(runs, *selection(client, parent_run_id, runs))
+
+
+def read_results(runs: Sequence[Run], metric: str, mode: str) -> list[Result]:
+    """The runs as Results ranked by `metric` and `mode`, marked on or off the Pareto set of their
+    sweep's objectives (mark_pareto)."""
+    search = objectives(runs)
+    names = search.objective_names() if search else ()
+    return mark_pareto(rank((result(r, metric, names) for r in runs), mode), search)
 
 
 def download_model(client: MlflowClient, run: Run, dst: str) -> str:

@@ -22,6 +22,9 @@ import types
 import typing
 from typing import Any, Callable, Iterator, Mapping
 
+from orchestrator import pareto
+from orchestrator.pareto import DIRECTIONS, SELECT_RULES
+
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits", "synthetic")
 # More trials than this in one sweep is a typo (num_samples: 1000000000), not a plan: Tune's
 # driver and a dry run's preview would build every one of them.
@@ -36,6 +39,14 @@ METRICS = EPOCH_METRICS
 METRIC_RANGE = {"train_acc": (0.0, 1.0), "val_acc": (0.0, 1.0), "val_top5": (0.0, 1.0), "best_val_acc": (0.0, 1.0),
                 "train_loss": (0.0, None), "val_loss": (0.0, None), "lr": (0.0, None), "imgs_per_s": (0.0, None),
                 "train_s": (0.0, None), "epoch_s": (0.0, None)}
+# What a model costs to run, known before its first step (it depends on the architecture, not the
+# weights): a trial reports each with its first epoch (engine.describe). param_count and flops are
+# logged as params, the infer_* ones as metrics (runs.MODEL_FACTS, runs.INFERENCE_METRICS).
+COST_METRICS = ("param_count", "flops", "infer_latency_b1_ms", "infer_imgs_per_s", "infer_peak_mem_mb")
+# `search.objectives`: two or three of these, each `max` or `min`; the first one is the sweep's
+# `search.metric`/`mode`, so it is a training metric (it picks each trial's checkpoint).
+OBJECTIVE_METRICS = METRICS + COST_METRICS
+OBJECTIVES_MIN, OBJECTIVES_MAX = 2, 3
 
 class CheckpointFile:
     """The files of a checkpoint folder: the engine writes them, the run record reads the eval and
@@ -157,6 +168,26 @@ def in_interval(low, high, *, low_open: bool, high_open: bool) -> Callable[[Any]
         ok = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
         return None if ok else f"{show(v)} is not in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     return check
+
+
+def objectives_problem(v) -> str | None:
+    """`search.objectives`: {metric: max | min, ...}, OBJECTIVES_MIN to OBJECTIVES_MAX of
+    OBJECTIVE_METRICS, the first a training metric. (A metric written twice is YAML's duplicate
+    key, refused as the file is read.)"""
+    if not OBJECTIVES_MIN <= len(v) <= OBJECTIVES_MAX:
+        names = ", ".join(show_key(k) for k in v) or "none"
+        return (f"{len(v)} objective(s) ({cut(names, SHOWN_CHARS)}); give {OBJECTIVES_MIN} or {OBJECTIVES_MAX} "
+                f"(one objective is search.metric and search.mode)")
+    for metric, direction in v.items():
+        if metric not in OBJECTIVE_METRICS:
+            return f"{show_key(metric)} is not a metric; allowed: {', '.join(OBJECTIVE_METRICS)}"
+        if direction not in DIRECTIONS:
+            return f"{metric}: {show(direction)} is not one of {', '.join(DIRECTIONS)}"
+    first = next(iter(v))
+    if first not in METRICS:
+        return (f"the first objective {first} is not a training metric: it is the sweep's search.metric "
+                f"(it picks each trial's checkpoint); put one of {', '.join(METRICS)} first")
+    return None
 
 
 # The smallest share of a CPU or a GPU a worker may ask for. Ray counts resources in units of
@@ -331,12 +362,32 @@ class Resources:
     def per_worker(self) -> dict[str, float]:
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.use_gpu else {})}
 
+    def devices(self) -> float:
+        """The devices a trial holds, for its device-hours under `search.budget` (wall x devices):
+        its workers' GPUs with use_gpu (num_workers x gpus_per_worker), else their CPUs
+        (num_workers x cpus_per_worker). A DDP trial's driver only waits on its workers: not counted."""
+        return self.num_workers * (self.gpus_per_worker if self.use_gpu else self.cpus_per_worker)
+
     def per_trial(self) -> dict[str, float]:
         """Everything one trial holds while it runs: its workers, plus the driver of a DDP trial."""
         total = {k: v * self.num_workers for k, v in self.per_worker().items()}
         if not self.in_process:
             total["CPU"] += self.driver_cpus
         return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """`search.budget:` — what the whole sweep may spend. No new trial starts once the sweep's
+    device-hours (its ended trials' and its running trials' so far; a trial's = its wall time x
+    `Resources.devices()`) reach `device_hours`; running trials finish."""
+
+    device_hours: float | None = setting(None, "device-hours the sweep may spend (wall x the GPUs, or without "
+                                               "use_gpu the CPUs, each trial holds)", check=positive)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.device_hours is None:
+            yield "device_hours", "missing; give a number > 0 (e.g. {device_hours: 20})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,10 +416,59 @@ class Search:
     metric: str = setting("val_acc", "what selects trials, checkpoints and the logged model", choices=METRICS)
     mode: str = setting("max", "max or min", choices=("max", "min"))
     seed: int = setting(0, "seed of the random search dimensions", check=seed_range)
+    objectives: dict | None = setting(None, "two or three {metric: max | min}: tpe searches them together, compare "
+                                            "marks the Pareto set; the first is search.metric and mode",
+                                      check=objectives_problem)
+    select: str = setting("first", "with objectives, the Pareto trial registered as @best (and seeded): first "
+                                   "(best on the first objective) or knee (nearest the ideal point)",
+                          choices=SELECT_RULES)
+    budget: Budget | None = setting(None, "{device_hours: X}: no new trial starts once the sweep has spent X "
+                                          "device-hours (Budget)")
+
+    def __post_init__(self):  # a record read back (runs.decode, a state file) holds the budget as a mapping
+        if isinstance(self.budget, dict):
+            object.__setattr__(self, "budget", Budget(**self.budget))
 
     def better(self, a: float, b: float | None) -> bool:
         """Whether metric value `a` beats `b` (None: nothing yet)."""
         return b is None or better(a, b, self.mode)
+
+    @staticmethod
+    def implied(raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The keys a `search:` mapping with `objectives` leaves out and the objectives decide: the
+        metric and mode are the first objective's, and the scheduler is fifo (no early stopping:
+        ASHA ranks on one metric and would stop the cheap, less accurate trials a Pareto set needs)."""
+        objectives = raw.get("objectives")
+        if not isinstance(objectives, dict) or not objectives:
+            return {}
+        metric, mode = next(iter(objectives.items()))
+        implied = {"metric": metric, "mode": mode, "scheduler": "fifo"}
+        return {k: v for k, v in implied.items() if k not in raw}
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.objectives:
+            first = next(iter(self.objectives.items()))
+            if (self.metric, self.mode) != first:
+                key = "metric" if self.metric != first[0] else "mode"
+                yield key, (f"{self.metric}/{self.mode} with objectives: the first objective ({first[0]}: "
+                            f"{first[1]}) is the metric and mode; leave search.metric and search.mode out")
+            if self.scheduler == "asha":
+                yield "scheduler", ("asha with objectives: ASHA stops trials on one metric and would cut the cheap, "
+                                    "less accurate trials the Pareto set needs; use fifo (or leave it out)")
+        elif self.select != Search.select:
+            yield "select", f"{self.select} picks among the Pareto set of search.objectives, which is not given"
+
+    def directions(self) -> tuple[str, ...]:
+        return tuple(self.objectives.values()) if self.objectives else (self.mode,)
+
+    def objective_names(self) -> tuple[str, ...]:
+        """The objectives' metrics in order; the metric alone without objectives."""
+        return tuple(self.objectives) if self.objectives else (self.metric,)
+
+    def pareto(self, points: list[tuple[float | None, ...]]) -> tuple[list[int], int | None]:
+        """The sweep's rule over `points` (each a value per objective, None where unknown): the
+        indices on their Pareto set, and the index `select` picks from it (None: no point known)."""
+        return pareto.front(points, self.directions()), pareto.select(points, self.directions(), self.select)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,6 +537,8 @@ def type_problem(value: Any, typ: type) -> str | None:
         return None
     if typ not in (int, float) and isinstance(value, typ):
         return None
+    if dataclasses.is_dataclass(typ):  # a section inside a section (search.budget)
+        return f"{show(value)} is not a mapping; allowed keys: {', '.join(f.name for f in dataclasses.fields(typ))}"
     return f"{show(value)} is not a {typ.__name__}"
 
 

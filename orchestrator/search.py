@@ -10,7 +10,10 @@ A fair comparison of architectures needs each entry searched and judged on its o
   is the old single bracket over the whole sweep);
 - each repeat of a point trains with its own seed (`train.seed` + repeat), and with
   `search.seeds: k` each entry's best configuration is trained again with k fresh seeds, to the
-  full budget, never stopped early: the leaderboard's spread comes from those.
+  full budget, never stopped early: the leaderboard's spread comes from those;
+- with `search.objectives` (two or three metrics), TPE's study per entry is multi-objective, the
+  seed runs re-train the entry's trial that `search.select` picks from its Pareto set, and nothing
+  is stopped early (the scheduler is fifo: see schema.Search.implied).
 
 A trial's config is `{"model": point, "entry": i, "repeat": r, "phase": "search" | "seeds"}`;
 `SweepSpec.trial` makes it a `Trial`.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import time
 from typing import Any
 
 import numpy as np
@@ -28,7 +32,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from orchestrator import config
+from orchestrator import config, pareto
 from orchestrator.config import SweepSpec
 from orchestrator.schema import PHASE_SEARCH, PHASE_SEEDS
 
@@ -132,9 +136,12 @@ class _SpaceFunction:
 
 class _TpeSampler:
     """One Optuna TPE study per entry, through Ray Tune's OptunaSearch. The first trials are
-    random (TPE needs a few observations), then TPE models which values scored well."""
+    random (TPE needs a few observations), then TPE models which values scored well. With
+    several objectives (`metric` and `mode` lists) the study is multi-objective: Optuna's TPE
+    splits the trials into good and bad by their Pareto rank (MOTPE)."""
 
-    def __init__(self, leaves: dict[str, Any], metric: str, mode: str, seed: int, budget: int):
+    def __init__(self, leaves: dict[str, Any], metric: str | list[str], mode: str | list[str], seed: int,
+                 budget: int):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
@@ -174,12 +181,43 @@ class _Outcome:
     value: float | None = None  # the metric's last reported value
     full_budget: bool = False
     done: bool = False
+    values: tuple[float | None, ...] = ()  # each objective's last reported value (search.objectives)
+    # Its wall time, for the sweep's device-hours (search.budget): when it started (suggested;
+    # moved to its trainable's own start, now - time_total_s, with each result) and, once ended,
+    # how long it ran.
+    started: float = dataclasses.field(default_factory=time.time)
+    seconds: float | None = None
+    ran: float = 0.0  # its trainable's time_total_s at its last result (what a restored sweep counts on from)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A searcher saved before the budget existed: its ended trials' wall is unknown (counted 0).
+        self.__dict__.update({"values": (), "started": time.time(), "seconds": 0.0 if state.get("done") else None,
+                              "ran": 0.0, **state})
+
+
+@dataclasses.dataclass(frozen=True)
+class EntrySpend:
+    """What one model entry spent of the sweep's device-hours, and what it left unexplored."""
+
+    entry: int
+    arch: str
+    device_hours: float  # its trials' wall x the devices each held (Resources.devices)
+    started: int  # trials started (search and seeds)
+    planned: int  # its search budget plus its seed runs
+    not_started: int  # planned trials never started (the budget ran out, or their seed phase never came)
 
 
 class EntrySearch(Searcher):
     """Suggests every entry's trials in file order (each entry's budget, grid points in turn,
     sampled leaves from its sampler), then, with `search.seeds: k`, each entry's best
-    configuration k more times with fresh seeds once that entry's search trials have all ended."""
+    configuration k more times with fresh seeds once that entry's search trials have all ended.
+
+    With `search.budget`, no trial is suggested once the sweep's device-hours (every trial so far:
+    wall x Resources.devices(), a running one's wall up to now) reach `device_hours`: the search
+    is FINISHED, running trials end as they would. `extend` takes a larger file for the same
+    sweep (`orchestrate sweep FILE --extend`): its studies, outcomes and spend go on."""
+
+    ACTIVE: EntrySearch | None = None  # the searcher Tune last called in this process (the summary reads it)
 
     def __init__(self, spec: SweepSpec):
         search = spec.search
@@ -187,24 +225,37 @@ class EntrySearch(Searcher):
         self.spec = spec
         self.plans = plan(spec)
         self.samplers = {}
+        metric, mode = ((list(search.objectives), list(search.objectives.values())) if search.objectives
+                        else (search.metric, search.mode))
         for p in self.plans:
             leaves = _leaves(p.points[0])
             seed = search.seed * 1000 + p.index
-            self.samplers[p.index] = (_TpeSampler(leaves, search.metric, search.mode, seed, p.budget)
+            self.samplers[p.index] = (_TpeSampler(leaves, metric, mode, seed, p.budget)
                                       if search.algorithm == "tpe" and leaves else _RandomSampler(seed))
         self.suggested = {p.index: 0 for p in self.plans}
         self.seeded = {p.index: False for p in self.plans}  # its seed trials are queued (or there are none)
         self.seed_queue: list[tuple[int, dict[str, Any], int]] = []
         self.outcomes: dict[str, _Outcome] = {}
+        self.repeat_shift: dict[int, int] = {}  # an extension's search repeats start after every seed used
+        self.budget_reached = False
+        EntrySearch.ACTIVE = self
+        # Each running trial's objectives as last reported: a cost comes with the first epoch only.
+        self.reported: dict[str, dict[str, float]] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # metric and mode come from the sweep's spec; the space from its entries
 
     def suggest(self, trial_id: str):
+        EntrySearch.ACTIVE = self
+        limit = self.spec.search.budget
+        if limit is not None and self.device_hours() >= limit.device_hours:
+            self.budget_reached = True
+            return Searcher.FINISHED
         for p in self.plans:
             k = self.suggested[p.index]
             if k < p.budget:
                 grid_point, repeat = p.point(k)
+                repeat += self.repeat_shift.get(p.index, 0)
                 point = copy.deepcopy(grid_point)
                 for path, value in self.samplers[p.index].sample(trial_id, _leaves(grid_point)).items():
                     _put(point, path, value)
@@ -241,25 +292,72 @@ class EntrySearch(Searcher):
         return len(mine) == self.plans[entry].budget and all(o.done for o in mine)
 
     def _best(self, entry: int) -> _Outcome | None:
-        """The entry's best search trial by the sweep's metric and mode, among those that trained
-        to the full budget (any that ended, when none did)."""
+        """The entry's best search trial by the sweep's metric and mode (with objectives: the
+        trial of their Pareto set that `search.select` picks), among those that trained to the
+        full budget (any that ended, when none did)."""
         ended = [o for o in self.outcomes.values()
                  if o.entry == entry and o.phase == PHASE_SEARCH and o.value is not None]
         pool = [o for o in ended if o.full_budget] or ended
         if not pool:
             return None
-        sign = 1.0 if self.spec.search.mode == "max" else -1.0
+        search = self.spec.search
+        if search.objectives:
+            picked = pareto.select([o.values for o in pool], search.directions(), search.select)
+            if picked is not None:  # (None: no trial reported every objective; then by the metric)
+                return pool[picked]
+        sign = 1.0 if search.mode == "max" else -1.0
         return max(pool, key=lambda o: sign * o.value)
+
+    # -----------------------------------------------------------------------------------------
+    # The sweep's spend (search.budget)
+
+    def _hours(self, o: _Outcome, now: float) -> float:
+        seconds = o.seconds if o.seconds is not None else max(0.0, now - o.started)
+        return seconds * self.spec.resources.devices() / 3600.0
+
+    def device_hours(self, entry: int | None = None) -> float:
+        """Device-hours spent so far: every trial's wall (up to now for a running one) x the
+        devices it holds; of one entry, or of the whole sweep."""
+        now = time.time()
+        return sum(self._hours(o, now) for o in self.outcomes.values() if entry is None or o.entry == entry)
+
+    def spend(self) -> list[EntrySpend]:
+        """Each entry's spend, the trials it started and those it never started."""
+        out = []
+        for p in self.plans:
+            started = sum(o.entry == p.index for o in self.outcomes.values())
+            planned = p.budget + self.spec.search.seeds
+            out.append(EntrySpend(p.index, self.spec.models[p.index].arch, self.device_hours(p.index), started,
+                                  planned, max(0, planned - started)))
+        return out
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        outcome = self.outcomes.get(trial_id)
+        if outcome is not None and isinstance(result.get("time_total_s"), (int, float)):
+            # Its trainable's own clock: a trial that waited for resources after it was suggested
+            # is counted from when it started.
+            outcome.ran = float(result["time_total_s"])
+            outcome.started = time.time() - outcome.ran
+        names = self.spec.search.objectives or ()
+        kept = {k: result[k] for k in names if result.get(k) is not None}
+        if kept:
+            self.__dict__.setdefault("reported", {}).setdefault(trial_id, {}).update(kept)  # (a state saved before it)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         outcome = self.outcomes.get(trial_id)
         if outcome is None:
             return
         outcome.done = True
-        metric = self.spec.search.metric
-        if result and not error and metric in result:
-            outcome.value = float(result[metric])
+        outcome.seconds = max(0.0, time.time() - outcome.started)
+        search = self.spec.search
+        reported = self.__dict__.get("reported", {}).pop(trial_id, {})
+        if result and search.objectives:  # the costs, reported with the first epoch, as of the last
+            result = {**reported, **{k: v for k, v in result.items() if v is not None}}
+        if result and not error and search.metric in result:
+            outcome.value = float(result[search.metric])
             outcome.full_budget = int(result.get("epoch", 0)) >= outcome.epochs
+            outcome.values = tuple(float(result[k]) if result.get(k) is not None else None
+                                   for k in search.objective_names())
         if outcome.phase == PHASE_SEARCH:
             self.samplers[outcome.entry].complete(trial_id, result, error)
 
@@ -270,6 +368,36 @@ class EntrySearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:  # Tune's own experiment state, written by save()
             self.__dict__.update(pickle.load(f))
+        # Trials that were running when the sweep stopped count on from what they had run, not
+        # across the time the sweep was stopped.
+        now = time.time()
+        for o in self.outcomes.values():
+            if not o.done:
+                o.started = now - o.ran
+        EntrySearch.ACTIVE = self
+
+    def extend(self, spec: SweepSpec) -> None:
+        """Go on with `spec`, the same sweep asking for more (larger budgets per entry, more seeds,
+        a larger device-hour budget): the outcomes, the studies and the spend are kept. New
+        search trials take repeats (seeds) after every one the entry used; an entry whose seed
+        runs were trained gets the extra ones of the same configuration at once; an entry that
+        had none gets them after its search, as in a fresh sweep."""
+        extra = spec.search.seeds - self.spec.search.seeds
+        self.spec, self.plans = spec, plan(spec)
+        self.budget_reached = False
+        for p in self.plans:
+            mine = [o for o in self.outcomes.values() if o.entry == p.index]
+            if mine:
+                next_repeat = self.suggested[p.index] // len(p.points)
+                self.repeat_shift[p.index] = max(self.repeat_shift.get(p.index, 0),
+                                                 1 + max(o.repeat for o in mine) - next_repeat)
+            seeded = [o for o in mine if o.phase == PHASE_SEEDS]
+            if extra > 0 and self.seeded[p.index] and seeded:
+                point = seeded[0].point
+                first = 1 + max(o.repeat for o in mine if o.point == point)
+                queued = [q for q in self.seed_queue if q[0] == p.index]
+                first = max([first] + [r + 1 for _, _, r in queued])
+                self.seed_queue += [(p.index, point, first + j) for j in range(extra)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,3 +160,22 @@ def trial_results(storage_path: str, experiment_dir: str, trial_dir: str) -> tup
             there = False
         checkpoints[epoch] = (path, there)
     return results, checkpoints
+
+
+SEARCHER_STATE = "searcher-state-*.pkl"  # Ray Tune's name for a searcher's saved state (Searcher.CKPT_FILE_TMPL)
+
+
+@contextlib.contextmanager
+def searcher_state(storage_path: str, run_name: str):
+    """A local folder holding the newest searcher state Tune saved in the experiment folder
+    `run_name` (from remote storage: a temporary copy), for `Searcher.restore_from_dir`."""
+    fs, root = storage_fs(storage_path)
+    folder = f"{root}/{run_name}"
+    names = [e.base_name for e in fs.get_file_info(pyarrow.fs.FileSelector(folder, allow_not_found=True))
+             if fnmatch.fnmatch(e.base_name, SEARCHER_STATE)]
+    with tempfile.TemporaryDirectory(prefix="orchestrate-searcher-") as tmp:
+        if names:
+            newest = max(names)
+            pyarrow.fs.copy_files(f"{folder}/{newest}", os.path.join(tmp, newest), source_filesystem=fs,
+                                  destination_filesystem=pyarrow.fs.LocalFileSystem())
+        yield tmp

@@ -25,9 +25,10 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from orchestrator import live, preflight, ray_train, runs, search, storage, tracking
+from orchestrator import extend as extension
+from orchestrator import live, preflight, ray_train, runs, search, spend, storage, tracking
 from orchestrator.config import SweepSpec
-from orchestrator.tables import leaderboard_table, render
+from orchestrator.tables import leaderboard_table, pareto_line, render
 from orchestrator.runs import Status
 from orchestrator.schema import Resources, Trial, cut, slug
 
@@ -86,7 +87,7 @@ def job_stop_note() -> str | None:
 
 
 def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, verbosity: int = 0,
-        out=sys.stdout) -> int:
+        out=sys.stdout, extend: bool = False) -> int:
     """verbosity -1: only the summary; 0: our live trial view; 1: Ray's own trial reporter and
     every worker's log lines instead."""
     if verbosity <= 0:
@@ -95,6 +96,7 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     # Every place the sweep uses (store, storage, earlier run, cluster) is checked before Ray
     # starts and before any MLflow run exists.
     restore_name, address = preflight.check_sweep(spec, address=address, resume=resume)
+    extend_from = extended(spec) if extend else None
     # A local cluster (started here, or already running in this process, e.g. a benchmark's)
     # cannot grow: refuse what it can never hold and never start more trials than fit. A cluster
     # joined by address may autoscale, so there only the user's cap applies.
@@ -149,7 +151,7 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
         # A DDP trial's driver would otherwise hold a slot while its workers wait for a placement group.
         concurrent = (min(asked, fits) if asked else fits) if local else asked
         tracking.bound_requests()  # MLflow's retries of one request must not outlast tracking.wait_s
-        code = _run_tuner(spec, restore_name, concurrent, out, verbosity)
+        code = _run_tuner(spec, restore_name, concurrent, out, verbosity, extend_from)
     except Stopped as e:
         code = 128 + e.signum
     finally:
@@ -165,7 +167,25 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
     return 128 + late.signum if late.signum and (code is None or code < 128) else code
 
 
-def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0) -> int:
+def extended(spec: SweepSpec) -> str:
+    """--extend: the experiment folder of the finished sweep `spec` extends (ConfigError, before
+    Ray and before anything is written, when there is none or the file is not an extension)."""
+    from orchestrator.config import ConfigError
+
+    try:
+        name = preflight.resumable(spec)
+    except ConfigError as e:  # the same finding as for --resume, said of --extend
+        raise ConfigError(spec.file, "--extend", e.message.replace("--resume", "--extend")) from None
+    extension.check(spec, name, storage.read_state(spec.storage_path, name))
+    with storage.searcher_state(spec.storage_path, name) as folder:
+        if not os.listdir(folder):
+            raise ConfigError(spec.file, "--extend", f"Ray Tune saved no searcher state in {name}; the sweep "
+                                                     f"cannot go on from where it ended")
+    return name
+
+
+def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0,
+               extend_from: str | None = None) -> int:
     run_name = restore_name or f"{slug(spec.name, 'sweep')}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name,
                                                          source=ray_train.ship_data(spec)),
@@ -179,22 +199,32 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         if verbosity >= 0:
             print(f"resuming {restore_path} (MLflow parent run {meta['parent_run_id']})", file=out, flush=True)
     else:
-        record = tracking.SweepRecord.start(spec.tracking_uri, spec.name, spec.file, spec.storage_path, {
-            "search": dataclasses.asdict(spec.search), "resources": dataclasses.asdict(spec.resources),
-            "train": dataclasses.asdict(spec.train), "dataset": dataclasses.asdict(spec.dataset),
-            "failure": dataclasses.asdict(spec.failure), "trials": spec.trial_count()})
-        parent = record.parent_run_id
+        searcher = search.EntrySearch(spec)
+        settings = {"search": dataclasses.asdict(spec.search), "resources": dataclasses.asdict(spec.resources),
+                    "train": dataclasses.asdict(spec.train), "dataset": dataclasses.asdict(spec.dataset),
+                    "failure": dataclasses.asdict(spec.failure), "trials": spec.trial_count()}
+        if extend_from:  # the same parent run; the searcher where the finished sweep left it, asking for more
+            parent = storage.read_state(spec.storage_path, extend_from)["parent_run_id"]
+            record = tracking.SweepRecord(spec.tracking_uri, spec.name, parent, spec.file, spec.storage_path)
+            with storage.searcher_state(spec.storage_path, extend_from) as folder:
+                searcher.restore_from_dir(folder)  # Tune's own API for a saved searcher
+            searcher.extend(spec)
+            record.extend(settings, f"{extend_from} -> {run_name}")
+        else:
+            record = tracking.SweepRecord.start(spec.tracking_uri, spec.name, spec.file, spec.storage_path, settings)
+            parent = record.parent_run_id
         storage.write_state(spec.storage_path, run_name, {
             "experiment": spec.name, "parent_run_id": parent, "tracking_uri": spec.tracking_uri,
             "created": time.time(), "sweep_file": os.path.abspath(spec.file),
-            "code": {c.ref: c.sha256 for c in spec.code()}})
+            "code": {c.ref: c.sha256 for c in spec.code()}, "settings": extension.settings(spec),
+            **({"extends": extend_from} if extend_from else {})})
         s = spec.search
-        searcher = search.EntrySearch(spec)
+        todo = max(1, spec.trial_count() - len(searcher.outcomes))  # an extension's new trials at most
         recording = ray_train.MlflowCallback(spec, parent, quiet=verbosity < 0)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, num_samples=spec.trial_count(),
+                metric=s.metric, mode=s.mode, num_samples=todo,
                 scheduler=search.EntryScheduler(spec) if s.scheduler == "asha" else FIFOScheduler(),
                 search_alg=ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher,
                 # A finished trial's process (torch, Ray Train and the data set's modules already
@@ -206,7 +236,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             run_config=tune.RunConfig(
                 name=run_name, storage_path=spec.storage_path,
                 callbacks=[recording] + (
-                    [live.LiveView(lambda t: _describe(spec, t), spec.trial_count(), max(1, max_concurrent), out,
+                    [live.LiveView(lambda t: _describe(spec, t), todo, max(1, max_concurrent), out,
                                    notice=recording.outage_line)] if verbosity == 0 else []),
                 checkpoint_config=ray_train.checkpoint_config(tune.CheckpointConfig, spec),
                 # Single-worker trials are retried by Tune from their last checkpoint; a DDP
@@ -216,7 +246,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
                 verbose=1 if verbosity > 0 else 0),  # Ray's own reporter only with -v
         )
         if verbosity >= 0:
-            print(f"sweep {spec.name!r}: {spec.trial_count()} trial(s) on Ray, tracked in "
+            print(f"sweep {spec.name!r}: {todo} {'more ' if extend_from else ''}trial(s) on Ray, tracked in "
                   f"{preflight.show_uri(spec.tracking_uri)} (parent run {parent})", file=out, flush=True)
     if verbosity <= 0:
         # Ray's own console output off: its experiment box and snapshot warnings would break up
@@ -247,9 +277,17 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         # that is away); say what is missing and how to record it.
         print(not_recorded(spec, run_name, ending.unrecorded, ending.missing), file=sys.stderr, flush=True)
         return 128 + stopped.signum if stopped.signum is not None else 1
+    spent = search.EntrySearch.ACTIVE
+    spent = spent and spend.of(spec.search.budget and spec.search.budget.device_hours, spent.budget_reached,
+                               spent.spend())
     if stopped.signum is None:
         try:  # the best model registered, the comparison and the report on the parent run
+            if spent is not None:
+                spend.log(record.client, record.parent_run_id, spent)
             results, version = record.finish(register_as=spec.registered_model)
+            ended = {"ended": time.time(), "budget_reached": bool(spent and spent.reached)}  # what --extend reads
+            storage.write_state(spec.storage_path, run_name, {**(storage.read_state(spec.storage_path, run_name) or {}),
+                                                              **ended})
         except Stopped as e:  # a signal meanwhile: the parent run is marked, the resume command printed
             stopped.signum = e.signum
     if stopped.signum is not None:
@@ -262,7 +300,7 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
     # A diverged learning rate is a normal outcome of an lr sweep: the sweep succeeded if any
     # trial trained to a model (ASHA's early stops included).
     trained = any(r.has_model for r in results)
-    print_summary(results, spec, trained, out, record.experiment_id)
+    print_summary(results, spec, trained, out, record.experiment_id, spent)
     if version is not None:
         print(f"Best model registered: {version.name} version {version.version}, alias 'best' "
               f"(mlflow.pytorch.load_model('models:/{version.name}@best'))", file=out, flush=True)
@@ -318,14 +356,19 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def print_summary(results: list, spec: SweepSpec, trained: bool, out, experiment_id: str | None = None) -> None:
+def print_summary(results: list, spec: SweepSpec, trained: bool, out, experiment_id: str | None = None,
+                  spent: spend.Spend | None = None) -> None:
     print("", file=out)
     print(render(results, "table"), end="", file=out)
+    if results and results[0].objectives:
+        print(pareto_line(results), file=out)
     standings = runs.leaderboard(results, spec.search.mode)
     if standings:
         print(f"\nPer model entry ({spec.search.metric}, {spec.search.mode}; mean of the best configuration's "
               f"seed runs with a 95% interval where search.seeds > 1, inside the metric's range):", file=out)
         print(leaderboard_table(standings).render("table"), end="", file=out)
+    if spent is not None and spent.limit is not None:
+        print("\n" + "\n".join(spend.lines(spent)), file=out)
     failed = [r for r in results if r.status == Status.FAILED]
     if failed:
         print(f"\n{len(failed)} of {len(results)} trial(s) failed:", file=out)

@@ -138,29 +138,39 @@ FORMATS = {"params": lambda v: f"{v / 1e6:.2f}M", "flops": lambda v: f"{v / 1e6:
            "val_acc": "{:.4f}".format, "val_loss": "{:.4f}".format, "val_top5": "{:.4f}".format,
            "mean": "{:.4f}".format, "std": "{:.4f}".format, "ci95_low": "{:.4f}".format, "ci95_high": "{:.4f}".format,
            "imgs_per_s": "{:.0f}".format, "infer_imgs_per_s": "{:.0f}".format, "latency_ms": "{:.2f}".format,
-           "device_hours": "{:.4f}".format, "lr": "{:.4g}".format}
+           "device_hours": "{:.4f}".format, "lr": "{:.4g}".format, "pareto": lambda v: "yes" if v else "no"}
 
 # One row per trial. val_acc, the sweep's own metric (when it is another) and epoch are the
 # logged model's: the best epoch by the sweep's metric and mode. `epochs` is how many the trial
 # trained, of how many planned: trials that trained to the full budget are ranked first.
+# `pareto`: on the Pareto set of the sweep's search.objectives (blank without objectives).
 COMPARE_COLUMNS = ("name", "arch", "knobs", "lr", "params", "flops", "val_acc", "epoch", "epochs", "imgs_per_s",
-                   "latency_ms", "infer_imgs_per_s", "device_hours", "status", "run_id")
+                   "latency_ms", "infer_imgs_per_s", "device_hours", "pareto", "status", "run_id")
+# The columns that show an objective's value already (schema.OBJECTIVE_METRICS -> column); any
+# other objective gets a column of its own, named after it, after the sweep's metric.
+OBJECTIVE_COLUMNS = {"val_acc": "val_acc", "param_count": "params", "flops": "flops",
+                     "infer_latency_b1_ms": "latency_ms", "infer_imgs_per_s": "infer_imgs_per_s"}
 
 
 def trial_table(results: Sequence) -> Table:
     """The comparison table: COMPARE_COLUMNS, with the sweep's metric after val_acc when it ranks
-    by another; json rows also carry the ranking `metric` and its `score`."""
+    by another, then any objective no column shows; json rows also carry the ranking `metric` and
+    its `score`, each objective's value and whether the trial is the `selected` one."""
     metric = results[0].metric if results else "val_acc"
     cols = COMPARE_COLUMNS
-    if metric not in cols:
-        at = cols.index("val_acc") + 1
-        cols = cols[:at] + (metric,) + cols[at:]
+    extra = [metric] if metric not in cols else []
+    extra += [name for name, _ in (results[0].objectives if results else ())
+              if name not in OBJECTIVE_COLUMNS and name not in cols + tuple(extra)]
+    at = cols.index("val_acc") + 1
+    cols = cols[:at] + tuple(extra) + cols[at:]
 
     def value(r, c):
         if c == r.metric:
             return r.score
         if c == "epochs":
             return None if r.epochs is None else f"{r.epochs}/{r.epochs_planned}"
+        if c in extra:
+            return dict(r.objectives).get(c)
         return getattr(r, c)
 
     return Table(cols, [[value(r, c) for c in cols] for r in results])
@@ -172,9 +182,18 @@ def render(results: Sequence, fmt: str) -> str:
         import json
 
         table = trial_table(results)
-        return json.dumps([{**dict(zip(table.columns, row)), "metric": r.metric, "score": r.score}
+        return json.dumps([{**dict(zip(table.columns, row)), "metric": r.metric, "score": r.score,
+                            **({"objectives": dict(r.objectives), "selected": r.selected} if r.objectives else {})}
                            for row, r in zip(table.rows, results)], indent=2)
     return trial_table(results).render(fmt)
+
+
+def pareto_line(results: Sequence) -> str:
+    """What the `pareto` column means for these results (a sweep with search.objectives)."""
+    names = ", ".join(name for name, _ in results[0].objectives)
+    picked = next((r.name for r in results if r.selected), "none")
+    return (f"pareto: on the Pareto set over {names} ({sum(bool(r.pareto) for r in results)} of "
+            f"{sum(r.has_model for r in results)} trials with a model); search.select picked {picked}")
 
 
 # One row per model entry: its best configuration and the metric over that configuration's seed

@@ -352,6 +352,8 @@ def _good_and_bad(cls, field):
         good = not field.default
     elif typ is str:
         good = "some/where"
+    elif typ is dict:  # search.objectives
+        good = {"val_acc": "max", "flops": "min"}
     else:
         base = field.default if field.default not in (None, 0, 0.0) else 1
         good = typ(base * 2) if field.name not in ("val_fraction", "label_smoothing", "gpus_per_worker") else typ(0.25)
@@ -381,6 +383,8 @@ def test_every_schema_field_is_a_sweep_file_key_with_its_type_and_default(sectio
         good = "/tmp"
     if section == "resources" and field.name == "use_gpu":
         ok = dict(base, resources={"use_gpu": True, "gpus_per_worker": 1})
+    if section == "search" and field.name == "select":  # it picks among the objectives' Pareto set
+        ok = dict(base, search={"scheduler": "fifo", "select": good, "objectives": {"val_acc": "max", "flops": "min"}})
     try:
         spec = config.parse(ok, "x.yaml")
     except config.ConfigError as e:  # only cross-field rules may refuse a single good value

@@ -13,6 +13,7 @@ from mlflow.entities import Param
 from orchestrator import config, runs, tracking
 from orchestrator.report import queries
 from orchestrator.runs import Artifact, Tag
+from orchestrator.schema import Search
 
 SWEEP = """\
 name: parent-record
@@ -55,3 +56,8 @@ def test_a_parent_run_decodes_to_its_settings_with_or_without_the_record(tmp_pat
     # One that holds no settings at all: nothing decoded, the trials' record decides.
     bare = client.create_run(sweep.experiment_id, tags={Tag.ROLE: runs.ROLE_SWEEP}).info.run_id
     assert runs.decode_sweep(client.get_run(bare)) == runs.SweepSettings()
+
+
+def test_a_mapping_in_a_section_is_listed_key_by_key_as_its_params_are():
+    pairs = queries._pairs(Search(objectives={"val_acc": "max", "param_count": "min"}))
+    assert ("objectives.val_acc", "max") in pairs and ("objectives.param_count", "min") in pairs

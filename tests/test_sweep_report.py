@@ -1,4 +1,4 @@
-"""The sweep report (orchestrator/report.py): the Pareto frontier and the plain answers as
+"""The sweep report (orchestrator/report/): the Pareto frontier and the plain answers as
 pure functions, the page's escaping, the page a sweep without a completed trial gets, and one real
 sweep reported by `orchestrate report` and opened in headless Chromium with the network blocked."""
 

@@ -134,3 +134,41 @@ def plot_response(data: ReportData, knob: str) -> str | None:
 
     varied = [i for i, e in enumerate(data.entries) if len({value(t) for t in e.trials if value(t) is not None}) > 1]
     return _family_panels(data, varied, draw, "learning rate" if knob == "lr" else "width", log_x=knob == "lr")
+
+
+def plot_objectives(data: ReportData) -> str | None:
+    """A sweep with search.objectives: every trial with a model, the first objective against each
+    other one (a panel each), the Pareto set over all of them in blue (a step line through it with
+    two objectives), the trial search.select picked ringed; None when no trial has every value."""
+    drawn = [t for t in data.trials if all(v is not None for v in t.values)]
+    if not drawn or len(data.objectives) < 2:
+        return None
+    plt = tables._pyplot()
+    (first, first_dir), others = data.objectives[0], data.objectives[1:]
+    fig, axes = plt.subplots(1, len(others), figsize=(5.2 * len(others), 4.0), squeeze=False)
+    for k, ax in enumerate(axes[0], start=1):
+        name, direction = others[k - 1]
+        for on in (False, True):
+            ts = [t for t in drawn if t.pareto == on]
+            ax.scatter([t.values[k] for t in ts], [t.values[0] for t in ts], s=28 if on else 18,
+                       color=FRONT_COLOUR if on else OFF_COLOUR, zorder=3 if on else 2,
+                       label="Pareto set" if on else "dominated")
+        for t in drawn:
+            if t.pareto:
+                ax.annotate(t.name, (t.values[k], t.values[0]), xytext=(4, 3), textcoords="offset points", fontsize=7,
+                            color="#222222")
+            if t.selected:
+                ax.scatter([t.values[k]], [t.values[0]], s=140, facecolors="none", edgecolors="#d62728",
+                           linewidths=1.5, zorder=4, label=f"@best ({data.select})")
+        if len(others) == 1:
+            front = sorted((t for t in drawn if t.pareto), key=lambda t: t.values[1] * (1 if direction == "min" else -1))
+            if len(front) > 1:
+                ax.step([t.values[1] for t in front], [t.values[0] for t in front], where="post", color=FRONT_COLOUR,
+                        linewidth=1.2, alpha=0.8, zorder=1)
+        _log_if_wide(ax, [t.values[k] for t in drawn])
+        ax.set(xlabel=f"{name} ({'higher' if direction == 'max' else 'lower'} is better)",
+               ylabel=f"{first} ({'higher' if first_dir == 'max' else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    _margins(fig)
+    return _svg_uri(fig)

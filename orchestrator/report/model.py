@@ -7,7 +7,9 @@ import collections
 import dataclasses
 from typing import Sequence
 
+from orchestrator import pareto
 from orchestrator.runs import Standing
+from orchestrator.spend import Spend
 from orchestrator.schema import better, show
 
 # "Fastest at >= 99% of the best accuracy", "smallest at >= 98%": how close to the best mean an
@@ -27,16 +29,8 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]], mode: str)
     better; a higher metric with mode `max`, a lower one with `min`. A point is dominated by one
     that is no worse in both and better in one, so equal points are all on the front. Points with
     a None are left out."""
-    known = [i for i, (c, m) in enumerate(points) if c is not None and m is not None]
     sign = 1.0 if mode == "max" else -1.0
-    front = []
-    for i in known:
-        ci, mi = points[i][0], sign * points[i][1]
-        dominated = any(points[j][0] <= ci and sign * points[j][1] >= mi
-                        and (points[j][0] < ci or sign * points[j][1] > mi) for j in known if j != i)
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][0], -sign * points[i][1], i))
+    return sorted(pareto.front(points, ("min", mode)), key=lambda i: (points[i][0], -sign * points[i][1], i))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +140,18 @@ class EntryView:
 
 
 @dataclasses.dataclass(frozen=True)
+class ObjectivePoint:
+    """One trial with a model, for the Pareto figure of a sweep with search.objectives: its values
+    in the objectives' order, whether it is on their Pareto set, whether search.select picked it."""
+
+    name: str
+    run_id: str
+    values: tuple[float | None, ...]
+    pareto: bool
+    selected: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Frontier:
     cost: str  # a COSTS attribute of Standing
     members: tuple[int, ...]  # indices into the entries, cheapest first
@@ -182,6 +188,10 @@ class ReportData:
     provenance: Provenance
     statuses: tuple[tuple[str, int], ...]  # (status, trials)
     generated: str
+    objectives: tuple[tuple[str, str], ...] = ()  # search.objectives: (metric, max | min), in order
+    select: str = "first"  # search.select
+    trials: tuple[ObjectivePoint, ...] = ()  # with objectives: every trial with a model
+    spend: Spend | None = None  # what each entry spent of the sweep's device-hour budget (one sweep's report)
 
     @property
     def empty(self) -> bool:

@@ -101,6 +101,12 @@ def view(data: ReportData) -> dict[str, Any]:
                                        tuple(data.entries[i].label for i in f.members),
                                        tuple(data.entries[i].label for i in f.unmeasured))
                         for f, (_, label, _) in zip(data.frontiers, COSTS)]
+    if data.objectives:
+        out["objectives"] = ", ".join(f"{m} ({'higher' if d == 'max' else 'lower'} is better)"
+                                      for m, d in data.objectives)
+        out["pareto_figure"] = figures.plot_objectives(data)
+        out["pareto_members"] = [t.name for t in data.trials if t.pareto]
+        out["selected"] = next((t.name for t in data.trials if t.selected), None)
     out["curves"] = figures.plot_curves(data)
     out["lr"] = figures.plot_response(data, "lr")
     out["width"] = figures.plot_response(data, "width")

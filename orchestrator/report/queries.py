@@ -13,8 +13,9 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any, Iterable
 
-from orchestrator import runs
-from orchestrator.report.model import EntryView, Provenance, ReportData, TrialPoint, answers, frontiers, labels_of
+from orchestrator import runs, spend
+from orchestrator.report.model import (EntryView, ObjectivePoint, Provenance, ReportData, TrialPoint, answers,
+                                       frontiers, labels_of)
 from orchestrator.report.page import write
 from orchestrator.runs import Result, Tag
 from orchestrator.schema import PHASE_SEEDS, mask
@@ -73,7 +74,7 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
         trial_runs = runs.trial_runs(client, experiment_id, parent_run_id)
     metric, mode = runs.selection(client, parent_run_id, trial_runs)
     by_id = {r.info.run_id: r for r in trial_runs}
-    results = runs.rank((runs.result(r, metric) for r in trial_runs), mode)
+    results = runs.read_results(trial_runs, metric, mode)
     by_arch = parent_run_id is None
     standings = runs.leaderboard(results, mode, by_arch=by_arch)
     if parent_run_id:
@@ -99,16 +100,22 @@ def collect(client: MlflowClient, experiment_id: str, parent_run_id: str | None,
             search_trials=sum(r.phase != PHASE_SEEDS for r in rs), seed_trials=sum(r.phase == PHASE_SEEDS for r in rs),
             failed_trials=sum(not r.has_model for r in rs)))
     statuses = collections.Counter(r.status for r in results)
+    search = runs.objectives(trial_runs)
+    points = tuple(ObjectivePoint(r.name, r.run_id, tuple(v for _, v in r.objectives), bool(r.pareto), r.selected)
+                   for r in results if r.pareto is not None and r.has_model)
     return ReportData(
         experiment=experiment, scope=scope, metric=metric, mode=mode, entries=tuple(entries),
         frontiers=frontiers(standings, mode), answers=tuple(answers(standings, labels, metric, mode)),
         provenance=read_provenance(client, parents, trial_runs), statuses=tuple(sorted(statuses.items())),
-        generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT))
+        generated=datetime.datetime.now(datetime.timezone.utc).strftime(DATE_FORMAT),
+        objectives=tuple(search.objectives.items()) if search else (), select=search.select if search else "first",
+        trials=points, spend=spend.read(client, parent_run_id) if parent_run_id else None)
 
 
 def _pairs(section) -> tuple[tuple[str, str], ...]:
-    """A section of the sweep's settings as the page lists it: (key, value) pairs, sorted."""
-    return tuple(sorted((k, str(v)) for k, v in dataclasses.asdict(section).items())) if section else ()
+    """A section of the sweep's settings as the page lists it: (key, value) pairs, sorted, a mapping
+    flattened as in the params (objectives.val_acc)."""
+    return tuple(sorted((k, str(v)) for k, v in runs.flatten(dataclasses.asdict(section)).items())) if section else ()
 
 
 def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Provenance:

@@ -4,10 +4,10 @@ them from Tune's events on one background thread. No Ray here: the Tune callback
 only forwards events, so every rule about restarted, resumed, interrupted or orphaned trials is
 tested by replaying events against a real store (tests/test_record_replay.py).
 
-    records       the records: `SweepRecord`, `TrialRecord`, `Best`, `Kept` (what Tune kept of a
-                  trial), `record_evaluation` (`orchestrate evaluate --log`);
     writer        off Tune's loop: `Recorder` (Tune's events -> the records), `BackgroundWriter`
                   and its retries (`transient`, `Outage`, `Unrecorded`, `bound_requests`);
+    records       the records: `SweepRecord`, `TrialRecord`, `Best`, `Kept` (what Tune kept of a
+                  trial), `record_evaluation` (`orchestrate evaluate --log`);
     logged_model  the trial's model: `save_model` (pt2, else pickle), `log_model`, `log_code`;
     context       what a run records about where it ran (versions, git commit, the dataset input);
     store         the store itself (an experiment found or created, the sqlite creation lock).

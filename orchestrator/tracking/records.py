@@ -242,7 +242,8 @@ class TrialRecord:
         at_best = next((m for m in history if best and int(m["epoch"]) == best.epoch), None)
         if at_best is not None:
             now = self._stamps_ms.setdefault("model", int(time.time() * 1000))
-            keys = dict.fromkeys(("val_acc", "val_loss", "val_top5", self.trial.search.metric))
+            objectives = [k for k in self.trial.search.objective_names() if k in EPOCH_METRICS]  # the metric first
+            keys = dict.fromkeys(("val_acc", "val_loss", "val_top5", *objectives))
             client.log_batch(self.run_id, metrics=[Metric(runs.model_metric(k), float(at_best[k]), now, best.epoch,
                                                           model_id=self.model_id or None)
                                                    for k in keys if k in at_best])
@@ -319,17 +320,31 @@ class SweepRecord:
         for i in range(0, len(params), 100):
             client.log_batch(record.parent_run_id, params=params[i:i + 100])
         client.log_dict(record.parent_run_id, runs.sweep_to_dict(settings), Artifact.SWEEP)
-        # The file as it is, but for any password in a URI (a tracking.uri with credentials must
-        # not land in the store it unlocks).
-        with tempfile.TemporaryDirectory() as tmp:
-            copy = os.path.join(tmp, os.path.basename(sweep_file))
-            with open(copy, "w", encoding="utf-8") as f:
-                f.write(preflight.masked_sweep_text(sweep_file))
-            client.log_artifact(record.parent_run_id, copy)
+        record._log_file()
         return record
+
+    def _log_file(self) -> None:
+        """The sweep file as it is, but for any password in a URI (a tracking.uri with credentials
+        must not land in the store it unlocks)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = os.path.join(tmp, os.path.basename(self.sweep_file))
+            with open(copy, "w", encoding="utf-8") as f:
+                f.write(preflight.masked_sweep_text(self.sweep_file))
+            self.client.log_artifact(self.parent_run_id, copy)
 
     def resume(self) -> None:
         self.client.update_run(self.parent_run_id, status="RUNNING")
+
+    def extend(self, params: dict[str, Any], note: str) -> None:
+        """`orchestrate sweep --extend`: the parent run running again, its record (Tag.SWEEP,
+        sweep.json) and its sweep file the extended sweep's, Tag.EXTENDED `note`. Its params keep
+        the first run's values (MLflow never changes a logged param)."""
+        settings = runs.sweep_from_dict(params)
+        _, tags = runs.encode_sweep(settings)
+        self.client.log_batch(self.parent_run_id, tags=[RunTag(Tag.SWEEP, tags[Tag.SWEEP]), RunTag(Tag.EXTENDED, note)])
+        self.client.log_dict(self.parent_run_id, runs.sweep_to_dict(settings), Artifact.SWEEP)
+        self._log_file()
+        self.resume()
 
     def open_trial(self, trial: Trial, tune_trial_ids: Collection[str] | None = None) -> TrialRecord:
         """The trial's record: its run created, or found again after a restore. Tune saves its
@@ -456,9 +471,11 @@ class SweepRecord:
         return results, version
 
     def register_best(self, results: list[runs.Result], name: str):
-        """The first result (best first, by the sweep's metric and mode) that holds a model, in the
-        Model Registry as `name`, alias `best`. None if no trial has a model."""
-        best = next((r for r in results if r.has_model and r.model_id), None)
+        """The first result (best first, by the sweep's metric and mode) that holds a model — with
+        search.objectives the one search.select picked from their Pareto set — in the Model
+        Registry as `name`, alias `best`. None if no trial has a model."""
+        best = next((r for r in results if r.selected and r.model_id), None) or next(
+            (r for r in results if r.has_model and r.model_id), None)
         if best is None:
             return None
         try:
