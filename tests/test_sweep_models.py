@@ -18,6 +18,8 @@ import pytest
 from support import Sweep, record_one_trial, run_cli
 from orchestrator.runs import Tag
 
+pytestmark = pytest.mark.slow  # no Ray, but two trained and exported models and evaluate's subprocess: ~1 min
+
 
 
 def write_cifar100(root, n_train=200, n_test=20):
