@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import tempfile
 
 import pytest
 
 import stores
-from support import DDP_SWEEP, FAIR_SWEEP, Sweep, processes_mentioning, run_sweep
+from support import DDP_SWEEP, FAIR_SWEEP, Sweep, end_processes_mentioning, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -63,22 +61,17 @@ def ray_tmpdir():
     """A private RAY_TMPDIR for a test's own local Ray cluster; whatever a killed driver left there is ended."""
     folder = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
     yield folder
-    for line in processes_mentioning(folder):  # whatever a killed driver left behind
-        try:
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    end_processes_mentioning(folder)  # whatever a killed driver left behind
     shutil.rmtree(folder, ignore_errors=True)
 
 
-# Fixtures that run a whole sweep (minutes each on 2 cores).
-SWEEP_FIXTURES = {"ddp_sweep", "fair_sweep"}
-
-
 def pytest_collection_modifyitems(config, items):
-    """Every test that starts Ray or reads a whole sweep's fixture is `slow` as well: `pytest -m
-    "not slow"` is the everyday loop (the pure parts, the CLI's refusals, replayed run records),
-    and CI runs everything."""
+    """A test that reads a whole sweep's fixture (every such fixture is named `*_sweep`: a real
+    sweep, minutes on 2 cores, once per session or module) starts Ray through it: `ray`. Every test
+    that starts Ray is `slow` as well: `pytest -m "not slow"` is the everyday loop (the pure parts,
+    the CLI's refusals, replayed run records), and CI runs everything."""
     for item in items:
-        if item.get_closest_marker("ray") or SWEEP_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if any(name.endswith("_sweep") for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+        if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.slow)

@@ -47,6 +47,16 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def end_processes_mentioning(text: str) -> None:
+    """SIGKILL every live process whose command line contains `text` (what a killed or stopped
+    driver's Ray left behind: its processes carry its RAY_TMPDIR)."""
+    for line in processes_mentioning(text):
+        try:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def own_processes(marker: str) -> set[int]:
     """Pids of the processes whose command line or environment holds `marker` (the cluster's
     RAY_TMPDIR), plus all their descendants: Ray's dashboard modules rename themselves with
@@ -174,8 +184,9 @@ def run_sweep(tmp_path_factory, name: str, text: str, uri: str | None = None) ->
 
 def record_one_trial(folder: Path, sweep_file: str, register_as: str | None = None) -> tuple[str, str]:
     """(store URI, run id) of the first trial of the sweep file `folder/sweep_file`, trained by the
-    engine on the CPU (no Ray) and recorded by the run record itself in a sqlite store in `folder`,
-    its checkpoints kept there; its model registered as `register_as` if given."""
+    engine on the CPU (no Ray) and recorded by the run record itself in a sqlite store in `folder`
+    (Tune's events replayed: each epoch's result, then its checkpoint), its checkpoints kept there;
+    its model registered as `register_as` if given. The sweep's metric and mode pick the model."""
     import shutil
 
     from orchestrator import config, engine, tracking
@@ -187,7 +198,8 @@ def record_one_trial(folder: Path, sweep_file: str, register_as: str | None = No
     torch.set_num_threads(1)
     run = engine.Engine(trial.train, engine.ModelSpec(trial.arch, dict(trial.knobs)), load_splits(trial.dataset),
                         device="cpu")
-    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(folder), {"search": {"metric": "val_acc"}})
+    sweep = tracking.SweepRecord.start(uri, spec.name, spec.file, str(folder), {
+        "search": {"metric": spec.search.metric, "mode": spec.search.mode}})
     record = sweep.open_trial(trial)
 
     class Record:
@@ -303,3 +315,81 @@ def store_count(db, query: str) -> int:
             return con.execute(query).fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The refusal contract, one harness for every test of it (bad sweep files, hostile input, bad data,
+# security): bad input -> exit 2, exactly one line on stderr naming the file or option, the key, the
+# bad value and what is allowed; nothing written; no Ray started or left behind.
+
+REFUSAL_ENV_CLEARED = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
+
+
+def tree(folder: Path) -> dict[str, tuple[int, int] | None]:
+    """Every path under `folder`, a file with its size and modification time: 'nothing written'
+    exactly. (A folder's own times may change: the storage check creates and removes a probe in
+    it, the one sure test of "writable" for root.)"""
+    return {str(p.relative_to(folder)): None if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")}
+
+
+def refused(argv: list[str], folder: Path, capture=None, *, starts: str = "", says=(), never=(),
+            env: dict | None = None, timeout: int = 180, empty_folders=()) -> str:
+    """Run `orchestrate ARGV` in `folder` and check the refusal contract; the one line it printed.
+
+    In-process through `orchestrator.cli.main` when `capture` (pytest's capsys or capfd) is given,
+    else as a real subprocess with a RAY_TMPDIR of its own. Either way: exit code 2; exactly one
+    line on stderr and no traceback; the line starts with `starts` and holds each of `says`
+    ("{tmp}" stands for `folder`); none of `never` (a password) anywhere in the output; every path
+    under `folder` as it was (so no MLflow store or run, no ray_results/); and no Ray: in-process
+    it was not initialised, as a subprocess no process of its RAY_TMPDIR is left and nothing was
+    written there. RAY_ADDRESS and MLflow's variables are cleared; `env` is set. `empty_folders`: the
+    folders (relative to `folder`) the command is known to leave behind, empty (a download target)."""
+    folder = Path(folder)
+    before = tree(folder)
+    if capture is not None:
+        from orchestrator import cli
+
+        capture.readouterr()  # what came before is not the command's
+        with __import__("pytest").MonkeyPatch.context() as patch:
+            patch.chdir(folder)
+            for name in REFUSAL_ENV_CLEARED:
+                patch.delenv(name, raising=False)
+            for name, value in (env or {}).items():
+                patch.setenv(name, value)
+            code = cli.main(list(argv))
+        out, err = capture.readouterr()
+        ray = sys.modules.get("ray")
+        assert ray is None or not ray.is_initialized(), "Ray was started"
+    else:
+        import shutil
+        import tempfile
+
+        ray_tmpdir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths are limited
+        try:
+            full_env = {k: v for k, v in os.environ.items() if k not in REFUSAL_ENV_CLEARED}
+            full_env.update(PYTHONPATH=str(REPO), RAY_TMPDIR=ray_tmpdir, **(env or {}))
+            result = subprocess.run(ORCHESTRATE + list(argv), cwd=folder, env=full_env, capture_output=True,
+                                    text=True, timeout=timeout)
+            code, out, err = result.returncode, result.stdout, result.stderr
+            deadline = time.time() + 10
+            while processes_mentioning(ray_tmpdir) and time.time() < deadline:
+                time.sleep(0.5)
+            assert not processes_mentioning(ray_tmpdir), processes_mentioning(ray_tmpdir)
+            assert not any(Path(ray_tmpdir).iterdir()), "Ray was started"
+        finally:
+            shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert code == 2, out[-2000:] + err[-2000:]
+    assert "Traceback" not in out + err, out[-2000:] + err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err[:3000]}"
+    line = lines[0]
+    assert line.startswith(starts.replace("{tmp}", str(folder))), line
+    for fragment in says:
+        assert fragment.replace("{tmp}", str(folder)) in line, f"{fragment!r} not in {line!r}"
+    for secret in never:
+        assert secret not in out + err
+    after = {path: entry for path, entry in tree(folder).items()
+             if not (path in empty_folders and entry is None and not any((folder / path).iterdir()))}
+    assert after == before, "a refused command wrote something"
+    return line

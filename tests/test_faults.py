@@ -30,14 +30,14 @@ import urllib.parse
 import pytest
 import torch
 
-from support import (REPO, logged_epochs, metric_steps, processes_mentioning, run_cli, store_count, sweep_through, trials,
+from support import (REPO, logged_epochs, metric_steps, processes_mentioning, refused, run_cli, store_count, sweep_through, trials,
                      wait_for)
-from orchestrator import cli, config, engine, ray_train, runs, storage, tracking
+from orchestrator import config, engine, ray_train, runs, storage, tracking
 from orchestrator.data import load_splits
 from orchestrator.runs import ROLE_SWEEP, Status, Tag
 from orchestrator.schema import DataSpec, TrainConfig
 
-pytestmark = pytest.mark.ray
+pytestmark = pytest.mark.slow  # fault tests; the ones that start Ray are marked `ray`
 
 SWEEP = """\
 name: faults
@@ -370,16 +370,11 @@ def test_resume_says_in_one_line_why_it_cannot_continue_when_tunes_state_is_cut_
                                                          "created": time.time()})
     state = storage_path / "faults-1" / "experiment_state-2026-12-02_01-31-32.json"
     state.write_text(json.dumps({"trial_data": [["x" * 100, "y"]]})[:40])  # the disk filled while Tune wrote it
-    code = cli.main(["sweep", str(tmp_path / "s.yaml"), "--resume", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                     "--storage", str(storage_path)])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert "--resume" in err and "faults-1" in err and "cannot be read" in err and "afresh" in err
-    assert not (tmp_path / "m.db").exists()  # nothing written, no Ray started
+    argv = ["sweep", str(tmp_path / "s.yaml"), "--resume", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+            "--storage", str(storage_path)]
+    line = refused(argv, tmp_path, capsys, says=("--resume", "faults-1", "cannot be read", "afresh"))
     # The dry run makes the same check (it is one of preflight's --resume checks).
-    assert cli.main(["sweep", str(tmp_path / "s.yaml"), "--resume", "--dry-run", "--tracking-uri",
-                     f"sqlite:///{tmp_path}/m.db", "--storage", str(storage_path)]) == 2
-    assert capsys.readouterr().err.strip() == err
+    assert refused(argv + ["--dry-run"], tmp_path, capsys) == line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +420,7 @@ def fill(mount) -> None:
             f.write(b"\0" * (1 << 16))
 
 
+@pytest.mark.ray
 def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_says_why_it_cannot_go_on(
         tmp_path, ray_tmpdir):
     with small_tmpfs(tmp_path / "storage", "32m") as mount:
@@ -464,6 +460,7 @@ def test_a_disk_filling_up_under_storage_fails_its_trials_cleanly_and_resume_say
             assert metric_steps(client, run.info.run_id) == [1, 2, 3, 4]
 
 
+@pytest.mark.ray
 def test_a_double_ctrl_c_quits_at_once_marks_the_runs_and_resume_finishes_past_checkpoints_cut_short(
         tmp_path, ray_tmpdir):
     (tmp_path / "sweep.yaml").write_text(one_trial_sweep("e2e-double-ctrl-c", epochs=5, steps=25))
@@ -518,6 +515,7 @@ def test_a_double_ctrl_c_quits_at_once_marks_the_runs_and_resume_finishes_past_c
     assert "training from the first epoch" in logs
 
 
+@pytest.mark.ray
 def test_sigterm_while_the_sweep_registers_its_best_model_exits_143_marks_the_parent_and_resume_finishes_it(
         tmp_path, ray_tmpdir):
     # After Tune's loop, Ray's own SIGTERM handler (sys.exit(15)) used to be back: exit 15, or 0

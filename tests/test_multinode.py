@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pytest
 
-from support import DDP_SWEEP, REPO, kill_own_processes, logged_epochs, own_processes, run_cli
+from support import DDP_SWEEP, REPO, free_port, kill_own_processes, logged_epochs, own_processes, run_cli
 from orchestrator.runs import ROLE_TRIAL, Tag
 
-pytestmark = pytest.mark.ray
+pytestmark = pytest.mark.slow  # multi-node; the tests that start the fake cluster are marked `ray`
 
 # The fake provider's worker nodes join the head at <node IP>:6379, whatever the head was given.
 GCS_PORT = 6379
@@ -147,11 +147,6 @@ def fake_cluster(ddp_sweep):
     env.update(RAY_TMPDIR=tmpdir, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
                PYTHONPATH=str(REPO))  # as on cluster.yaml's nodes, the project is importable everywhere
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     log = Path(tmpdir) / "ray-start.log"
     try:
         # Ports other Ray clusters on this machine may hold (8265, 52365, 10001) are picked free.
@@ -205,6 +200,7 @@ AUTOSCALE_SWEEP = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.ray
 def test_sweep_on_an_autoscaling_cluster_trains_on_the_worker_nodes_it_launches(fake_cluster, tmp_path):
     head = [n for n in fake_cluster.initial_nodes if n["head"]]
     assert len(head) == 1 and len(fake_cluster.initial_nodes) == 1, fake_cluster.initial_nodes  # min_workers 0
@@ -246,6 +242,7 @@ SPREAD_SWEEP = DDP_SWEEP.replace("name: e2e-ddp", "name: multinode-ddp").replace
     "lr: {grid: [0.05, 0.1]}", "lr: 0.05").replace("driver_cpus: 0.1}", "driver_cpus: 0.1, placement_strategy: STRICT_SPREAD}")
 
 
+@pytest.mark.ray
 def test_ddp_across_two_nodes_through_a_real_mlflow_server_gives_the_single_node_sqlite_numbers(
         fake_cluster, tmp_path, mlflow_server, ddp_sweep):
     assert "STRICT_SPREAD" in SPREAD_SWEEP and "lr: 0.05" in SPREAD_SWEEP
@@ -401,7 +398,7 @@ NODE_LOSS_SWEEP = SPREAD_SWEEP.replace("name: multinode-ddp", "name: multinode-n
 DRAIN_DEADLINE_S = 5
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_ddp_trial_outlives_a_lost_node_and_a_preempted_one_each_charged_to_its_own_budget(
         fake_cluster, tmp_path):
     # max_failures 1 and max_preemptions 1: had the preemption been charged to max_failures (or the
@@ -472,7 +469,7 @@ def test_a_ddp_trial_outlives_a_lost_node_and_a_preempted_one_each_charged_to_it
     assert lost_back > killed_at and drain_back > drained_at
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_with_no_restarts_allowed_a_lost_node_fails_its_trial_and_the_summary_says_why(fake_cluster, tmp_path):
     text = SPREAD_SWEEP.replace("name: multinode-ddp", "name: multinode-no-restarts").replace(
         "epochs: 3", "epochs: 4") + "failure: {max_failures: 0}\n"
@@ -554,6 +551,7 @@ OWN_SWEEP = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.ray
 def test_a_users_model_file_is_shipped_to_the_worker_nodes_and_trains_there(fake_cluster, tmp_path):
     import hashlib
 

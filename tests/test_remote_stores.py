@@ -22,7 +22,7 @@ import pytest
 import stores
 from orchestrator import tracking
 from orchestrator.runs import ROLE_SWEEP, Tag
-from support import ORCHESTRATE, PAIR_SWEEP, REPO, metric_steps, processes_mentioning, run_cli, trials, wait_for
+from support import ORCHESTRATE, PAIR_SWEEP, REPO, end_processes_mentioning, metric_steps, run_cli, trials, wait_for
 
 # Two single-worker trials side by side on 2 CPUs, 4 epochs on digits (long enough to restart the
 # database and to interrupt the sweep while both train).
@@ -56,11 +56,7 @@ def start(folder, args, env):
 
 
 def end_cluster(ray_tmpdir, remove=True):
-    for line in processes_mentioning(ray_tmpdir):  # what a stopped driver's Ray left behind
-        try:
-            os.kill(int(line.split(":")[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    end_processes_mentioning(ray_tmpdir)  # what a stopped driver's Ray left behind
     if remove:
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from orchestrator import cli, engine
+from support import refused
 
 
 class Boom:
@@ -16,12 +17,9 @@ class Boom:
         return (os.system, ("echo pwned",))
 
 
-def test_a_sweep_file_with_a_python_object_tag_is_rejected_not_executed(tmp_path, capsys, monkeypatch):
+def test_a_sweep_file_with_a_python_object_tag_is_rejected_not_executed(tmp_path, capsys):
     (tmp_path / "evil.yaml").write_text("name: !!python/object/apply:os.system ['touch pwned']\nmodels: []\n")
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["sweep", "evil.yaml", "--dry-run"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("evil.yaml: malformed YAML") and len(err.splitlines()) == 1
+    refused(["sweep", "evil.yaml", "--dry-run"], tmp_path, capsys, starts="evil.yaml: malformed YAML")
     assert not (tmp_path / "pwned").exists()
 
 

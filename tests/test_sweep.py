@@ -13,7 +13,6 @@ from support import PAIR_SWEEP, run_sweep, run_cli
 from orchestrator import runs
 from orchestrator.runs import ROLE_SWEEP, Tag
 
-pytestmark = pytest.mark.ray
 
 TIMING = {"imgs_per_s", "epoch_s"}
 
@@ -348,6 +347,7 @@ def test_the_summary_lists_each_trials_run_id(ddp_sweep):
         assert child.info.run_id in ddp_sweep.result.stdout
 
 
+@pytest.mark.ray
 def test_a_sweep_whose_every_trial_fails_exits_1(tmp_path):
     text = PAIR_SWEEP.replace("e2e-pair", "e2e-diverge").replace("epochs: 3", "epochs: 1").replace(
         "warmup_epochs: 0.5", "warmup_epochs: 0.5, schedule: constant").replace(

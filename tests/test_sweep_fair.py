@@ -16,7 +16,6 @@ from scipy import stats
 from orchestrator.runs import Tag
 from support import run_cli
 
-pytestmark = pytest.mark.ray
 
 def by_phase(sweep, phase):
     from orchestrator import runs
