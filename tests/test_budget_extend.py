@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator import config, search, spend, sweep
 from orchestrator.runs import Tag, decode_sweep
-from support import run_cli, trials
+from support import refused, run_cli, trials
 
 SWEEP = """\
 name: {name}
@@ -39,13 +39,19 @@ def sweep_cli(folder, ray_tmpdir, *extra):
                     "--storage", str(folder / "rr"), *extra], cwd=folder, env={"RAY_TMPDIR": ray_tmpdir})
 
 
+def swept(folder, ray_tmpdir, name: str, search_keys: str):
+    """A sweep of `name` run to its end: (its output, an MLflow client, its trial runs by name)."""
+    write(folder, name, search_keys)
+    out = sweep_cli(folder, ray_tmpdir)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return (out, *trials(f"sqlite:///{folder}/mlflow.db", name))
+
+
 @pytest.mark.parametrize("value", ["0", "-1"])
-def test_a_budget_of_zero_or_less_is_refused_before_ray(tmp_path, value):
+def test_a_budget_of_zero_or_less_is_refused_before_ray(tmp_path, capsys, value):
     write(tmp_path, "b", f"trials_per_model: 2, budget: {{device_hours: {value}}}")
-    out = run_cli(["sweep", "sweep.yaml"], cwd=tmp_path)
-    assert out.returncode == 2
-    assert out.stderr.strip() == f"sweep.yaml: search.budget.device_hours: {value} must be > 0"
-    assert sorted(os.listdir(tmp_path)) == ["sweep.yaml"]  # no store, no storage
+    line = refused(["sweep", "sweep.yaml"], tmp_path, capsys)  # no store, no storage, no Ray
+    assert line == f"sweep.yaml: search.budget.device_hours: {value} must be > 0"
 
 
 @pytest.mark.parametrize("value, message", [
@@ -91,10 +97,7 @@ def test_the_device_hour_budget_stops_launching(tmp_path, ray_tmpdir):
     # first trial starts (nothing spent yet), no other does. A budget that lets a few start would
     # depend on the machine's speed (CI's ran all 6 in 0.003 device-hours); the accounting itself is
     # test_a_running_trial_counts_toward_the_budget_until_now's.
-    write(tmp_path, "budget", "trials_per_model: 6, budget: {device_hours: 0.00002}")
-    out = sweep_cli(tmp_path, ray_tmpdir)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    client, runs = trials(f"sqlite:///{tmp_path}/mlflow.db", "budget")
+    out, client, runs = swept(tmp_path, ray_tmpdir, "budget", "trials_per_model: 6, budget: {device_hours: 0.00002}")
     started = len(runs)
     assert started == 1
     (parent,) = {r.data.tags[Tag.PARENT] for r in runs.values()}
@@ -116,11 +119,8 @@ def _history(client, run_id):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_extend_adds_trials_and_seeds_without_retraining(tmp_path, ray_tmpdir):
-    write(tmp_path, "ext", "trials_per_model: 2, seeds: 1")
-    first = sweep_cli(tmp_path, ray_tmpdir)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    _, client, before = swept(tmp_path, ray_tmpdir, "ext", "trials_per_model: 2, seeds: 1")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client, before = trials(uri, "ext")
     assert len(before) == 3
     old = {r.info.run_id: (_history(client, r.info.run_id), r.info.end_time) for r in before.values()}
     (parent,) = {r.data.tags[Tag.PARENT] for r in before.values()}

@@ -11,15 +11,15 @@ import dataclasses
 import io
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
 import yaml
 
-from orchestrator import cli, config, pareto, runs, search, tables
+from orchestrator import config, pareto, runs, search, tables
 from orchestrator.runs import Result, Status
 from orchestrator.schema import Search
+from support import refused
 
 # (val_acc: max, infer_latency_b1_ms: min)
 DIRS = ("max", "min")
@@ -125,31 +125,19 @@ BAD = [  # (search section or (search, train), the key, fragments of the line)
 
 
 @pytest.mark.parametrize("section, key, says", BAD, ids=[b[1] + "-" + str(i) for i, b in enumerate(BAD)])
-def test_bad_objectives_are_one_line_and_exit_2_before_ray(section, key, says, tmp_path, monkeypatch, capsys):
+def test_bad_objectives_are_one_line_and_exit_2_before_ray(section, key, says, tmp_path, capsys):
     search_section, train = section if isinstance(section, tuple) else (section, "{epochs: 2, batch_size: 32}")
     (tmp_path / "bad.yaml").write_text(f"name: mo\ndataset: {{name: digits}}\ntrain: {train}\n"
                                        f"search: {search_section}\nmodels: [{{arch: resnet18, knobs: {{width: 0.125}}}}]\n")
-    monkeypatch.chdir(tmp_path)
-    code = cli.main(["sweep", "bad.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
-    err = capsys.readouterr().err
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"bad.yaml: {key}: "), err
-    for fragment in says:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
+    refused(["sweep", "bad.yaml", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], tmp_path, capsys,
+            starts=f"bad.yaml: {key}: ", says=says)
 
 
-def test_an_objective_written_twice_is_refused_as_the_file_is_read(tmp_path, monkeypatch, capsys):
+def test_an_objective_written_twice_is_refused_as_the_file_is_read(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("name: mo\ndataset: {name: digits}\n"
                                        "search:\n  objectives:\n    val_acc: max\n    val_acc: min\n"
                                        "models: [{arch: resnet18}]\n")
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["sweep", "bad.yaml", "--dry-run"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bad.yaml: line 6, column 5: duplicate key 'val_acc'"), lines
+    refused(["sweep", "bad.yaml", "--dry-run"], tmp_path, capsys, starts="bad.yaml: line 6, column 5: duplicate key 'val_acc'")
 
 
 # ---------------------------------------------------------------------------------------------
