@@ -146,11 +146,13 @@ def read_provenance(client: MlflowClient, parents: list, trial_runs: list) -> Pr
         ended=_date(max((p.info.end_time for p in parents if p.info.end_time), default=None)))
 
 
-def publish(client: MlflowClient, experiment_id: str, parent_run_id: str) -> ReportData:
+def publish(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_runs: list | None = None) -> ReportData:
     """At a sweep's end: the report as the parent run's `report.html` (a page saying so when no
     trial completed), and Tag.PARETO=true on the frontier runs (taken off runs of this sweep that
-    a resumed sweep's frontier no longer names)."""
-    trial_runs = runs.trial_runs(client, experiment_id, parent_run_id)
+    a resumed sweep's frontier no longer names). `trial_runs`: the sweep's trial runs, where the
+    caller has read them already."""
+    if trial_runs is None:
+        trial_runs = runs.trial_runs(client, experiment_id, parent_run_id)
     data = collect(client, experiment_id, parent_run_id, trial_runs)
     # The sweep ends as its report is written (the parent run is marked finished just after).
     data = dataclasses.replace(data, provenance=dataclasses.replace(data.provenance, ended=data.generated))

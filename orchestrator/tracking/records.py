@@ -467,9 +467,11 @@ class SweepRecord:
     def finish(self, register_as: str | None = None) -> tuple[list[runs.Result], Any]:
         """Comparison table and plots on the parent run, the best trial's model registered as
         `register_as` with the alias `best`, the parent finished. Returns (results, model version)."""
-        results = runs.results(self.client, self.experiment_id, self.parent_run_id)
+        # One read of the trial runs serves the ranking, the registration, the tables and the report.
+        trial_runs = runs.trial_runs(self.client, self.experiment_id, self.parent_run_id)
+        metric, mode = runs.selection(self.client, self.parent_run_id, trial_runs)
+        results = runs.read_results(trial_runs, metric, mode)
         version = self.register_best(results, register_as) if register_as else None
-        mode = runs.selection(self.client, self.parent_run_id)[1]
         with tempfile.TemporaryDirectory() as tmp:
             for path in tables.write_comparison(results, runs.leaderboard(results, mode), tmp):
                 self.client.log_artifact(self.parent_run_id, path)
@@ -480,7 +482,7 @@ class SweepRecord:
         from orchestrator import report  # matplotlib, jinja2: only a finishing sweep draws the report
 
         try:  # report.html on the parent run, the frontier runs tagged
-            report.publish(self.client, self.experiment_id, self.parent_run_id)
+            report.publish(self.client, self.experiment_id, self.parent_run_id, trial_runs)
         except Exception as e:  # noqa: BLE001 - the trained sweep stands; `orchestrate report` redraws it
             warnings.warn(f"the sweep's report was not written ({type(e).__name__}: {e}); "
                           f"`orchestrate report {self.experiment}` writes it", stacklevel=2)
