@@ -21,6 +21,11 @@ The recorder is the sweep's own (ray_train.MlflowCallback's); the driver wraps t
 see it (counting the trials that end and reading its writer's queue), it changes nothing it does.
 At the end the store is read back: the child runs (must be --trials, all completed) and the
 median child-run span minus its training of the first and last 100.
+
+`--diagnose` (slower: tracemalloc on) also prints, at each mark, where the driver's Python heap
+grew since the previous mark (tracemalloc, by line, the top 12) and which object types grew in
+number (gc), to explain a growing RSS; what it does not show is native memory (Ray's core
+worker, Arrow, SQLite).
 """
 
 from __future__ import annotations
@@ -82,9 +87,40 @@ def watched(base):
     return Watched
 
 
-def driver(path: str, tracking_uri: str, storage: str, marks: list[int]) -> int:
+class Growth:
+    """What grew in the driver's Python heap between two calls (--diagnose)."""
+
+    def __init__(self):
+        import tracemalloc
+
+        tracemalloc.start(8)
+        self.snapshot, self.types = tracemalloc.take_snapshot(), self.count_types()
+
+    @staticmethod
+    def count_types():
+        import collections
+        import gc
+
+        return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+
+    def since_last(self) -> dict:
+        import tracemalloc
+
+        snapshot, types = tracemalloc.take_snapshot(), self.count_types()
+        lines = snapshot.compare_to(self.snapshot, "lineno")
+        grown = [{"kb": round(d.size_diff / 1024, 1), "count": d.count_diff, "where": str(d.traceback[0])}
+                 for d in sorted(lines, key=lambda d: -d.size_diff)[:12]]
+        more = (types - self.types).most_common(12)
+        self.snapshot, self.types = snapshot, types
+        traced, _ = tracemalloc.get_traced_memory()
+        return {"traced_mb": round(traced / 2**20, 1), "grew_by_line": grown, "grew_by_type": more}
+
+
+def driver(path: str, tracking_uri: str, storage: str, marks: list[int], diagnose: bool = False) -> int:
     """This process is the sweep's driver; prints a JSON line at each mark and one at the end."""
     from orchestrator import config, ray_train, sweep
+
+    growth = Growth() if diagnose else None
 
     spec = config.load(path, {"tracking_uri": tracking_uri, "storage_path": storage})
     # By reference (this module imported by name): Tune pickles its callbacks into its state.
@@ -120,6 +156,8 @@ def driver(path: str, tracking_uri: str, storage: str, marks: list[int]) -> int:
                     "rss_mb": round(_status_kb("VmRSS") / 1024, 1), "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
                     "writer_pending": pending(), "writer_pending_max": most, "state_kb": state_kb(),
                     "load": os.getloadavg()[0]}), flush=True)
+                if growth is not None:
+                    print(json.dumps({"trials": ended, **growth.since_last()}), flush=True)
                 last_t, last_n, last_s, most = now, ended, epoch_s, 0
                 while left and ended >= left[0]:
                     left.pop(0)
@@ -148,11 +186,12 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--marks", default="100,300,1000", help="ended-trial counts to sample at (comma-separated)")
     p.add_argument("--keep", help="a folder for the store and storage (kept); default a temp folder")
+    p.add_argument("--diagnose", action="store_true", help="tracemalloc and object counts at each mark (slower)")
     p.add_argument("--driver", nargs=3, metavar=("FILE", "URI", "STORAGE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     marks = sorted({int(m) for m in args.marks.split(",") if int(m) <= args.trials} | {args.trials})
     if args.driver:
-        sys.exit(driver(*args.driver, marks))
+        sys.exit(driver(*args.driver, marks, args.diagnose))
     folder = args.keep or tempfile.mkdtemp(prefix="long-sweep-")
     os.makedirs(folder, exist_ok=True)
     path = write_sweep_file(folder, {**many_spec(args.trials), "name": "long-sweep"})
@@ -161,7 +200,7 @@ def main() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # The driver's lines as they come: a long run stopped early (Ctrl-C) still shows its marks.
     with subprocess.Popen([sys.executable, "-m", "benchmarks.long_sweep", "--marks", ",".join(map(str, marks)),
-                           "--driver", path, uri, storage], cwd=root, stdout=subprocess.PIPE, text=True) as proc:
+                           *(["--diagnose"] if args.diagnose else []), "--driver", path, uri, storage], cwd=root, stdout=subprocess.PIPE, text=True) as proc:
         for line in proc.stdout:
             print(line, end="", flush=True)
     trials = read_trials(uri, "long-sweep")
