@@ -301,13 +301,30 @@ def checkpoint_config(cls, trial_or_spec):
                checkpoint_score_order=trial_or_spec.search.mode)
 
 
+def record_behind() -> bool:
+    """Whether the sweep's run record is so far behind its trials that no new trial should start
+    (search.EntrySearch.HOLD): more ended trials wait for their finishing (model export, plots,
+    end) than two waves of the trials that ran at once (at least RECORD_BEHIND_MIN), while the
+    store takes writes. The writer is one thread; a sweep of tiny trials can end them faster than
+    it records them (benchmarks/RESULTS.md: the 1,000-trial sweep), and its queue would then grow
+    with the sweep, and the end wait for all of it."""
+    callback = MlflowCallback.ACTIVE
+    return callback is not None and callback.record_behind()
+
+
+RECORD_BEHIND_MIN = 4
+
+
 class MlflowCallback(ray.tune.Callback):
     """Forwards Tune's events to the sweep's run record (tracking.Recorder), which writes MLflow on
     its own thread: nothing here waits on the store. The driver process alone writes MLflow."""
 
+    ACTIVE: MlflowCallback | None = None  # the one recording in this process (record_behind reads it)
+
     def __init__(self, spec: SweepSpec, parent_run_id: str, quiet: bool = False):
         self.spec, self.parent_run_id, self.quiet = spec, parent_run_id, quiet
         self._recorder = None
+        self._most_running = 0  # the most trials seen running at once
 
     # The callback is pickled into Tune's experiment state (a restored sweep gets it back from
     # there); the recorder's thread and MLflow client are not.
@@ -322,9 +339,16 @@ class MlflowCallback(ray.tune.Callback):
             spec = self.spec
             self._recorder = tracking.Recorder(lambda: tracking.SweepRecord(
                 spec.tracking_uri, spec.name, self.parent_run_id, spec.file, spec.storage_path))
+            MlflowCallback.ACTIVE = self
         return self._recorder
 
+    def record_behind(self) -> bool:
+        wait_s = getattr(self.spec, "tracking_wait_s", Tracking.wait_s)
+        most = self.__dict__.get("_most_running", 0)  # (a callback pickled before it)
+        return self._recorder is not None and self._recorder.behind(max(RECORD_BEHIND_MIN, 2 * most), wait_s)
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._most_running = max(self.__dict__.get("_most_running", 0), sum(t.status == "RUNNING" for t in trials))
         self.recorder.started(self.spec.tune_trial(trial.config, trial.trial_id), {t.trial_id for t in trials})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import pickle
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from ray import tune
@@ -198,6 +198,9 @@ class EntrySearch(Searcher):
     sweep (`orchestrate sweep FILE --extend`): its studies, outcomes and spend go on."""
 
     ACTIVE: EntrySearch | None = None  # the searcher Tune last called in this process (the summary reads it)
+    # While it says so, no trial is suggested (Tune asks again): the sweep sets it to
+    # ray_train.record_behind, so new trials wait while the run record is far behind.
+    HOLD: Callable[[], bool] | None = None
 
     def __init__(self, spec: SweepSpec):
         search = spec.search
@@ -231,6 +234,8 @@ class EntrySearch(Searcher):
         if limit is not None and self.device_hours() >= limit.device_hours:
             self.budget_reached = True
             return Searcher.FINISHED
+        if EntrySearch.HOLD is not None and EntrySearch.HOLD():
+            return None
         for p in self.plans:
             k = self.suggested[p.index]
             if k < p.budget:

@@ -253,6 +253,9 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray_train.EXPERIMENT_ENDED.clear()
     ray_train.ENDING.unrecorded, ray_train.ENDING.missing = None, []
+    # New trials wait while the run record is far behind (the recording callback, Tune's own copy
+    # on a resume, says when).
+    search.EntrySearch.HOLD, ray_train.MlflowCallback.ACTIVE = ray_train.record_behind, None
     with stop_on_signals() as stopped:
         try:
             tuner.fit()
@@ -269,6 +272,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             # results are MLflow's, so it still finishes.
             print(f"Ray Tune could not read back its results ({type(e).__name__}: {cut(str(e))}); "
                   f"the summary is MLflow's", file=sys.stderr, flush=True)
+        finally:
+            search.EntrySearch.HOLD = None
     ending = ray_train.ENDING
     if ending.unrecorded is not None or ending.missing:
         # The record disagrees with what trained: never exit 0 with it (nor mark runs on a store

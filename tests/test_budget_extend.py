@@ -82,6 +82,15 @@ def test_a_running_trial_counts_toward_the_budget_until_now(tmp_path):
     assert row.device_hours == pytest.approx(2 * 1200 / 3600, rel=0.01)
 
 
+def test_no_trial_is_suggested_while_the_hold_says_so(tmp_path, monkeypatch):
+    """search.EntrySearch.HOLD (the sweep sets ray_train.record_behind): Tune asks again later."""
+    searcher = search.EntrySearch(config.load(str(write(tmp_path, "b", "trials_per_model: 2"))))
+    monkeypatch.setattr(search.EntrySearch, "HOLD", lambda: True)
+    assert searcher.suggest("a") is None and not searcher.outcomes
+    monkeypatch.setattr(search.EntrySearch, "HOLD", lambda: False)
+    assert searcher.suggest("a") is not None and list(searcher.outcomes) == ["a"]
+
+
 def test_extend_without_a_finished_sweep_is_refused(tmp_path):
     spec = config.load(str(write(tmp_path, "none", "trials_per_model: 2")),
                        {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "storage_path": str(tmp_path / "rr")})

@@ -6,10 +6,12 @@ store's refusal is the error a gone server gives (a refused connection)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from mlflow.exceptions import MlflowException
 
-from orchestrator.tracking.writer import NOTHING_WRITTEN, BackgroundWriter
+from orchestrator.tracking.writer import NOTHING_WRITTEN, BackgroundWriter, Recorder
 
 REFUSED = ConnectionRefusedError(111, "Connection refused")
 
@@ -50,3 +52,19 @@ def test_only_a_write_or_the_stores_own_answer_ends_an_outage():
     assert after_noop is not None and (after_noop.since, after_noop.why) == (first.since, first.why)  # the same outage
     assert after_write is None
     assert after_answer is None
+
+
+def test_new_trials_are_held_while_more_ended_trials_wait_for_their_record_than_allowed():
+    """Recorder.behind (what search.EntrySearch.HOLD asks through ray_train.record_behind): ended
+    trials whose end the writer has not got to, counted while the store takes writes; a store
+    that took nothing within wait_s is no reason to hold (the outage's wait decides then)."""
+    recorder = Recorder(lambda: None)  # no trial here has a run: each end is bookkeeping only
+    gate = threading.Event()
+    recorder._writer.submit(lambda: gate.wait(30))  # a long write ahead of them (a model's upload)
+    for i in range(5):
+        recorder.ended(f"t{i}")
+    assert recorder.behind(4, wait_s=60) and not recorder.behind(5, wait_s=60)
+    assert not recorder.behind(4, wait_s=0.0)
+    gate.set()
+    assert recorder.flush(timeout_s=30) is None
+    assert not recorder.behind(0, wait_s=60)

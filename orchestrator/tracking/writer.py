@@ -187,6 +187,10 @@ class BackgroundWriter:
     def give_up(self) -> None:
         self._given_up.set()
 
+    def idle_s(self) -> float:
+        """Seconds since the store last took something."""
+        return time.monotonic() - self._progress
+
     @property
     def pending(self) -> int:
         """Jobs submitted and not yet run (the one running included)."""
@@ -202,6 +206,7 @@ class _Progress:
     run: bool = False
     epochs_logged: int = 0
     ended_logged: bool = False
+    ending: bool = False  # its end is queued: the writer has not got to it yet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +287,7 @@ class Recorder:
         def finish(record: TrialRecord) -> None:
             record.finish(failed, error)
             progress.ended_logged = True
+        progress.ending = True
         self._on(trial_id, finish)
         self._forget(trial_id)
 
@@ -293,6 +299,8 @@ class Recorder:
         """The trial's record dropped, in the writer's order (after its last write)."""
         def job():
             self._records.pop(trial_id, None)
+            if trial_id in self._progress:
+                self._progress[trial_id].ending = False
             return NOTHING_WRITTEN
         self._writer.submit(job)
 
@@ -302,6 +310,14 @@ class Recorder:
 
     def outage(self) -> Outage | None:
         return self._writer.outage()
+
+    def behind(self, trials: int, wait_s: float) -> bool:
+        """More than `trials` ended trials whose end (model, plots, status) is still queued while
+        the store is taking writes: no outage, something taken within `wait_s`. (A store that is
+        away or stuck is the outage's and tracking.wait_s's business, not a reason to hold.)"""
+        if self._writer.outage() is not None or self._writer.idle_s() >= wait_s:
+            return False
+        return sum(p.ending for p in list(self._progress.values())) > trials
 
     def unrecorded(self) -> Unrecorded:
         progress = list(self._progress.values())
