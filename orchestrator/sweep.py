@@ -18,6 +18,7 @@ import sys
 import time
 import types
 import warnings
+from typing import Callable
 
 
 import ray
@@ -138,6 +139,10 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
 
     for s in SIGNALS:
         signal.signal(s, stop)
+    # A Stopped raised where Python cannot pass it on (a finalizer: matplotlib's weakref callbacks
+    # while the report is drawn) is swallowed; `late` has the signal, so it is not printed either.
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, Stopped) else unraisable(u)
     code = None
     try:
         cluster = ray.cluster_resources()
@@ -151,10 +156,11 @@ def run(spec: SweepSpec, *, address: str | None = None, resume: bool = False, ve
         # A DDP trial's driver would otherwise hold a slot while its workers wait for a placement group.
         concurrent = (min(asked, fits) if asked else fits) if local else asked
         tracking.bound_requests()  # MLflow's retries of one request must not outlast tracking.wait_s
-        code = _run_tuner(spec, restore_name, concurrent, out, verbosity, extend_from)
+        code = _run_tuner(spec, restore_name, concurrent, out, verbosity, extend_from, lambda: late.signum)
     except Stopped as e:
         code = 128 + e.signum
     finally:
+        sys.unraisablehook = unraisable
         for s in SIGNALS:
             signal.signal(s, keep)
         try:
@@ -185,7 +191,9 @@ def extended(spec: SweepSpec) -> str:
 
 
 def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, out, verbosity: int = 0,
-               extend_from: str | None = None) -> int:
+               extend_from: str | None = None, signalled: Callable[[], int | None] = lambda: None) -> int:
+    """The sweep on Ray Tune, then its record finished. `signalled`: the signal that came after
+    Tune's loop, if any (its Stopped can be swallowed where it landed: see run)."""
     run_name = restore_name or f"{slug(spec.name, 'sweep')}-{time.strftime('%Y%m%d-%H%M%S')}"
     trainable = tune.with_resources(tune.with_parameters(ray_train.run_trial, spec=spec, run_name=run_name,
                                                          source=ray_train.ship_data(spec)),
@@ -288,6 +296,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             if spent is not None:
                 spend.log(record.client, record.parent_run_id, spent)
             results, version = record.finish(register_as=spec.registered_model)
+            if signalled() is not None:  # its Stopped was swallowed: stopped all the same
+                raise Stopped(signalled())
             ended = {"ended": time.time(), "budget_reached": bool(spent and spent.reached)}  # what --extend reads
             storage.write_state(spec.storage_path, run_name, {**(storage.read_state(spec.storage_path, run_name) or {}),
                                                               **ended})
