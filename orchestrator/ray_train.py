@@ -320,11 +320,11 @@ class MlflowCallback(ray.tune.Callback):
     its own thread: nothing here waits on the store. The driver process alone writes MLflow."""
 
     ACTIVE: MlflowCallback | None = None  # the one recording in this process (record_behind reads it)
+    _most_running = 0  # the most trials seen running at once (a class default: a callback pickled before it)
 
     def __init__(self, spec: SweepSpec, parent_run_id: str, quiet: bool = False):
         self.spec, self.parent_run_id, self.quiet = spec, parent_run_id, quiet
         self._recorder = None
-        self._most_running = 0  # the most trials seen running at once
 
     # The callback is pickled into Tune's experiment state (a restored sweep gets it back from
     # there); the recorder's thread and MLflow client are not.
@@ -344,11 +344,11 @@ class MlflowCallback(ray.tune.Callback):
 
     def record_behind(self) -> bool:
         wait_s = getattr(self.spec, "tracking_wait_s", Tracking.wait_s)
-        most = self.__dict__.get("_most_running", 0)  # (a callback pickled before it)
-        return self._recorder is not None and self._recorder.behind(max(RECORD_BEHIND_MIN, 2 * most), wait_s)
+        return self._recorder is not None and self._recorder.behind(max(RECORD_BEHIND_MIN, 2 * self._most_running),
+                                                                    wait_s)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._most_running = max(self.__dict__.get("_most_running", 0), sum(t.status == "RUNNING" for t in trials))
+        self._most_running = max(self._most_running, sum(t.status == "RUNNING" for t in trials))
         self.recorder.started(self.spec.tune_trial(trial.config, trial.trial_id), {t.trial_id for t in trials})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -280,8 +280,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             # results are MLflow's, so it still finishes.
             print(f"Ray Tune could not read back its results ({type(e).__name__}: {cut(str(e))}); "
                   f"the summary is MLflow's", file=sys.stderr, flush=True)
-        finally:
-            search.EntrySearch.HOLD = None
+        finally:  # nothing of this sweep's record held past its loop
+            search.EntrySearch.HOLD, ray_train.MlflowCallback.ACTIVE = None, None
     ending = ray_train.ENDING
     if ending.unrecorded is not None or ending.missing:
         # The record disagrees with what trained: never exit 0 with it (nor mark runs on a store
