@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import pickle
+import shutil
 import time
 from typing import Any, Callable
 
 import numpy as np
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import SearchGenerator, Searcher
 from ray.tune.utils import flatten_dict
 
 from orchestrator import pareto, spaces
@@ -391,6 +393,27 @@ class EntrySearch(Searcher):
                 queued = [q for q in self.seed_queue if q[0] == p.index]
                 first = max([first] + [r + 1 for _, _, r in queued])
                 self.seed_queue += [(p.index, point, first + j) for j in range(extra)]
+
+
+class StagedSearchGenerator(SearchGenerator):
+    """Tune's SearchGenerator whose saved state never shows a half-written file to an upload.
+
+    With remote storage (s3://, gs://) Tune uploads its experiment folder in the background and may
+    save the search state again while an upload is still going, e.g. when two trials end together:
+    each save writes a temporary file in that folder and renames it, so an upload that listed the
+    folder a moment before fails on the vanished name ("Saving experiment state to storage ...
+    failed", FileNotFoundError) and prints a traceback, harmless as the next upload carries the
+    state. Here Tune's own save writes into a folder beside it, which no upload reads, and each
+    finished file is then renamed into place: atomic on one filesystem, so an upload sees the old
+    file or the new one."""
+
+    def save_to_dir(self, dirpath: str, session_str: str) -> None:
+        staging = os.path.join(os.path.dirname(os.path.abspath(dirpath)), ".search-state-staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        super().save_to_dir(staging, session_str)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(dirpath, name))
 
 
 # ---------------------------------------------------------------------------------------------

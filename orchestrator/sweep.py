@@ -234,7 +234,8 @@ def _run_tuner(spec: SweepSpec, restore_name: str | None, max_concurrent: int, o
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode, num_samples=todo,
                 scheduler=search.EntryScheduler(spec) if s.scheduler == "asha" else FIFOScheduler(),
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher,
+                search_alg=search.StagedSearchGenerator(
+                    ConcurrencyLimiter(searcher, max_concurrent) if max_concurrent else searcher),
                 # A finished trial's process (torch, Ray Train and the data set's modules already
                 # imported) runs the next trial: every trial of a sweep asks for the same resources.
                 reuse_actors=True,
