@@ -1,6 +1,6 @@
 """A long sweep through one driver (issue 24, item 2): does the driver stay flat over 1,000 trials?
 
-    python -m benchmarks.long_sweep [--trials 1000] [--marks 100,300,1000] [--keep DIR]
+    python -m benchmarks.long_sweep [--trials 1000] [--marks 100,300,1000] [--keep DIR] [--trim]
 
 One sweep of `--trials` tiny trials (sweep_throughput's many-sweep: vgg11 width 0.125 on 256
 synthetic images, 1 epoch, one 1-CPU worker per trial, single-worker trials packed as the machine
@@ -12,7 +12,9 @@ passes each of `--marks`, prints one JSON line:
 - window_overhead_s: the amortised overhead per trial since the previous mark =
   (elapsed in the window x trials at a time - the window's trials' epoch seconds) / its trials,
   (`epoch_s`, train + eval, summed from the results Tune reported);
-- rss_mb: the driver's resident memory (VmRSS) at the mark, and its peak so far (VmHWM);
+- rss_mb: the driver's resident memory (VmRSS) at the mark, and its peak so far (VmHWM); anon_mb
+  and file_mb, its two parts (heaps vs mapped libraries), its threads, and with `--trim`
+  anon_after_trim_mb, what is left of anon_mb once glibc's malloc_trim(0) returned the free pages;
 - writer_pending / writer_pending_max: the tracking writer's queue (BackgroundWriter.pending: jobs
   submitted, not yet run) at the mark and its most since the previous mark;
 - state_kb: the size of Tune's experiment state file (experiment_state-*.json in the storage).
@@ -116,7 +118,23 @@ class Growth:
         return {"traced_mb": round(traced / 2**20, 1), "grew_by_line": grown, "grew_by_type": more}
 
 
-def driver(path: str, tracking_uri: str, storage: str, marks: list[int], diagnose: bool = False) -> int:
+def memory_parts(trim: bool) -> dict:
+    """The driver's RSS by kind (/proc/self/status: anonymous memory, i.e. heaps and arenas, vs
+    mapped files, i.e. the libraries imported), its threads, and with `trim` the anonymous memory
+    again after glibc's malloc_trim(0) hands the allocator's free pages back to the system: what
+    that gives back was freed memory the allocator kept, not memory still in use."""
+    parts = {"anon_mb": round(_status_kb("RssAnon") / 1024, 1), "file_mb": round(_status_kb("RssFile") / 1024, 1),
+             "threads": _status_kb("Threads")}
+    if trim:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        parts["anon_after_trim_mb"] = round(_status_kb("RssAnon") / 1024, 1)
+    return parts
+
+
+def driver(path: str, tracking_uri: str, storage: str, marks: list[int], diagnose: bool = False,
+           trim: bool = False) -> int:
     """This process is the sweep's driver; prints a JSON line at each mark and one at the end."""
     from orchestrator import config, ray_train, sweep
 
@@ -154,6 +172,7 @@ def driver(path: str, tracking_uri: str, storage: str, marks: list[int], diagnos
                     "window": f"{last_n + 1}-{ended}" if ended > last_n else "after the last trial",
                     "window_overhead_s": round(((now - last_t) * slots - (epoch_s - last_s)) / n, 2),
                     "rss_mb": round(_status_kb("VmRSS") / 1024, 1), "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
+                    **memory_parts(trim),
                     "writer_pending": pending(), "writer_pending_max": most, "state_kb": state_kb(),
                     "load": os.getloadavg()[0]}), flush=True)
                 if growth is not None:
@@ -187,11 +206,13 @@ def main() -> None:
     p.add_argument("--marks", default="100,300,1000", help="ended-trial counts to sample at (comma-separated)")
     p.add_argument("--keep", help="a folder for the store and storage (kept); default a temp folder")
     p.add_argument("--diagnose", action="store_true", help="tracemalloc and object counts at each mark (slower)")
+    p.add_argument("--trim", action="store_true",
+                   help="at each mark, also the driver's anonymous memory after malloc_trim(0) (glibc)")
     p.add_argument("--driver", nargs=3, metavar=("FILE", "URI", "STORAGE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     marks = sorted({int(m) for m in args.marks.split(",") if int(m) <= args.trials} | {args.trials})
     if args.driver:
-        sys.exit(driver(*args.driver, marks, args.diagnose))
+        sys.exit(driver(*args.driver, marks, args.diagnose, args.trim))
     folder = args.keep or tempfile.mkdtemp(prefix="long-sweep-")
     os.makedirs(folder, exist_ok=True)
     path = write_sweep_file(folder, {**many_spec(args.trials), "name": "long-sweep"})
@@ -200,7 +221,8 @@ def main() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # The driver's lines as they come: a long run stopped early (Ctrl-C) still shows its marks.
     with subprocess.Popen([sys.executable, "-m", "benchmarks.long_sweep", "--marks", ",".join(map(str, marks)),
-                           *(["--diagnose"] if args.diagnose else []), "--driver", path, uri, storage], cwd=root, stdout=subprocess.PIPE, text=True) as proc:
+                           *(["--diagnose"] if args.diagnose else []), *(["--trim"] if args.trim else []),
+                           "--driver", path, uri, storage], cwd=root, stdout=subprocess.PIPE, text=True) as proc:
         for line in proc.stdout:
             print(line, end="", flush=True)
     trials = read_trials(uri, "long-sweep")
