@@ -18,7 +18,6 @@ memory the allocator kept does not count) per call, in KB:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -26,12 +25,9 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks.long_sweep import anon_after_trim_kb
+
 MODES = ("export", "save", "pickle", "state_dict")
-
-
-def _anon_kb() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
 
 
 def measure(mode: str, calls: int) -> dict:
@@ -60,18 +56,15 @@ def measure(mode: str, calls: int) -> dict:
             else:
                 torch.save(model.state_dict(), os.path.join(tmp, "m.pt"))
 
-    libc = ctypes.CDLL("libc.so.6")
     for _ in range(10):
         once()
     gc.collect()
-    libc.malloc_trim(0)
-    before = _anon_kb()
+    before = anon_after_trim_kb()
     for _ in range(calls):
         once()
     gc.collect()
-    libc.malloc_trim(0)
     return {"mode": mode, "calls": calls, "anon_mb_before": round(before / 1024, 1),
-            "per_call_kb": round((_anon_kb() - before) / calls, 1)}
+            "per_call_kb": round((anon_after_trim_kb() - before) / calls, 1)}
 
 
 def main() -> None:

@@ -118,6 +118,15 @@ class Growth:
         return {"traced_mb": round(traced / 2**20, 1), "grew_by_line": grown, "grew_by_type": more}
 
 
+def anon_after_trim_kb() -> int:
+    """The process's anonymous memory (RssAnon) once glibc's malloc_trim(0) has handed the
+    allocator's free pages back to the system: memory still in use, not freed memory kept."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return _status_kb("RssAnon")
+
+
 def memory_parts(trim: bool) -> dict:
     """The driver's RSS by kind (/proc/self/status: anonymous memory, i.e. heaps and arenas, vs
     mapped files, i.e. the libraries imported), its threads, and with `trim` the anonymous memory
@@ -126,10 +135,7 @@ def memory_parts(trim: bool) -> dict:
     parts = {"anon_mb": round(_status_kb("RssAnon") / 1024, 1), "file_mb": round(_status_kb("RssFile") / 1024, 1),
              "threads": _status_kb("Threads")}
     if trim:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        parts["anon_after_trim_mb"] = round(_status_kb("RssAnon") / 1024, 1)
+        parts["anon_after_trim_mb"] = round(anon_after_trim_kb() / 1024, 1)
     return parts
 
 
