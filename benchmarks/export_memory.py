@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--one", help=argparse.SUPPRESS)  # this process measures one mode
     args = p.parse_args()
+    if args.calls < 1:
+        sys.exit(f"--calls: {args.calls} is not a count of calls; allowed: an integer >= 1")
     if args.one:
         print(json.dumps(measure(args.one, args.calls)), flush=True)
         return
