@@ -10,7 +10,8 @@ the process's anonymous memory (RssAnon, after gc.collect() and glibc's malloc_t
 memory the allocator kept does not count) per call, in KB:
 
 - export: torch.export.export alone (the batch dimension dynamic, as save_model asks);
-- save: orchestrator's save_model, as the writer calls it (torch.export + MLflow's pt2 model folder);
+- save: orchestrator's save_model, as the writer calls it (torch.export + MLflow's pt2 model folder,
+  then the tracing state the export left emptied: logged_model.releasing_trace_state);
 - pickle: MLflow's pickled-module format (no torch.export);
 - state_dict: torch.save of the weights (the control).
 """
