@@ -58,13 +58,14 @@ def releasing_trace_state():
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    kinds = (ShapeEnv, FakeTensorMode)
-    before = {id(o) for o in gc.get_objects() if isinstance(o, kinds)}
+    kinds = (ShapeEnv, FakeTensorMode)  # by type(o): isinstance would read every object's __class__,
+    # which some lazy objects answer with a deprecation warning
+    before = {id(o) for o in gc.get_objects() if issubclass(type(o), kinds)}
     try:
         yield
     finally:
         for o in gc.get_objects():
-            if isinstance(o, kinds) and id(o) not in before:
+            if issubclass(type(o), kinds) and id(o) not in before:
                 o.__dict__.clear()
 
 
