@@ -155,7 +155,7 @@ def test_saving_models_leaves_no_tracing_state_holding_their_graphs(tmp_path):
 
     def holding():
         gc.collect()
-        return sum(1 for o in gc.get_objects() if isinstance(o, (ShapeEnv, FakeTensorMode)) and vars(o))
+        return sum(1 for o in gc.get_objects() if issubclass(type(o), (ShapeEnv, FakeTensorMode)) and vars(o))
 
     import torch.distributed  # noqa: F401 - its lazy `reduce_op` warns when its __class__ is read
 
@@ -175,3 +175,43 @@ def test_saving_models_leaves_no_tracing_state_holding_their_graphs(tmp_path):
     # release in save_model can go).
     torch.export.export(model, (x,))
     assert holding() > before
+
+
+# A sweep interrupted while its writer exports a model: the process exits while a daemon thread
+# is inside torch's C++ code, which (where that thread next takes the GIL) aborts it with exit -6.
+EXIT_MID_EXPORT = """
+import os, sys, threading, time
+import torch
+from orchestrator.tracking.logged_model import save_model
+
+inside = threading.Event()
+
+class Slow(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        inside.set()
+        time.sleep(1.5)  # torch.export runs forward: the export is under way for 1.5 s
+        return self.fc(x.flatten(1))
+
+def log():
+    save_model(Slow().eval(), os.path.join(sys.argv[1], "model"), [], {"image_size": 32})
+    open(os.path.join(sys.argv[1], "saved"), "w").close()
+
+threading.Thread(target=log, daemon=True).start()
+inside.wait()
+sys.exit(130)
+"""
+
+
+def test_a_process_exiting_while_a_model_is_exported_waits_for_it_and_exits_with_its_code(tmp_path):
+    script = tmp_path / "exit_mid_export.py"
+    script.write_text(EXIT_MID_EXPORT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert (tmp_path / "saved").exists()  # the export in hand was finished, not cut off by the exit
+    assert (tmp_path / "model" / "data" / "model.pt2").exists()

@@ -4,10 +4,12 @@ the run's code."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import os
 import tempfile
+import threading
 import warnings
 from typing import Any
 
@@ -17,6 +19,22 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunTag
 
 from orchestrator.runs import Artifact, Tag
 from orchestrator.schema import DataSpec
+
+# The writer's thread loads and exports models deep in torch's C++ code. A sweep that exits
+# meanwhile (interrupted while its models are logged) ends that daemon thread where it next takes
+# the GIL, and a C++ frame on its stack turns the unwinding into std::terminate: the process aborts
+# (exit -6, a C++ stack on stderr) instead of exiting 130. So that work holds IN_TORCH, and at exit
+# the lock is taken: the model in hand is finished (up to EXIT_WAIT_S) and no other one starts.
+IN_TORCH = threading.Lock()
+EXIT_WAIT_S = 30.0
+
+
+@atexit.register
+def _no_torch_work_at_exit() -> None:
+    try:
+        IN_TORCH.acquire(timeout=EXIT_WAIT_S)
+    except BaseException:  # noqa: BLE001 - a signal meanwhile: exit as it asks
+        pass
 
 
 def save_model(model, path: str, pip_requirements: list[str], metadata: dict[str, Any],
@@ -34,16 +52,18 @@ def save_model(model, path: str, pip_requirements: list[str], metadata: dict[str
     example = np.zeros((2, 3, size, size), dtype=np.float32)  # batch 2: a size-1 batch would be exported static
     common = dict(input_example=example, pip_requirements=pip_requirements, metadata=metadata,
                   mlflow_model=mlflow_model)
-    try:
-        with releasing_trace_state():
-            mlflow.pytorch.save_model(model, path, serialization_format="pt2", **common)
-        return "pt2"
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
-        warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead", stacklevel=2)
-        shutil.rmtree(path, ignore_errors=True)
-    mlflow.pytorch.save_model(model, path, serialization_format="pickle", **common)
-    return "pickle"
+    with IN_TORCH:
+        try:
+            with releasing_trace_state():
+                mlflow.pytorch.save_model(model, path, serialization_format="pt2", **common)
+            return "pt2"
+        except Exception as e:  # noqa: BLE001 - torch.export raises many types; the pickled module still works
+            warnings.warn(f"torch.export could not trace {type(model).__name__} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); logging the pickled module instead",
+                          stacklevel=2)
+            shutil.rmtree(path, ignore_errors=True)
+        mlflow.pytorch.save_model(model, path, serialization_format="pickle", **common)
+        return "pickle"
 
 
 @contextlib.contextmanager
@@ -78,7 +98,8 @@ def log_model(client: MlflowClient, run_id: str, model_id: str, checkpoint_dir: 
 
     from orchestrator import engine  # torch: only the sweep driver pays for it
 
-    model, meta = engine.load_model(checkpoint_dir)
+    with IN_TORCH:
+        model, meta = engine.load_model(checkpoint_dir)
     logged = client.get_logged_model(model_id)
     # Explicit requirements: MLflow's inference imports the model in a subprocess (slow).
     reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
