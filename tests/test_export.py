@@ -209,7 +209,7 @@ sys.exit(130)
 def test_a_process_exiting_while_a_model_is_exported_waits_for_it_and_exits_with_its_code(tmp_path):
     script = tmp_path / "exit_mid_export.py"
     script.write_text(EXIT_MID_EXPORT)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 130, result.stderr[-3000:]
